@@ -1,0 +1,178 @@
+"""nbody-backends: one N-body acceleration kernel, many Python parallel backends.
+
+The public face::
+
+    import backends
+    backends.names()        # every registered backend
+    backends.available()    # those usable on this machine
+    b = backends.get("numba_parallel")
+    a = b.accel(masses, positions, G=1.0, softening=0.0)
+    a = backends.accel(masses, positions, backend="numpy")
+
+Every backend computes the same contract (see :mod:`backends._contract`). Backends are
+resolved lazily from a registry of module paths: ``import backends`` imports numpy only, never
+numba, jax, mpi4py, joblib or numba-cuda.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+from backends._contract import interactions, relative_error, validate
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "accel",
+    "available",
+    "get",
+    "interactions",
+    "names",
+    "relative_error",
+    "unavailable_reason",
+    "validate",
+]
+
+DEFAULT_BACKEND = "numba_parallel"
+
+
+class BackendUnavailableError(ImportError):
+    """A registered backend cannot run here (a dependency or the hardware is missing)."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    target: str  # "package.module:function" implementing the public accel
+    description: str
+    requires: tuple[str, ...] = ()  # top-level modules that must be importable
+    extra: str | None = None  # the pyproject extra that installs them
+
+
+# The registry: name -> where the implementation lives. Nothing here is imported until used.
+_REGISTRY: dict[str, _Spec] = {
+    "python": _Spec(
+        "backends.reference:accel", "pure-Python loops, math.fsum per component: the oracle"
+    ),
+    "numpy": _Spec("backends.numpy_blocked:accel", "NumPy, vectorized over sources, row-blocked"),
+    "numba": _Spec("backends.numba_loops:accel_plain", "@njit double loop (tutorial rung 1)"),
+    "numba_fastmath": _Spec(
+        "backends.numba_loops:accel_fastmath", "@njit(fastmath=True) double loop (rung 2)"
+    ),
+    "numba_parallel": _Spec(
+        "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A usable backend: ``name``, one-line ``description`` and :meth:`accel`."""
+
+    name: str
+    description: str
+    module: ModuleType
+    _accel: Callable
+
+    def accel(self, masses, positions, G=1.0, *, softening=0.0, **options):
+        """Accelerations by this backend; see :func:`backends.accel`.
+
+        Backend-specific keyword-only options (``block=``, ``n_workers=``, ``comm=``, ...)
+        are passed through.
+        """
+        return self._accel(masses, positions, G, softening=softening, **options)
+
+    def close(self) -> None:
+        """Release the backend's resources (worker pools, shared memory), if it holds any."""
+        closer = getattr(self.module, "close", None)
+        if closer is not None:
+            closer()
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.name!r}: {self.description}>"
+
+
+def names() -> list[str]:
+    """Return every registered backend name, usable here or not."""
+    return list(_REGISTRY)
+
+
+def _spec(name: str) -> _Spec:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(_REGISTRY)
+        raise ValueError(f"unknown backend {name!r}; valid names are: {valid}") from None
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Return why backend ``name`` cannot run here, or None if it can.
+
+    Dependencies are looked up without importing them; a backend module may add a hardware
+    check of its own (a module-level ``unavailable_reason()``), which is imported and called
+    only here.
+    """
+    spec = _spec(name)
+    missing = [mod for mod in spec.requires if importlib.util.find_spec(mod) is None]
+    if missing:
+        hint = f"pip install 'nbody-backends[{spec.extra}]'" if spec.extra else "install them"
+        return f"backend {name!r} needs {', '.join(missing)}, not installed here: {hint}"
+    module = importlib.import_module(spec.target.partition(":")[0])
+    probe = getattr(module, "unavailable_reason", None)
+    return probe() if probe is not None else None
+
+
+def available() -> list[str]:
+    """Return the backend names usable here (dependencies importable, hardware present)."""
+    return [name for name in _REGISTRY if unavailable_reason(name) is None]
+
+
+def get(name: str) -> Backend:
+    """Return the backend called ``name``.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not registered (the message lists the valid names).
+    BackendUnavailableError
+        ``name`` is registered but cannot run here (the message says what to install).
+    """
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise BackendUnavailableError(reason)
+    spec = _REGISTRY[name]
+    module_name, _, func = spec.target.partition(":")
+    module = importlib.import_module(module_name)
+    return Backend(name, spec.description, module, getattr(module, func))
+
+
+def accel(masses, positions, G=1.0, *, softening=0.0, backend=DEFAULT_BACKEND, **options):
+    r"""Gravitational accelerations by direct summation.
+
+    .. math:: a_i = G \sum_{j \ne i} m_j (x_j - x_i) / (|x_j - x_i|^2 + \epsilon^2)^{3/2}
+
+    Parameters
+    ----------
+    masses : (N,) array_like of real
+        Point masses.
+    positions : (N, 3) array_like of real
+        Cartesian positions.
+    G : float, optional
+        Gravitational constant (finite).
+    softening : float, optional
+        Plummer softening length ``epsilon`` (finite, >= 0). With 0, coincident particles
+        exert no force on each other.
+    backend : str, optional
+        A name from :func:`names`; default ``"numba_parallel"``.
+    **options
+        Keyword-only options of that backend (e.g. ``block=`` for ``numpy``).
+
+    Returns
+    -------
+    (N, 3) ndarray of float64
+        A new array; the inputs are never modified.
+    """
+    return get(backend).accel(masses, positions, G, softening=softening, **options)

@@ -1,0 +1,29 @@
+"""Shared fixtures: one parametrization over every registered backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+
+
+@pytest.fixture(params=backends.names())
+def backend_name(request):
+    """Each registered backend; skipped (with the reason) where it cannot run here."""
+    reason = backends.unavailable_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def backend(backend_name):
+    """The backend object for :func:`backend_name`."""
+    return backends.get(backend_name)
+
+
+def random_system(n, seed=0, spread=1.0, offset=0.0):
+    """Random masses on [0, 1) and Gaussian positions: the benchmark distribution."""
+    rng = np.random.default_rng(seed)
+    return rng.random(n), offset + spread * rng.standard_normal((n, 3))

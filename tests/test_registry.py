@@ -1,0 +1,89 @@
+"""The public face: names, availability, lookup errors, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import backends
+from backends import _Spec
+
+
+def test_names_lists_the_ladder():
+    names = backends.names()
+    for expected in ("python", "numpy", "numba", "numba_fastmath", "numba_parallel"):
+        assert expected in names
+    assert len(set(names)) == len(names)
+
+
+def test_available_is_a_subset_and_has_the_core():
+    avail = backends.available()
+    assert set(avail) <= set(backends.names())
+    # the required dependencies (numpy, numba) make these usable everywhere
+    for core in ("python", "numpy", "numba", "numba_fastmath", "numba_parallel"):
+        assert core in avail
+
+
+def test_get_returns_named_described_backend(backend_name):
+    b = backends.get(backend_name)
+    assert b.name == backend_name
+    assert isinstance(b.description, str) and b.description and "\n" not in b.description
+    out = b.accel([1.0, 2.0], [[0, 0, 0], [1, 0, 0]])
+    assert out.shape == (2, 3)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown backend 'nope'") as info:
+        backends.get("nope")
+    for name in backends.names():
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="valid names"):
+        backends.accel([1.0], [[0, 0, 0]], backend="nope")
+
+
+def test_unhashable_name_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.get(["numpy"])
+
+
+def test_unavailable_backend_says_what_to_install(monkeypatch):
+    spec = _Spec("backends.reference:accel", "needs a missing module", ("no_such_mod_xyz",), "xyz")
+    monkeypatch.setitem(backends._REGISTRY, "fake", spec)
+    assert "fake" in backends.names()
+    assert "fake" not in backends.available()
+    reason = backends.unavailable_reason("fake")
+    assert "no_such_mod_xyz" in reason and "pip install 'nbody-backends[xyz]'" in reason
+    with pytest.raises(backends.BackendUnavailableError, match=r"nbody-backends\[xyz\]"):
+        backends.get("fake")
+    with pytest.raises(ImportError):  # the error is an ImportError, as users expect
+        backends.accel([1.0], [[0, 0, 0]], backend="fake")
+
+
+def test_default_backend_is_numba_parallel():
+    m, x = np.array([1.0, 1.0]), np.array([[0.0, 0, 0], [2.0, 0, 0]])
+    np.testing.assert_array_equal(backends.accel(m, x), backends.get("numba_parallel").accel(m, x))
+
+
+def test_backend_options_pass_through():
+    m, x = np.ones(10), np.arange(30.0).reshape(10, 3)
+    ref = backends.accel(m, x, backend="python")
+    out = backends.accel(m, x, backend="numpy", block=3)
+    assert backends.relative_error(out, ref) < 1e-13
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        backends.accel(m, x, backend="numpy", block=0)
+    with pytest.raises(TypeError):
+        backends.accel(m, x, backend="numba", no_such_option=1)
+
+
+def test_import_is_lazy():
+    heavy = ["numba", "jax", "mpi4py", "joblib", "numba.cuda", "scipy", "matplotlib"]
+    code = (
+        "import sys, backends\n"
+        "backends.names()\n"
+        f"bad = [m for m in {heavy!r} if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
