@@ -112,7 +112,8 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
         if not np.isfinite(arr).all():
             bad = np.argwhere(~np.isfinite(arr))[0]
             where = ", ".join(str(int(k)) for k in bad)
-            raise ValueError(f"{name} must be finite; got {float(arr[tuple(bad)])!r} at index [{where}]")
+            got = float(arr[tuple(bad)])
+            raise ValueError(f"{name} must be finite; got {got!r} at index [{where}]")
     return Inputs(m, x, G, softening)
 
 
