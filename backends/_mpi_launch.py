@@ -1,4 +1,7 @@
-"""Run ``mpiexec -n P python -m backends.mpi_run ... --json`` for ``python -m backends compare``.
+"""Run ``mpiexec -n P python -m backends.mpi_run ... --check --json`` for ``compare``.
+
+``--check`` makes rank 0 report the error of the MPI result against ``numba_parallel`` (by the
+project's metric); the JSON object printed by rank 0 is the row's data.
 
 The job runs in its own session (process group), so a Ctrl-C in the terminal reaches only the
 compare process, which then ends the whole group (mpiexec and every rank): no orphans.
@@ -94,7 +97,7 @@ def run(ranks: int, n: int, seed: int, repeat: int, timeout: float) -> tuple[dic
     if mpiexec is None:
         raise MPIRunError("mpiexec not found")
     cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "backends.mpi_run"]
-    cmd += ["--n", str(n), "--seed", str(seed), "--repeat", str(repeat), "--json"]
+    cmd += ["--n", str(n), "--seed", str(seed), "--repeat", str(repeat), "--check", "--json"]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # the ranks import this same package
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

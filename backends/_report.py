@@ -60,6 +60,7 @@ class Row:
     error_rows: int | None = None
     error_ok: bool | None = None
     message: str = ""
+    mpi_run: dict | None = None  # the mpiexec row: mpi_run's own JSON object, verbatim
 
     @property
     def bad(self) -> bool:

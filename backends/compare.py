@@ -17,9 +17,9 @@ Rules, all documented in the output and the README:
   the oracle rows timed at this N, and marked ``~``.
 * The oracle runs in full at N <= ``--python-max-n``; above, on ``--sample-rows`` random rows
   computed exactly by :func:`backends.reference.accel_rows`.
-* ``mpi`` is run as ``mpiexec -n P python -m backends.mpi_run --json`` (one row
-  ``mpi (P ranks)`` per N); the in-process single-rank ``mpi`` backend is not timed, as it
-  adds nothing to the serial Numba rows.
+* ``mpi`` is run as ``mpiexec -n P python -m backends.mpi_run --check --json`` (one row
+  ``mpi (P ranks)`` per N; its error is rank 0's check against ``numba_parallel``); the
+  in-process single-rank ``mpi`` backend is not timed, as it adds nothing to the serial rows.
 * ``--threads T`` calls ``numba.set_num_threads(T)``: it bounds ``numba_parallel`` and every
   Numba-parallel kernel run in this process; process pools (joblib, multiprocessing), MPI ranks
   and JAX/XLA size themselves and are not affected.
@@ -492,8 +492,11 @@ class Runner:
                 row.status, row.message = "failed", _first_line(exc)
                 continue
             row.first_call_s = wall
+            row.mpi_run = doc
             row.message = (
-                "first call = wall time of the whole mpiexec job; error checked by mpi_run"
+                f"algorithm {doc.get('algorithm', '?')}; first call = wall time of the whole "
+                "mpiexec job (launch, imports, compilation, all calls); error: mpi_run --check, "
+                "against numba_parallel"
             )
             if doc.get("error") is not None:
                 row.error = float(doc["error"])

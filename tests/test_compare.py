@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,54 @@ def test_mpi_row_from_mpiexec(tmp_path):
     mpi = res[("mpi (2 ranks)", 64)]
     assert mpi["status"] == "ok" and mpi["best_s"] == min(mpi["times_s"])
     assert mpi["speedup_vs_numpy"] == pytest.approx(res[("numpy", 64)]["best_s"] / mpi["best_s"])
+
+
+def _mpi_ranks_alive(seed: int) -> list[int]:
+    """Pids of live processes of our MPI job (found by its unique --seed), zombies excluded."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"backends.mpi_run" in args and str(seed).encode() in args and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("backends.mpi_run") is None
+    or "mpi" not in backends.names()
+    or not Path("/proc").is_dir(),
+    reason="backends.mpi_run or the 'mpi' backend is not in this checkout (or no /proc)",
+)
+def test_interrupt_ends_the_mpi_job(tmp_path):
+    from backends import _mpi_launch
+
+    reason = _mpi_launch.unavailable_reason() or backends.unavailable_reason("mpi")
+    if reason is not None:
+        pytest.skip(reason)
+    seed = 700_000 + os.getpid() % 100_000
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REGISTER, "compare", "--n", "200000", "--repeat", "20",
+         "--backends", "mpi", "--seed", str(seed)],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if "mpiexec" in line:
+                break
+        deadline = time.monotonic() + 60
+        while len(_mpi_ranks_alive(seed)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_mpi_ranks_alive(seed)) >= 2, "the MPI ranks never started"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    deadline = time.monotonic() + 10
+    while _mpi_ranks_alive(seed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _mpi_ranks_alive(seed) == []
