@@ -47,6 +47,16 @@ from backends._report import Row, metadata, render, to_json, write_csv, write_js
 
 DEFAULT_N = (1000, 10000)
 MPI = "mpi"
+_EPILOG = """\
+budget: after the first call, steady-state calls stop at --repeat or after --budget seconds
+(at least one); a backend predicted (N(N-1) scaling from its previous N) to need more than
+--max-call seconds per call is skipped at that N. python is timed only at N <= --python-max-n
+and extrapolated above (marked ~). --threads bounds Numba's parallel kernels in this process
+only (not process pools, MPI ranks or JAX).
+
+exit status: 0 all ran and agree with the oracle; 1 a backend failed or disagreed; 2 bad
+arguments (nothing run); 130 Ctrl-C, 143 SIGTERM (pools closed, MPI job ended, nothing written).
+"""
 
 # --------------------------------------------------------------------------- arguments
 
@@ -97,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time every available backend and check it against the oracle",
         description="Time every available backend and check it against the pure-Python oracle. "
         "Defaults: every available backend at N = 1000 and 10000.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     c.add_argument(
         "--n",
