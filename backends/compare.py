@@ -293,8 +293,12 @@ class Progress:
 
     def step(self, text: str, detail: bool = False) -> None:
         """Show what is being done now (``detail`` steps only on the live line)."""
-        if self.mode == "live":
-            self.stream.write("\r\x1b[K" + text[:200])
+        if self.mode == "live":  # cut to the terminal's width: a wrapped line cannot be redrawn
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns or 80
+            except (AttributeError, OSError, ValueError):
+                width = 80  # a size of 0 means unknown (a bare pty)
+            self.stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
         elif self.mode == "lines" and not detail:
             self.stream.write(f"compare: {text}\n")
         else:
@@ -398,7 +402,9 @@ class Runner:
         try:
             for n in self.args.n:
                 if name == "python" and n > self.args.python_max_n:
-                    continue  # extrapolated in _speedups
+                    # extrapolated in _speedups; the timed oracle rows are the fallback base
+                    self.oracle.reference(n, *self.systems[n], self.progress)
+                    continue
                 row = Row(name, name, n, "ok")
                 self.rows.append(row)
                 if previous is not None and previous.best_s:

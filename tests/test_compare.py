@@ -134,6 +134,16 @@ def test_python_extrapolated_and_sampled_rows(tmp_path):
     assert rows[("numpy", 60)][7].startswith("~") and rows[("numpy", 60)][9].endswith("*")
 
 
+def test_python_alone_above_the_limit_is_extrapolated_from_oracle_rows(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 40, "--backends", "python", "--python-max-n", 20,
+            "--sample-rows", 5, "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(js.read_text())["results"]
+    assert row["status"] == "extrapolated" and row["best_s"] > 0
+    assert "extrapolated from 5 oracle rows timed at this N" in r.stdout
+
+
 def test_failing_and_disagreeing_backends_are_reported(tmp_path):
     js, marker = tmp_path / "r.json", tmp_path / "closed"
     r = cli("compare", "--n", 40, 80, "--repeat", 1, "--backends", "numpy", "raises", "wrong",
