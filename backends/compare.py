@@ -362,6 +362,15 @@ def _check(out, n: int) -> None:
     if not isinstance(out, np.ndarray) or out.shape != (n, 3) or out.dtype != np.float64:
         got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}"
         raise TypeError(f"returned {got.strip()}, not an ({n}, 3) float64 array")
+    if not np.isfinite(out).all():
+        raise FloatingPointError("returned non-finite values (inf or NaN)")
+
+
+def _predict(previous: Row | None, n: int) -> float | None:
+    """Seconds per call at ``n`` by N(N-1) scaling from the backend's previous N, if any."""
+    if previous is None or not previous.best_s or previous.n < 2:
+        return None
+    return previous.best_s * backends.interactions(n) / backends.interactions(previous.n)
 
 
 def _error(out: np.ndarray, rows, ref: np.ndarray) -> float:
@@ -403,23 +412,21 @@ class Runner:
             for n in self.args.n:
                 if name == "python" and n > self.args.python_max_n:
                     # extrapolated in _speedups; the timed oracle rows are the fallback base
-                    self.oracle.reference(n, *self.systems[n], self.progress)
+                    try:
+                        self.oracle.reference(n, *self.systems[n], self.progress)
+                    except Exception as exc:
+                        self.rows.append(Row(name, name, n, "failed", message=_first_line(exc)))
                     continue
                 row = Row(name, name, n, "ok")
                 self.rows.append(row)
-                if previous is not None and previous.best_s:
-                    guess = (
-                        previous.best_s
-                        * backends.interactions(n)
-                        / max(backends.interactions(previous.n), 1)
+                guess = _predict(previous, n)
+                if guess is not None and guess > self.args.max_call:
+                    row.status = "skipped"
+                    row.message = (
+                        f"about {guess:.3g} s per call predicted by N(N-1) scaling from "
+                        f"N={previous.n:,}, over --max-call {self.args.max_call:g} s"
                     )
-                    if guess > self.args.max_call:
-                        row.status = "skipped"
-                        row.message = (
-                            f"about {guess:.3g} s per call predicted by N(N-1) scaling from "
-                            f"N={previous.n:,}, over --max-call {self.args.max_call:g} s"
-                        )
-                        continue
+                    continue
                 if b is None:
                     self.progress.step(f"{name}: import", detail=True)
                     t0 = time.perf_counter()
@@ -477,7 +484,11 @@ class Runner:
             row.message = (
                 f"{len(row.times_s)} of {args.repeat} repeats: --budget {args.budget:g} s reached"
             )
-        rows, ref = self.oracle.reference(n, m, x, self.progress)
+        try:
+            rows, ref = self.oracle.reference(n, m, x, self.progress)
+        except Exception as exc:  # the oracle itself failed: no verdict is possible
+            row.status, row.message = "failed", f"oracle: {_first_line(exc)}"
+            return
         row.error_rows = n if rows is None else len(rows)
         row.error = max(_error(first, rows, ref), _error(last, rows, ref))
         row.error_ok = bool(row.error <= args.rtol)
@@ -490,19 +501,20 @@ class Runner:
         for n in args.n:
             row = Row(MPI, label, n, "ok")
             self.rows.append(row)
-            if previous is not None and previous.best_s:
-                guess = (
-                    previous.best_s
-                    * backends.interactions(n)
-                    / max(backends.interactions(previous.n), 1)
+            guess = _predict(previous, n)
+            if guess is not None and guess > args.max_call:
+                row.status = "skipped"
+                row.message = (
+                    f"about {guess:.3g} s per call predicted by N(N-1) scaling from "
+                    f"N={previous.n:,}, over --max-call {args.max_call:g} s"
                 )
-                if guess > args.max_call:
-                    row.status = "skipped"
-                    row.message = f"about {guess:.3g} s per call predicted, over --max-call"
-                    continue
+                continue
+            # the same budget as in-process backends: fewer calls where they are predicted slow
+            reps = args.repeat if guess is None else int(min(args.repeat, args.budget // guess))
+            reps = max(reps, 1)
             self.progress.step(f"{label} N={n:,}: mpiexec")
             try:
-                doc, wall = _mpi_launch.run(ranks, n, args.seed, args.repeat, args.mpi_timeout)
+                doc, wall = _mpi_launch.run(ranks, n, args.seed, reps, args.mpi_timeout)
                 row.times_s = [float(t) for t in doc["seconds_all"]]
                 row.best_s = float(doc["seconds"])
                 row.median_s = float(doc["seconds_median"])
@@ -515,6 +527,7 @@ class Runner:
                 f"algorithm {doc.get('algorithm', '?')}; first call = wall time of the whole "
                 "mpiexec job (launch, imports, compilation, all calls); error: mpi_run --check, "
                 "against numba_parallel"
+                + (f"; {reps} of {args.repeat} repeats (--budget)" if reps < args.repeat else "")
             )
             if doc.get("error") is not None:
                 row.error = float(doc["error"])

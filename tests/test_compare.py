@@ -144,6 +144,17 @@ def test_python_alone_above_the_limit_is_extrapolated_from_oracle_rows(tmp_path)
     assert "extrapolated from 5 oracle rows timed at this N" in r.stdout
 
 
+def test_budget_and_max_call_limits_are_noted(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 20, 3000, "--backends", "numpy", "--repeat", 3, "--budget", "1e-9",
+            "--max-call", "1e-4", "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr  # skipping is not failing
+    res = {d["n"]: d for d in json.loads(js.read_text())["results"]}
+    assert len(res[20]["times_s"]) == 1 and "1 of 3 repeats: --budget" in res[20]["message"]
+    assert res[3000]["status"] == "skipped" and "over --max-call" in res[3000]["message"]
+    assert table_rows(r.stdout)[("numpy", 3000)][-1].startswith("skipped")
+
+
 def test_failing_and_disagreeing_backends_are_reported(tmp_path):
     js, marker = tmp_path / "r.json", tmp_path / "closed"
     r = cli("compare", "--n", 40, 80, "--repeat", 1, "--backends", "numpy", "raises", "wrong",
