@@ -24,6 +24,7 @@ from backends._report import fmt_time
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 ANSI = re.compile(r"\x1b\[")
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
 # A child that registers the test-only backends of tests/compare_test_backends.py, then runs
 # the command line exactly as `python -m backends` does.
@@ -77,8 +78,9 @@ def table_rows(stdout: str) -> dict[tuple[str, int], list[str]]:
 def test_end_to_end_table_json_csv_png_agree(tmp_path):
     out = {k: tmp_path / f"run.{k}" for k in ("json", "csv", "png")}
     names = ["python", "numpy", "numba"]
+    plot = ["--plot", out["png"]] if HAVE_MPL else []
     r = cli("compare", "--n", 100, 50, "--repeat", 2, "--backends", *names, "--mpi-ranks", 0,
-            "--json", out["json"], "--csv", out["csv"], "--plot", out["png"])  # fmt: skip
+            "--json", out["json"], "--csv", out["csv"], *plot)  # fmt: skip
     assert r.returncode == 0, r.stderr
     # piped: a clean table on stdout; plain progress lines (no live line) on stderr
     for stream in (r.stdout, r.stderr):
@@ -113,8 +115,16 @@ def test_end_to_end_table_json_csv_png_agree(tmp_path):
         assert res["first_call_s"] > 0 and res["median_s"] >= res["best_s"]
         py = results[("python", res["n"])]["best_s"]
         assert res["speedup_vs_python"] == pytest.approx(py / res["best_s"])
-    png = out["png"].read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    if HAVE_MPL:
+        png = out["png"].read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.skipif(HAVE_MPL, reason="matplotlib is installed: the figure is tested above")
+def test_plot_without_matplotlib_is_an_argument_error(tmp_path):
+    r = cli("compare", "--plot", tmp_path / "f.png")
+    assert r.returncode == 2 and "--plot needs matplotlib" in r.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_python_extrapolated_and_sampled_rows(tmp_path):
