@@ -1,7 +1,6 @@
-"""Reporting for ``python -m backends compare``: metadata, the table, JSON, CSV and the figure.
+"""Reporting for ``python -m backends compare``: progress, metadata, table, JSON, CSV, figure.
 
-Everything here works on finished :class:`Row` records; nothing measures. matplotlib is
-imported only by :func:`write_plot`.
+Nothing here measures; matplotlib is imported only by :func:`write_plot`.
 """
 
 from __future__ import annotations
@@ -66,6 +65,38 @@ class Row:
     def bad(self) -> bool:
         """True when this row makes the command fail: an error, or a disagreement."""
         return self.status == "failed" or self.error_ok is False
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress on stderr: one live line on a terminal, a line per step otherwise, or nothing."""
+
+    def __init__(self, quiet: bool, stream=None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", lambda: False)()
+        self.mode = "off" if quiet else ("live" if isatty else "lines")
+
+    def step(self, text: str, detail: bool = False) -> None:
+        """Show what is being done now (``detail`` steps only on the live line)."""
+        if self.mode == "live":  # cut to the terminal's width: a wrapped line cannot be redrawn
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns or 80
+            except (AttributeError, OSError, ValueError):
+                width = 80  # a size of 0 means unknown (a bare pty)
+            self.stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
+        elif self.mode == "lines" and not detail:
+            self.stream.write(f"compare: {text}\n")
+        else:
+            return
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the live line."""
+        if self.mode == "live":
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
 
 
 # --------------------------------------------------------------------------- metadata
