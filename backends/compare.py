@@ -27,6 +27,7 @@ Rules, all documented in the output and the README:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -105,8 +106,11 @@ def compare(args) -> int:
     if "numba" in sys.modules:
         settings["numba_threads"] = sys.modules["numba"].get_num_threads()
     not_run = runner.not_run
-    sys.stdout.write(render(meta, settings, rows, not_run))
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(render(meta, settings, rows, not_run))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `compare | head`: the reader left; still write the files
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     status = 1 if any(r.bad for r in rows) else 0
     if args.json:
         write_json(args.json, to_json(meta, settings, rows, not_run))

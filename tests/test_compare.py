@@ -165,6 +165,16 @@ def test_budget_and_max_call_limits_are_noted(tmp_path):
     assert table_rows(r.stdout)[("numpy", 3000)][-1].startswith("skipped")
 
 
+def test_threads_sets_numba_threads(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 30, "--backends", "numba_parallel", "--repeat", 1, "--threads", 1,
+            "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    settings = json.loads(js.read_text())["settings"]
+    assert settings["threads"] == 1 and settings["numba_threads"] == 1
+    assert "threads 1," in r.stdout
+
+
 def test_failing_and_disagreeing_backends_are_reported(tmp_path):
     js, marker = tmp_path / "r.json", tmp_path / "closed"
     r = cli("compare", "--n", 40, 80, "--repeat", 1, "--backends", "numpy", "raises", "wrong",
