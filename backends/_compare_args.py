@@ -1,0 +1,247 @@
+"""Arguments of ``python -m backends compare``: the parser and every check made before work.
+
+Every error here is reported with ``compare``'s usage and exit status 2, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import backends
+from backends import _mpi_launch
+
+DEFAULT_N = (1000, 10000)
+MPI = "mpi"
+_EPILOG = """\
+budget: after the first call, steady-state calls stop at --repeat or after --budget seconds
+(at least one); a backend predicted (N(N-1) scaling from its previous N) to need more than
+--max-call seconds per call is skipped at that N. python is timed only at N <= --python-max-n
+and extrapolated above (marked ~). --threads bounds Numba's parallel kernels in this process
+only (not process pools, MPI ranks or JAX).
+
+exit status: 0 all ran and agree with the oracle; 1 a backend failed or disagreed; 2 bad
+arguments (nothing run); 130 Ctrl-C, 143 SIGTERM (pools closed, MPI job ended, nothing written).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        try:  # accept 1e4, not 1.5
+            f = float(text)
+        except ValueError:
+            f = math.nan
+        if not (math.isfinite(f) and f == int(f)):
+            raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+        value = int(f)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    if text.strip() in ("0", "+0"):
+        return 0
+    return _positive_int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``python -m backends`` parser, with the ``compare`` and ``list`` commands."""
+    parser = argparse.ArgumentParser(
+        prog="python -m backends",
+        description="Measure every N-body backend on this machine.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{compare,list}")
+    sub.required = True
+    sub.add_parser("list", help="every registered backend, whether it runs here, and why not")
+    c = sub.add_parser(
+        "compare",
+        help="time every available backend and check it against the oracle",
+        description="Time every available backend and check it against the pure-Python oracle. "
+        "Defaults: every available backend at N = 1000 and 10000.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "--n",
+        nargs="+",
+        type=_positive_int,
+        default=list(DEFAULT_N),
+        metavar="N",
+        help="numbers of particles (default: 1000 10000)",
+    )
+    c.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="backends to run (default: every available one; see `list`)",
+    )
+    c.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=5,
+        metavar="R",
+        help="steady-state calls after the first (default: 5)",
+    )
+    c.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="T",
+        help="numba.set_num_threads(T) (Numba-parallel kernels only)",
+    )
+    c.add_argument("--json", metavar="FILE", help="write every result and the metadata as JSON")
+    c.add_argument("--csv", metavar="FILE", help="write one CSV line per backend and N")
+    c.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="write a figure: time vs N and speedups (needs matplotlib)",
+    )
+    c.add_argument(
+        "--mpi-ranks",
+        type=_non_negative_int,
+        default=2,
+        metavar="P",
+        help="ranks for the mpiexec row (default: 2; 0: no MPI row)",
+    )
+    c.add_argument(
+        "--budget",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds per backend and N after which repeats stop (default: 5)",
+    )
+    c.add_argument(
+        "--max-call",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="skip a backend at an N where one call is predicted to take longer (default: 30)",
+    )
+    c.add_argument(
+        "--python-max-n",
+        type=_non_negative_int,
+        default=1000,
+        metavar="N",
+        help="largest N at which the pure-Python oracle is run in full (default: 1000)",
+    )
+    c.add_argument(
+        "--sample-rows",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="oracle rows checked above --python-max-n (default: 1e6/N, in [16, 100])",
+    )
+    c.add_argument(
+        "--rtol",
+        type=_positive_float,
+        default=1e-12,
+        help="largest error that passes (default: 1e-12)",
+    )
+    c.add_argument("--seed", type=_non_negative_int, default=42, help="random seed (default: 42)")
+    c.add_argument(
+        "--mpi-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="S",
+        help="seconds before an MPI job is killed (default: 300)",
+    )
+    c.add_argument("--quiet", action="store_true", help="no progress display on stderr")
+    c.set_defaults(parser=c)  # errors found after parsing are reported with compare's usage
+    return parser
+
+
+def _check_output(parser, option: str, path: str | None, seen: dict[str, str]) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        parser.error(f"{option} {path!r} is a directory, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        parser.error(f"{option} {path!r}: directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        parser.error(f"{option} {path!r} is not writable")
+    key = os.path.realpath(p)
+    if key in seen:
+        parser.error(f"{option} and {seen[key]} are the same file {path!r}")
+    seen[key] = option
+
+
+def _select(parser, args) -> tuple[list[str], dict[str, str]]:
+    """Backends to run (registry order) and those left out with the reason."""
+    known = backends.names()
+    not_run: dict[str, str] = {}
+    if args.backends is None:
+        wanted = known
+    else:
+        unknown = [b for b in args.backends if b not in known]
+        if unknown:
+            parser.error(f"unknown backend {unknown[0]!r}; valid names are: {', '.join(known)}")
+        wanted = [b for b in known if b in args.backends]
+    chosen = []
+    for name in wanted:
+        spec = backends._REGISTRY[name]
+        reason = None
+        if any(importlib.util.find_spec(mod) is None for mod in spec.requires):
+            reason = backends.unavailable_reason(name)  # dependency check only: no import
+        elif name == MPI:
+            reason = (
+                "disabled by --mpi-ranks 0"
+                if args.mpi_ranks == 0
+                else _mpi_launch.unavailable_reason()
+            )
+        if reason is None:
+            chosen.append(name)
+        elif args.backends is not None:  # asked for by name: refuse before any work
+            parser.error(f"backend {name!r} is not available here: {reason}")
+        else:
+            not_run[name] = reason
+    return chosen, not_run
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse and check everything; argument errors exit with status 2 before any work."""
+    args = build_parser().parse_args(argv)
+    if args.command != "compare":
+        return args
+    parser = args.parser
+    args.n = sorted(set(args.n))
+    seen: dict[str, str] = {}
+    for option in ("json", "csv", "plot"):
+        _check_output(parser, f"--{option}", getattr(args, option), seen)
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+            parser.error(f"--plot {args.plot!r}: the file name must end in .png, .svg or .pdf")
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.error(
+                "--plot needs matplotlib, not installed: pip install 'nbody-backends[plot]'"
+            )
+    if args.threads is not None:
+        import numba  # the limit is numba's (NUMBA_NUM_THREADS, the cores by default)
+
+        top = numba.config.NUMBA_NUM_THREADS
+        if args.threads > top:
+            parser.error(f"--threads {args.threads} exceeds numba's limit of {top} threads")
+    args.selected, args.not_run = _select(parser, args)
+    if not args.selected:
+        parser.error(
+            "no backend to run: " + "; ".join(f"{k}: {v}" for k, v in args.not_run.items())
+        )
+    return args

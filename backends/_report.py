@@ -1,0 +1,408 @@
+"""Reporting for ``python -m backends compare``: progress, metadata, table, JSON, CSV, figure.
+
+Nothing here measures; matplotlib is imported only by :func:`write_plot`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+# Distributions whose versions go into the header (looked up without importing them).
+_LIBRARIES = (
+    "numpy",
+    "numba",
+    "llvmlite",
+    "scipy",
+    "jax",
+    "jaxlib",
+    "joblib",
+    "mpi4py",
+    "mpich",
+    "numba-cuda",
+    "matplotlib",
+    "nbody-backends",
+)
+
+
+@dataclass
+class Row:
+    """One backend at one N: what was measured, or why nothing was.
+
+    ``status`` is ``"ok"`` (measured), ``"failed"`` (raised, or returned a bad array),
+    ``"skipped"`` (not run at this N, see ``message``) or ``"extrapolated"`` (the pure-Python
+    time estimated from N(N-1) scaling). Times are in seconds; ``error_rows`` is the number of
+    rows checked against the oracle (N when the oracle ran in full, None when the backend
+    checked itself, as ``mpi_run`` does).
+    """
+
+    backend: str
+    label: str
+    n: int
+    status: str
+    first_call_s: float | None = None
+    best_s: float | None = None
+    median_s: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    interactions_per_second: float | None = None
+    speedup_vs_python: float | None = None
+    speedup_vs_numpy: float | None = None
+    python_extrapolated: bool = False
+    error: float | None = None
+    error_rows: int | None = None
+    error_ok: bool | None = None
+    message: str = ""
+    mpi_run: dict | None = None  # the mpiexec row: mpi_run's own JSON object, verbatim
+
+    @property
+    def bad(self) -> bool:
+        """True when this row makes the command fail: an error, or a disagreement."""
+        return self.status == "failed" or self.error_ok is False
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress on stderr: one live line on a terminal, a line per step otherwise, or nothing."""
+
+    def __init__(self, quiet: bool, stream=None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", lambda: False)()
+        self.mode = "off" if quiet else ("live" if isatty else "lines")
+
+    def step(self, text: str, detail: bool = False) -> None:
+        """Show what is being done now (``detail`` steps only on the live line)."""
+        if self.mode == "live":  # cut to the terminal's width: a wrapped line cannot be redrawn
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns or 80
+            except (AttributeError, OSError, ValueError):
+                width = 80  # a size of 0 means unknown (a bare pty)
+            self.stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
+        elif self.mode == "lines" and not detail:
+            self.stream.write(f"compare: {text}\n")
+        else:
+            return
+        self.stream.flush()
+
+    def done(self) -> None:
+        """Clear the live line."""
+        if self.mode == "live":
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that matter here (by metadata, never imported)."""
+    found = {}
+    for dist in _LIBRARIES:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def metadata() -> dict:
+    """Machine, Python and library versions, and the date, for the header and the JSON."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": _cpu_model(),
+            "logical_cpus": os.cpu_count(),
+            "usable_cpus": usable,
+            "platform": platform.platform(),
+            "arch": platform.machine(),
+        },
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+        },
+        "libraries": library_versions(),
+    }
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_time(t: float | None) -> str:
+    """Seconds with a unit chosen for 3 significant digits (``us``, ``ms``, ``s``)."""
+    if t is None:
+        return "-"
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t * 1e9:.3g} ns"
+
+
+def fmt_rate(r: float | None) -> str:
+    """Interactions per second with an SI prefix."""
+    if r is None:
+        return "-"
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if r >= scale:
+            return f"{r / scale:.3g} {unit}/s"
+    return f"{r:.3g} /s"
+
+
+def fmt_speedup(s: float | None) -> str:
+    """Format a speedup factor: ``1,234x``, ``12.3x``, ``0.456x``."""
+    if s is None:
+        return "-"
+    return f"{s:,.0f}x" if s >= 1000 else f"{s:.3g}x"
+
+
+_HEAD = (
+    "backend",
+    "N",
+    "first call",
+    "best",
+    "median",
+    "reps",
+    "interactions",
+    "vs python",
+    "vs numpy",
+    "error",
+    "check",
+)
+_LEFT = {0, 10}  # left-aligned columns: backend, check
+
+
+def _cells(row: Row, note: str, rtol: float) -> list[str]:
+    tilde = "~" if row.python_extrapolated else ""
+    if row.status == "extrapolated":
+        vs_np = ("~" + fmt_speedup(row.speedup_vs_numpy)) if row.speedup_vs_numpy else "-"
+        rate = "~" + fmt_rate(row.interactions_per_second)
+        best = "~" + fmt_time(row.best_s)
+        return [row.label, f"{row.n:,}", "-", best, "-", "-", rate, "1x", vs_np, "-", "est." + note]
+    if row.status in ("failed", "skipped"):
+        word = "FAILED" if row.status == "failed" else "skipped"
+        return [row.label, f"{row.n:,}"] + ["-"] * 8 + [word + note]
+    if row.backend == "python" and row.error_rows is not None and row.error == 0.0:
+        err, check = "(oracle)", ""
+    elif row.error is None:
+        err, check = "-", "n/a"
+    else:
+        err = f"{row.error:.1e}"
+        check = "ok" if row.error_ok else "FAIL"
+        if row.error_rows is not None and row.error_rows < row.n:
+            err += "*"
+    vs_py = (tilde + fmt_speedup(row.speedup_vs_python)) if row.speedup_vs_python else "-"
+    return [
+        row.label,
+        f"{row.n:,}",
+        fmt_time(row.first_call_s),
+        fmt_time(row.best_s),
+        fmt_time(row.median_s),
+        str(len(row.times_s)),
+        fmt_rate(row.interactions_per_second),
+        vs_py,
+        fmt_speedup(row.speedup_vs_numpy),
+        err,
+        check + note,
+    ]
+
+
+def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]) -> str:
+    """Return the report printed on stdout: header, table, footnotes, verdict."""
+    m = meta["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in meta["libraries"].items())
+    threads = settings["threads"] if settings["threads"] else "numba default"
+    lines = [
+        "nbody-backends compare: direct-summation N-body accelerations, float64, G=1, eps=0",
+        f"machine : {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
+        f"{m['platform']}",
+        f"python  : {meta['python']['version']} ({meta['python']['implementation']}); {libs}",
+        f"settings: repeat {settings['repeat']}, budget {settings['budget_s']:g} s per backend "
+        f"and N, threads {threads}, seed {settings['seed']}, rtol {settings['rtol']:g}, "
+        f"date {meta['date']}",
+        "",
+    ]
+    notes: list[str] = []
+    table = [list(_HEAD)]
+    for row in rows:
+        note = ""
+        if row.message:
+            notes.append(f"[{len(notes) + 1}] {row.label} at N={row.n:,}: {row.message}")
+            note = f" [{len(notes)}]"
+        table.append(_cells(row, note, settings["rtol"]))
+    widths = [max(len(r[k]) for r in table) for k in range(len(_HEAD))]
+    for k, r in enumerate(table):
+        cells = [
+            c.ljust(w) if j in _LEFT else c.rjust(w)
+            for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines += [
+        "",
+        "first call: the first call in this process (imports not done by an earlier row, "
+        "compilation or cache load, pool start-up); best/median of the 'reps' calls after it.",
+        "interactions: N(N-1)/best per second.  vs python/numpy: their best time / this best time "
+        "at the same N.",
+        f"error: max relative error per particle against the pure-Python oracle (ok: <= "
+        f"{settings['rtol']:g}); * = on a random sample of rows, computed exactly by the oracle.",
+        "~: pure-Python time extrapolated from N(N-1) scaling (not measured at this N).",
+    ]
+    lines += notes
+    for name, reason in not_run.items():
+        lines.append(f"not run: {name}: {reason}")
+    bad = [r for r in rows if r.bad]
+    if bad:
+        which = ", ".join(f"{r.label} (N={r.n:,})" for r in bad)
+        lines.append(f"FAILED: {which}")
+    else:
+        lines.append("all measured backends agree with the oracle")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def to_json(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]) -> dict:
+    """Return the whole run as one JSON-serializable object."""
+    return {
+        "schema": 1,
+        **meta,
+        "settings": settings,
+        "results": [asdict(r) for r in rows],
+        "not_run": not_run,
+        "failed": any(r.bad for r in rows),
+    }
+
+
+def write_json(path: str, document: dict) -> None:
+    """Write the JSON document, indented."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+
+
+CSV_FIELDS = [
+    "backend",
+    "label",
+    "n",
+    "status",
+    "first_call_s",
+    "best_s",
+    "median_s",
+    "repeats",
+    "times_s",
+    "interactions_per_second",
+    "speedup_vs_python",
+    "speedup_vs_numpy",
+    "python_extrapolated",
+    "error",
+    "error_rows",
+    "error_ok",
+    "message",
+]
+
+
+def write_csv(path: str, rows: list[Row]) -> None:
+    """One CSV line per row; ``times_s`` space-separated, missing values empty."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            d = asdict(r)
+            d["repeats"] = len(r.times_s)
+            d["times_s"] = " ".join(repr(t) for t in r.times_s)
+            w.writerow({k: ("" if d[k] is None else d[k]) for k in CSV_FIELDS})
+
+
+def write_plot(path: str, rows: list[Row], title: str) -> None:
+    """Time vs N (log-log) for every backend, and speedup bars at the largest N.
+
+    Measured points are solid; the extrapolated pure-Python times are hollow and dashed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_t, ax_s = fig.subplots(1, 2, width_ratios=(1.1, 1))
+    timed = [r for r in rows if r.best_s and r.status in ("ok", "extrapolated")]
+    labels = list(dict.fromkeys(r.label for r in timed))
+    for k, label in enumerate(labels):
+        color = f"C{k % 10}"
+        pts = sorted((r.n, r.best_s, r.status) for r in timed if r.label == label)
+        solid = [p for p in pts if p[2] == "ok"]
+        guess = [p for p in pts if p[2] == "extrapolated"]
+        if solid:
+            ax_t.plot([p[0] for p in solid], [p[1] for p in solid], "o-", color=color, label=label)
+        if guess:
+            link = solid[-1:] + guess
+            ax_t.plot([p[0] for p in link], [p[1] for p in link], "--", color=color,
+                      label=None if solid else label)  # fmt: skip
+            ax_t.plot([p[0] for p in guess], [p[1] for p in guess], "o", color=color,
+                      markerfacecolor="none")  # fmt: skip
+    ax_t.set_xscale("log")
+    ax_t.set_yscale("log")
+    ax_t.set_xlabel("N (particles)")
+    ax_t.set_ylabel("best time per evaluation (s)")
+    ax_t.set_title("time vs N (dashed, hollow: python extrapolated)")
+    ax_t.grid(True, which="both", alpha=0.3)
+    if labels:
+        ax_t.legend(fontsize="small")
+
+    measured = [r for r in timed if r.status == "ok"]
+    if measured:
+        n_max = max(r.n for r in measured)
+        at = [r for r in measured if r.n == n_max]
+        xs = range(len(at))
+        vs_py = [r.speedup_vs_python or 0.0 for r in at]
+        vs_np = [r.speedup_vs_numpy or 0.0 for r in at]
+        ax_s.bar([x - 0.2 for x in xs], vs_py, width=0.4, label="vs python")
+        ax_s.bar([x + 0.2 for x in xs], vs_np, width=0.4, label="vs numpy")
+        ax_s.set_xticks(list(xs), [r.label for r in at], rotation=30, ha="right")
+        ax_s.set_yscale("log")
+        ax_s.axhline(1.0, color="k", lw=0.8)
+        ax_s.set_ylabel("speedup (x)")
+        guessed = any(r.python_extrapolated for r in at)
+        ax_s.set_title(
+            f"speedup at N = {n_max:,}" + (" (vs python: extrapolated)" if guessed else "")
+        )
+        ax_s.legend(fontsize="small")
+        ax_s.grid(True, axis="y", which="both", alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)

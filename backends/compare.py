@@ -1,0 +1,159 @@
+"""``python -m backends compare``: the whole ladder on this machine, in one table.
+
+For every selected backend and every N: the first call (imports, compilation, pool start-up),
+then up to ``--repeat`` steady-state calls (best and median), interactions per second,
+speedups over the pure-Python oracle and over ``numpy``, and the error against the oracle.
+
+Rules, all documented in the output and the README:
+
+* Backends run one after another in registry order, each at every N in increasing order, and
+  are closed (:meth:`backends.Backend.close`) when done, so pools never overlap.
+* Budget: after the first call, steady-state calls stop at ``--repeat`` or once the backend has
+  spent ``--budget`` seconds at this N (at least one call is always made). A backend whose time
+  at the next N, predicted by N(N-1) scaling from the previous one, exceeds ``--max-call``
+  seconds is skipped there, with a note.
+* ``python`` (the oracle) is timed only at N <= ``--python-max-n``; above, its time is
+  extrapolated by N(N-1) scaling from the largest N where it was timed in this run, else from
+  the oracle rows timed at this N, and marked ``~``.
+* The oracle runs in full at N <= ``--python-max-n``; above, on ``--sample-rows`` random rows
+  computed exactly by :func:`backends.reference.accel_rows`.
+* ``mpi`` is run as ``mpiexec -n P python -m backends.mpi_run --check --json`` (one row
+  ``mpi (P ranks)`` per N; its error is rank 0's check against ``numba_parallel``); the
+  in-process single-rank ``mpi`` backend is not timed, as it adds nothing to the serial rows.
+* ``--threads T`` calls ``numba.set_num_threads(T)``: it bounds ``numba_parallel`` and every
+  Numba-parallel kernel run in this process; process pools (joblib, multiprocessing), MPI ranks
+  and JAX/XLA size themselves and are not affected.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import backends
+from backends import _mpi_launch
+from backends._compare_args import MPI, parse
+from backends._compare_run import Runner, first_line
+from backends._report import (
+    Progress,
+    metadata,
+    render,
+    to_json,
+    write_csv,
+    write_json,
+    write_plot,
+)
+
+__all__ = ["main", "compare", "list_backends"]
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def list_backends(out=None) -> int:
+    """Print every registered backend, whether it runs here, and why not."""
+    out = sys.stdout if out is None else out
+    table = [("backend", "available", "description / why not")]
+    for name in backends.names():
+        try:
+            reason = backends.unavailable_reason(name)
+        except Exception as exc:  # a broken install: say so, keep listing
+            reason = f"probe failed: {first_line(exc)}"
+        if name == MPI and reason is None:
+            launcher = _mpi_launch.unavailable_reason()
+            reason = None if launcher is None else f"in-process only; compare's mpi row: {launcher}"
+        desc = backends._REGISTRY[name].description
+        table.append((name, "yes" if reason is None else "no", desc if reason is None else reason))
+    w0 = max(len(r[0]) for r in table)
+    w1 = max(len(r[1]) for r in table)
+    for r in table:
+        out.write(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}\n")
+    mpiexec = _mpi_launch.find_mpiexec()
+    out.write(f"mpiexec: {mpiexec or 'not found'}\n")
+    return 0
+
+
+def compare(args) -> int:
+    """Run the comparison; print the table, write the files; 0, or 1 if anything failed."""
+    progress = Progress(args.quiet)
+    if args.threads is not None:
+        import numba
+
+        numba.set_num_threads(args.threads)
+    meta = metadata()
+    settings = {
+        "n": args.n,
+        "backends": args.selected,
+        "repeat": args.repeat,
+        "budget_s": args.budget,
+        "max_call_s": args.max_call,
+        "threads": args.threads,
+        "python_max_n": args.python_max_n,
+        "sample_rows": args.sample_rows,
+        "rtol": args.rtol,
+        "seed": args.seed,
+        "mpi_ranks": args.mpi_ranks,
+        "G": 1.0,
+        "softening": 0.0,
+    }
+    runner = Runner(args, progress)
+    try:
+        rows = runner.run()
+    finally:
+        progress.done()
+    if "numba" in sys.modules:
+        settings["numba_threads"] = sys.modules["numba"].get_num_threads()
+    not_run = runner.not_run
+    try:
+        sys.stdout.write(render(meta, settings, rows, not_run))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `compare | head`: the reader left; still write the files
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    status = 1 if any(r.bad for r in rows) else 0
+    if args.json:
+        write_json(args.json, to_json(meta, settings, rows, not_run))
+    if args.csv:
+        write_csv(args.csv, rows)
+    if args.plot:
+        cpu = meta["machine"]["cpu"]
+        try:
+            write_plot(args.plot, rows, f"nbody-backends compare on {cpu}, {meta['date'][:10]}")
+        except Exception as exc:
+            print(
+                f"compare: could not write --plot {args.plot}: {first_line(exc)}", file=sys.stderr
+            )
+            status = 1
+    return status
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that pools are closed and the MPI job is ended."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m backends``; returns the exit status.
+
+    0: success; 1: a backend failed or disagreed with the oracle; 2: bad arguments (nothing
+    run); 130 (Ctrl-C) or 143 (SIGTERM): interrupted, after closing the backends' pools and
+    ending the MPI job; nothing is written.
+    """
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.command == "list":
+        return list_backends()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return compare(args)
+    except KeyboardInterrupt as exc:
+        print("\ncompare: interrupted; backends closed, nothing written", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,375 @@
+"""``python -m backends compare`` and ``list``, end to end in real subprocesses at tiny N."""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pty
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import backends
+from backends._report import fmt_time
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ANSI = re.compile(r"\x1b\[")
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+# A child that registers the test-only backends of tests/compare_test_backends.py, then runs
+# the command line exactly as `python -m backends` does.
+REGISTER = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores SIGINT
+import backends
+for name in ("raises", "wrong", "slow"):
+    backends._REGISTRY[name] = backends._Spec(
+        "compare_test_backends:accel_" + name, "test-only backend: " + name
+    )
+from backends.compare import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def cli(*args, registered=False, env=None, **kw):
+    """Run the command line in a fresh interpreter; stdout and stderr are pipes."""
+    head = [sys.executable, "-c", REGISTER] if registered else [sys.executable, "-m", "backends"]
+    return subprocess.run(
+        [*head, *map(str, args)],
+        cwd=ROOT,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kw,
+    )
+
+
+def table_rows(stdout: str) -> dict[tuple[str, int], list[str]]:
+    """The table's data rows by (label, N), split on runs of two or more spaces."""
+    lines = stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("backend "))
+    rows = {}
+    for ln in lines[start + 2 :]:
+        if not ln.strip():
+            break
+        cells = re.split(r"\s{2,}", ln.strip())
+        rows[(cells[0], int(cells[1].replace(",", "")))] = cells
+    return rows
+
+
+def test_end_to_end_table_json_csv_png_agree(tmp_path):
+    out = {k: tmp_path / f"run.{k}" for k in ("json", "csv", "png")}
+    names = ["python", "numpy", "numba"]
+    plot = ["--plot", out["png"]] if HAVE_MPL else []
+    r = cli("compare", "--n", 100, 50, "--repeat", 2, "--backends", *names, "--mpi-ranks", 0,
+            "--json", out["json"], "--csv", out["csv"], *plot)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # piped: a clean table on stdout; plain progress lines (no live line) on stderr
+    for stream in (r.stdout, r.stderr):
+        assert "\r" not in stream and not ANSI.search(stream)
+    assert "numba N=100: first call" in r.stderr
+    assert "agree with the oracle" in r.stdout
+    table = table_rows(r.stdout)
+    assert set(table) == {(b, n) for b in names for n in (50, 100)}
+
+    doc = json.loads(out["json"].read_text())
+    assert doc["failed"] is False
+    assert doc["settings"]["n"] == [50, 100] and doc["settings"]["repeat"] == 2
+    assert doc["libraries"]["numpy"] == importlib.metadata.version("numpy")
+    assert doc["machine"]["logical_cpus"] == os.cpu_count() and doc["machine"]["cpu"]
+    assert doc["python"]["version"] in r.stdout and doc["machine"]["cpu"] in r.stdout
+    results = {(d["backend"], d["n"]): d for d in doc["results"]}
+    assert set(results) == set(table)
+    with open(out["csv"], newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert {(d["backend"], int(d["n"])) for d in lines} == set(results)
+    for d in lines:
+        res = results[(d["backend"], int(d["n"]))]
+        cells = table[(d["backend"], int(d["n"]))]
+        assert res["status"] == d["status"] == "ok"
+        assert float(d["best_s"]) == res["best_s"] == min(res["times_s"])
+        assert int(d["repeats"]) == len(res["times_s"]) == int(cells[5]) >= 1
+        assert cells[3] == fmt_time(res["best_s"])  # the table shows the JSON's best time
+        assert res["interactions_per_second"] == pytest.approx(
+            backends.interactions(res["n"]) / res["best_s"]
+        )
+        assert res["error_rows"] == res["n"] and res["error_ok"] is True
+        assert res["first_call_s"] > 0 and res["median_s"] >= res["best_s"]
+        py = results[("python", res["n"])]["best_s"]
+        assert res["speedup_vs_python"] == pytest.approx(py / res["best_s"])
+    if HAVE_MPL:
+        png = out["png"].read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.skipif(HAVE_MPL, reason="matplotlib is installed: the figure is tested above")
+def test_plot_without_matplotlib_is_an_argument_error(tmp_path):
+    r = cli("compare", "--plot", tmp_path / "f.png")
+    assert r.returncode == 2 and "--plot needs matplotlib" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_extrapolated_and_sampled_rows(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 30, 60, "--repeat", 1, "--backends", "python", "numpy",
+            "--python-max-n", 30, "--sample-rows", 7, "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # --quiet
+    res = {(d["backend"], d["n"]): d for d in json.loads(js.read_text())["results"]}
+    est, base = res[("python", 60)], res[("python", 30)]
+    assert est["status"] == "extrapolated" and est["times_s"] == []
+    assert est["best_s"] == pytest.approx(base["best_s"] * 60 * 59 / (30 * 29))
+    assert res[("numpy", 60)]["error_rows"] == 7 and res[("numpy", 60)]["python_extrapolated"]
+    assert res[("numpy", 30)]["error_rows"] == 30
+    rows = table_rows(r.stdout)
+    assert rows[("python", 60)][3].startswith("~") and "extrapolated" in r.stdout
+    assert rows[("numpy", 60)][7].startswith("~") and rows[("numpy", 60)][9].endswith("*")
+
+
+def test_python_alone_above_the_limit_is_extrapolated_from_oracle_rows(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 40, "--backends", "python", "--python-max-n", 20,
+            "--sample-rows", 5, "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(js.read_text())["results"]
+    assert row["status"] == "extrapolated" and row["best_s"] > 0
+    assert "extrapolated from 5 oracle rows timed at this N" in r.stdout
+
+
+def test_budget_and_max_call_limits_are_noted(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 20, 3000, "--backends", "numpy", "--repeat", 3, "--budget", "1e-9",
+            "--max-call", "1e-4", "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr  # skipping is not failing
+    res = {d["n"]: d for d in json.loads(js.read_text())["results"]}
+    assert len(res[20]["times_s"]) == 1 and "1 of 3 repeats: --budget" in res[20]["message"]
+    assert res[3000]["status"] == "skipped" and "over --max-call" in res[3000]["message"]
+    assert table_rows(r.stdout)[("numpy", 3000)][-1].startswith("skipped")
+
+
+def test_threads_sets_numba_threads(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 30, "--backends", "numba_parallel", "--repeat", 1, "--threads", 1,
+            "--quiet", "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    settings = json.loads(js.read_text())["settings"]
+    assert settings["threads"] == 1 and settings["numba_threads"] == 1
+    assert "threads 1," in r.stdout
+
+
+def test_failing_and_disagreeing_backends_are_reported(tmp_path):
+    js, marker = tmp_path / "r.json", tmp_path / "closed"
+    r = cli("compare", "--n", 40, 80, "--repeat", 1, "--backends", "numpy", "raises", "wrong",
+            "--json", js, registered=True, env=_env(COMPARE_TEST_CLOSED=str(marker)))  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    rows = table_rows(r.stdout)
+    assert rows[("numpy", 40)][-1] == "ok" and rows[("numpy", 80)][-1] == "ok"
+    assert rows[("raises", 40)][-1].startswith("FAILED") and rows[("wrong", 80)][-1] == "FAIL"
+    assert "RuntimeError: deliberate failure for the test" in r.stdout
+    assert "FAILED: raises (N=40), raises (N=80), wrong (N=40), wrong (N=80)" in r.stdout
+    doc = json.loads(js.read_text())
+    assert doc["failed"] is True
+    res = {(d["backend"], d["n"]): d for d in doc["results"]}
+    assert (
+        res[("raises", 40)]["status"] == "failed" and "deliberate" in res[("raises", 40)]["message"]
+    )
+    assert res[("wrong", 40)]["error"] == pytest.approx(1.0) and not res[("wrong", 40)]["error_ok"]
+    assert marker.read_text().count("closed") == 2  # raises and wrong share the module
+
+
+BAD_ARGS = [
+    (["--n", "0"], "--n: must be a positive integer; got '0'"),
+    (["--n", "100", "ten"], "--n: must be a positive integer; got 'ten'"),
+    (["--n", "1.5"], "--n: must be a positive integer"),
+    (["--n"], "--n: expected at least one argument"),
+    (["--backends", "numpy", "nope"], "unknown backend 'nope'; valid names are: python, numpy"),
+    (["--repeat", "0"], "--repeat: must be a positive integer"),
+    (["--repeat", "x"], "--repeat: must be a positive integer"),
+    (["--threads", "-1"], "--threads: must be a positive integer"),
+    (["--threads", "100000"], "--threads 100000 exceeds numba's limit"),
+    (["--csv", "{tmp}/no/such/dir/r.csv"], "directory '{tmp}/no/such/dir' does not exist"),
+    (["--csv", "{tmp}"], "is a directory, not a file"),
+    (["--plot", "{tmp}/figure.txt"], "must end in .png, .svg or .pdf"),
+    (["--csv", "{tmp}/r.json"], "--csv and --json are the same file"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_argument_errors_exit_2_before_any_work(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = cli("compare", "--json", tmp_path / "r.json", *args)
+    assert r.returncode == 2
+    assert message.replace("{tmp}", str(tmp_path)) in r.stderr
+    assert r.stderr.startswith("usage: python -m backends compare")
+    assert r.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no output file, nothing run
+
+
+def test_unknown_command_exits_2():
+    r = cli("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr and r.stdout == ""
+
+
+def test_list_shows_every_backend_and_why_not():
+    code = (
+        "import sys, backends\n"
+        "backends._REGISTRY['ghost'] = backends._Spec('backends.reference:accel', 'x',"
+        " ('no_such_module_xyz',), 'ghostly')\n"
+        "from backends.compare import main\nsys.exit(main(['list']))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
+    for name in backends.names():
+        avail = backends.unavailable_reason(name) is None
+        assert lines[name].split()[1] == ("yes" if avail else "no")
+    assert lines["ghost"].split()[1] == "no"
+    assert "no_such_module_xyz" in lines["ghost"] and "nbody-backends[ghostly]" in lines["ghost"]
+    assert "mpiexec:" in r.stdout
+
+
+def test_live_progress_only_on_a_terminal_and_never_on_stdout(tmp_path):
+    master, slave = pty.openpty()
+    captured = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            captured.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backends", "compare", "--n", "30", "--repeat", "2",
+         "--backends", "python", "numpy", "--mpi-ranks", "0"],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=slave, text=True,
+    )  # fmt: skip
+    os.close(slave)
+    stdout, _ = proc.communicate(timeout=120)
+    reader.join(10)
+    os.close(master)
+    assert proc.returncode == 0
+    assert "\r" not in stdout and not ANSI.search(stdout) and "call 2/2" not in stdout
+    assert set(table_rows(stdout)) == {("python", 30), ("numpy", 30)}
+    live = captured.decode()
+    assert "\r\x1b[K" in live and "numpy N=30: call 2/2" in live
+    assert "\n" not in live.replace("\r\n", "")  # a single live line, cleared at the end
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_closes_backends_and_writes_nothing(tmp_path, sig, status):
+    js, marker = tmp_path / "r.json", tmp_path / "closed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REGISTER, "compare", "--n", "20", "--repeat", "50",
+         "--budget", "60", "--backends", "slow", "--json", str(js)],
+        cwd=ROOT, env=_env(COMPARE_TEST_CLOSED=str(marker)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:  # wait until it is measuring
+            if "slow N=20: first call" in line:
+                break
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert stdout == "" and not js.exists()
+    assert marker.read_text() == "closed\n"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("backends.mpi_run") is None or "mpi" not in backends.names(),
+    reason="backends.mpi_run or the 'mpi' backend is not in this checkout",
+)
+def test_mpi_row_from_mpiexec(tmp_path):
+    from backends import _mpi_launch
+
+    reason = _mpi_launch.unavailable_reason() or backends.unavailable_reason("mpi")
+    if reason is not None:
+        pytest.skip(reason)
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 64, "--repeat", 1, "--backends", "numpy", "mpi", "--mpi-ranks", 2,
+            "--json", js)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ("mpi (2 ranks)", 64) in table_rows(r.stdout)
+    res = {(d["label"], d["n"]): d for d in json.loads(js.read_text())["results"]}
+    mpi = res[("mpi (2 ranks)", 64)]
+    assert mpi["status"] == "ok" and mpi["best_s"] == min(mpi["times_s"])
+    assert mpi["speedup_vs_numpy"] == pytest.approx(res[("numpy", 64)]["best_s"] / mpi["best_s"])
+
+
+def _mpi_ranks_alive(seed: int) -> list[int]:
+    """Pids of live processes of our MPI job (found by its unique --seed), zombies excluded."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"backends.mpi_run" in args and str(seed).encode() in args and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("backends.mpi_run") is None
+    or "mpi" not in backends.names()
+    or not Path("/proc").is_dir(),
+    reason="backends.mpi_run or the 'mpi' backend is not in this checkout (or no /proc)",
+)
+def test_interrupt_ends_the_mpi_job(tmp_path):
+    from backends import _mpi_launch
+
+    reason = _mpi_launch.unavailable_reason() or backends.unavailable_reason("mpi")
+    if reason is not None:
+        pytest.skip(reason)
+    seed = 700_000 + os.getpid() % 100_000
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REGISTER, "compare", "--n", "200000", "--repeat", "20",
+         "--backends", "mpi", "--seed", str(seed)],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stderr:
+            if "mpiexec" in line:
+                break
+        deadline = time.monotonic() + 60
+        while len(_mpi_ranks_alive(seed)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_mpi_ranks_alive(seed)) >= 2, "the MPI ranks never started"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    deadline = time.monotonic() + 10
+    while _mpi_ranks_alive(seed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _mpi_ranks_alive(seed) == []
