@@ -3,11 +3,12 @@
 Strategy: the N particles are padded to a bucketed size ``P`` (the next power of two up to
 1024, then the next multiple of 1024) so that nearby N share one compiled kernel. ``lax.map``
 walks over blocks of ``B`` target rows; each block forms its separations to all ``P`` sources
-and reduces them, one fused XLA computation. Padded sources are masked out (``j < N``),
-padded target rows are dropped. Memory is O(B x P): the default ``B`` keeps one (B, P) float64
-temporary near 8 MiB on the CPU (N = 100 000 needs tens of MiB, never an N x N array) and near
-512 MiB on an accelerator. The kernel runs on JAX's default device (a GPU when JAX has one) or
-on the one chosen with ``device=``.
+and reduces them in one jit-compiled XLA computation. Padded sources are masked out
+(``j < N``), padded target rows are dropped. Memory is O(B x P): XLA materializes a few
+(B, P) float64 temporaries per block, and the default ``B`` keeps each near 1 MiB on the CPU,
+so they stay in cache (N = 100 000 needs a few MiB, never an N x N array), and near 128 MiB
+on an accelerator (a guess, not yet tuned on a GPU). The kernel runs on JAX's default device
+(a GPU when JAX has one) or on the one chosen with ``device=``.
 
 Float64 without a global side effect: every call runs inside the scoped
 ``jax.enable_x64(True)`` context manager (JAX >= 0.8), which switches 64-bit types on for
@@ -28,8 +29,8 @@ from backends import BackendUnavailableError
 from backends._contract import evaluate, validate
 
 _SMALL = 1024  # up to here P is a power of two (>= 8); above it a multiple of _SMALL
-_TARGET_ELEMENTS = {"cpu": 1 << 20}  # elements per (B, P) temporary; 8 MiB of float64
-_TARGET_ELEMENTS_ACCELERATOR = 1 << 26  # GPUs and others: 512 MiB, enough rows to fill them
+_TARGET_ELEMENTS = {"cpu": 1 << 17}  # elements per (B, P) temporary: 1 MiB of float64
+_TARGET_ELEMENTS_ACCELERATOR = 1 << 24  # GPUs and others: 128 MiB (untuned: no GPU measured yet)
 
 
 def padded_size(n: int) -> int:
