@@ -2,14 +2,15 @@
 
 Measures, in one run and on one machine:
 
-* the CPU goal of issue 6: ``jax`` (on the CPU) against ``numpy`` at ``--n`` (default 10 000);
+* the CPU goal of issue 6: ``jax`` (on the CPU) against ``numpy`` at ``--n`` (default 10 000),
+  their calls alternating so that both see the same machine load;
 * ``jax`` on a GPU, when JAX has one, at ``--gpu-n`` (default 2**18);
 * ``cuda`` in float64 and float32 at ``--gpu-n``, when a CUDA GPU and numba-cuda are present
   (never on Numba's simulator, which is far too slow for a benchmark).
 
 Each figure is the best of ``--repeat`` calls after one warm-up call (compilation excluded);
-throughput is N(N-1)/t interactions per second. Large-N results are checked against the
-pure-Python oracle on a few rows. This is a script, not an asv benchmark: it defines no
+throughput is N(N-1)/t interactions per second. Results are checked against the pure-Python
+oracle on a few rows. This is a script, not an asv benchmark: it defines no
 ``time_*``/``track_*`` names, and asv's discovery may import it harmlessly.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -33,13 +35,16 @@ def _system(n: int, seed: int = 42):
     return rng.random(n), rng.standard_normal((n, 3))
 
 
-def _best_of(fn, repeat: int) -> float:
-    fn()  # warm-up: compilation, device start
-    best = float("inf")
+def _best_of(fns, repeat: int) -> list[float]:
+    """Best time of each callable over ``repeat`` rounds; calls alternate, so load is shared."""
+    for fn in fns:
+        fn()  # warm-up: compilation, device start
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
@@ -49,15 +54,20 @@ def _sample_error(out, m, x, rows=8) -> float:
     return backends.relative_error(out[idx], reference.accel_rows(m, x, 1.0, 0.0, idx))
 
 
-def _measure(label, name, n, repeat, **options) -> dict:
+def _measure(runs, n: int, repeat: int) -> list[dict]:
+    """Time ``runs`` (label, backend name, options) side by side at ``n``; print one line each."""
     m, x = _system(n)
-    b = backends.get(name)
-    out = b.accel(m, x, **options)
-    t = _best_of(lambda: b.accel(m, x, **options), repeat)
-    rate = backends.interactions(n) / t
-    err = _sample_error(out, m, x)
-    print(f"{label:28s} N={n:>7d} {t * 1e3:11.2f} ms {rate / 1e9:9.3f} G/s  error {err:.1e}")
-    return {"label": label, "backend": name, "n": n, "seconds": t, "rate": rate, "error": err}
+    calls = [functools.partial(backends.get(name).accel, m, x, **opts) for _, name, opts in runs]
+    seconds = _best_of(calls, repeat)
+    figures = []
+    for (label, name, _), call, t in zip(runs, calls, seconds, strict=True):
+        rate = backends.interactions(n) / t
+        err = _sample_error(call(), m, x)
+        print(f"{label:28s} N={n:>7d} {t * 1e3:11.2f} ms {rate / 1e9:9.3f} G/s  error {err:.1e}")
+        figures.append(
+            {"label": label, "backend": name, "n": n, "seconds": t, "rate": rate, "error": err}
+        )
+    return figures
 
 
 def _jax_gpu():
@@ -88,39 +98,39 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
     args = parser.parse_args(argv)
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load = tuple(round(v, 1) for v in os.getloadavg()) if hasattr(os, "getloadavg") else None
     print(
-        f"{datetime.date.today()}  {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load}; best of {args.repeat} after a warm-up"
+        f"{datetime.date.today()}  {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {load}; best of {args.repeat} after a warm-up"
     )
-    figures = []
-    print("-- CPU: jax vs numpy (goal: jax faster)")
-    figures.append(_measure("numpy", "numpy", args.n, args.repeat))
+
+    print(f"-- CPU at N = {args.n}: jax vs numpy, calls alternating (goal: jax faster)")
+    cpu_runs = [("numpy", "numpy", {})]
     if backends.unavailable_reason("jax") is None:
-        figures.append(_measure("jax (cpu)", "jax", args.n, args.repeat, device="cpu"))
-        ratio = figures[0]["seconds"] / figures[1]["seconds"]
-        print(f"jax is {ratio:.2f}x as fast as numpy at N = {args.n}")
+        cpu_runs.append(("jax (cpu)", "jax", {"device": "cpu"}))
     else:
         print(f"jax: skipped, {backends.unavailable_reason('jax')}")
+    figures = _measure(cpu_runs, args.n, args.repeat)
+    if len(figures) == 2:
+        ratio = figures[0]["seconds"] / figures[1]["seconds"]
+        print(f"jax is {ratio:.2f}x as fast as numpy at N = {args.n}")
 
-    print(
-        f"-- GPU at N = {args.gpu_n} (goals on an H100: cuda float64 >= 500, float32 >= 1500 G/s)"
-    )
+    print(f"-- GPU at N = {args.gpu_n} (H100 goals: cuda float64 >= 500 G/s, float32 >= 1500)")
+    gpu_runs = []
     gpu = _jax_gpu()
     if gpu is None:
         print("jax (gpu): skipped, JAX has no GPU here")
     else:
-        figures.append(
-            _measure(f"jax ({gpu.device_kind})", "jax", args.gpu_n, args.repeat, device=gpu)
-        )
+        gpu_runs.append((f"jax ({gpu.device_kind})", "jax", {"device": gpu}))
     reason = _cuda_ready()
     if reason is not None:
         print(f"cuda: skipped, {reason}")
     else:
         for precision in ("float64", "float32"):
-            figures.append(
-                _measure(f"cuda {precision}", "cuda", args.gpu_n, args.repeat, precision=precision)
-            )
+            gpu_runs.append((f"cuda {precision}", "cuda", {"precision": precision}))
+    if gpu_runs:
+        figures += _measure(gpu_runs, args.gpu_n, args.repeat)
+
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=1)
