@@ -108,3 +108,16 @@ def test_float64_without_a_global_switch(system):
     assert backends.relative_error(out, ref) <= TOL  # float32 would give ~1e-7
     assert jax.config.jax_enable_x64 == before
     assert type(out) is np.ndarray and out.flags.writeable and out.flags.c_contiguous
+
+
+def test_nearby_sizes_share_one_compiled_kernel(jb):
+    cache_size = getattr(jb._accel_padded, "_cache_size", None)
+    if cache_size is None:
+        pytest.skip("this jax has no jit _cache_size() to count compilations")
+    backends.accel(*random_system(1100), backend="jax")  # P = 2048
+    before = cache_size()
+    for n in (1500, 1777, 2048):  # the same bucket, different N
+        backends.accel(*random_system(n), backend="jax")
+    assert cache_size() == before
+    backends.accel(*random_system(2049), backend="jax")  # the next bucket compiles once
+    assert cache_size() == before + 1
