@@ -65,6 +65,18 @@ _REGISTRY: dict[str, _Spec] = {
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
     ),
+    "jax": _Spec(
+        "backends.jax_blocked:accel",
+        "JAX jit, float64, lax.map over row blocks (CPU or GPU)",
+        requires=("jax",),
+        extra="jax",
+    ),
+    "cuda": _Spec(
+        "backends.cuda_tiled:accel",
+        "numba-cuda tiled shared-memory all-pairs kernel (NVIDIA GPU)",
+        requires=("numba",),
+        extra="cuda",
+    ),
 }
 
 

@@ -1,0 +1,170 @@
+"""Backend ``jax``: a jit-compiled float64 kernel, target rows in blocks with ``lax.map``.
+
+Strategy: the N particles are padded to a bucketed size ``P`` (the next power of two up to
+1024, then the next multiple of 1024) so that nearby N share one compiled kernel. ``lax.map``
+walks over blocks of ``B`` target rows; each block forms its separations to all ``P`` sources
+and reduces them in one jit-compiled XLA computation. Padded sources are masked out
+(``j < N``), padded target rows are dropped. Memory is O(B x P): XLA materializes a few
+(B, P) float64 temporaries per block, and the default ``B`` keeps each near 1 MiB on the CPU,
+so they stay in cache (N = 100 000 needs a few MiB, never an N x N array), and near 128 MiB
+on an accelerator (a guess, not yet tuned on a GPU). The kernel runs on JAX's default device
+(a GPU when JAX has one) or on the one chosen with ``device=``.
+
+Float64 without a global side effect: every call runs inside the scoped
+``jax.enable_x64(True)`` context manager (JAX >= 0.8), which switches 64-bit types on for
+that call only (it is part of JAX's jit cache key); ``jax_enable_x64`` is never changed
+globally and the user needs to set nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from backends import BackendUnavailableError
+from backends._contract import evaluate, validate
+
+_SMALL = 1024  # up to here P is a power of two (>= 8); above it a multiple of _SMALL
+_TARGET_ELEMENTS = {"cpu": 1 << 17}  # elements per (B, P) temporary: 1 MiB of float64
+_TARGET_ELEMENTS_ACCELERATOR = 1 << 24  # GPUs and others: 128 MiB (untuned: no GPU measured yet)
+
+
+def padded_size(n: int) -> int:
+    """Return the bucketed size ``P >= n`` to pad ``n`` particles to (one compile per P)."""
+    if n <= _SMALL:
+        return max(8, 1 << (n - 1).bit_length())
+    return -(-n // _SMALL) * _SMALL
+
+
+def default_block(p: int, platform: str = "cpu") -> int:
+    """Rows per block for padded size ``p``: a power of two dividing ``p``."""
+    target = _TARGET_ELEMENTS.get(platform, _TARGET_ELEMENTS_ACCELERATOR)
+    rows = max(1, min(p, _SMALL, target // p))
+    return 1 << (rows.bit_length() - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("block",))
+def _accel_padded(m, x, n, eps2, G, *, block):
+    """Accelerations of all P padded particles; sources ``j >= n`` are masked out."""
+    p = m.shape[0]
+    valid = jnp.arange(p) < n
+    xs, ys, zs = x[:, 0], x[:, 1], x[:, 2]
+
+    def rows(t):  # t: (B, 3) targets -> (B, 3) accelerations
+        dx = xs[None, :] - t[:, 0:1]
+        dy = ys[None, :] - t[:, 1:2]
+        dz = zs[None, :] - t[:, 2:3]
+        r2 = dx * dx + dy * dy + dz * dz + eps2
+        # r2 == 0 (self-pair, coincident unsoftened pairs) and padding contribute nothing;
+        # the masked-out lanes divide by 1.0, so no 0/0 or 0*inf is ever formed.
+        ok = (r2 > 0.0) & valid[None, :]
+        safe = jnp.where(ok, r2, 1.0)
+        w = jnp.where(ok, m[None, :] / (safe * jnp.sqrt(safe)), 0.0)
+        return jnp.stack([(w * dx).sum(axis=1), (w * dy).sum(axis=1), (w * dz).sum(axis=1)], 1)
+
+    out = lax.map(rows, x.reshape(p // block, block, 3))
+    return G * out.reshape(p, 3)
+
+
+def _x64():
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:
+        raise BackendUnavailableError(
+            f"backend 'jax' needs jax >= 0.8 (the scoped jax.enable_x64 context manager); "
+            f"found jax {jax.__version__}: pip install 'nbody-backends[jax]'"
+        )
+    return enable_x64(True)
+
+
+def resolve_device(device) -> jax.Device:
+    """Return the JAX device meant by ``device``.
+
+    Parameters
+    ----------
+    device : None, jax.Device or str
+        None: JAX's default device (the first GPU when JAX has one, else the CPU). A string
+        names a platform, optionally with an index: ``"cpu"``, ``"gpu"``, ``"cuda:1"``,
+        ``"tpu:0"``.
+
+    Raises
+    ------
+    ValueError
+        No such device here (the message lists the devices JAX has).
+    TypeError
+        ``device`` is neither None, a string nor a JAX device.
+    """
+    if device is None:
+        return jax.devices()[0]
+    if isinstance(device, jax.Device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device must be None, a jax.Device or a string like 'cpu' or 'gpu:0'; "
+            f"got {type(device).__name__}"
+        )
+    platform, _, index = device.strip().lower().partition(":")
+    have = ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
+    try:
+        k = int(index) if index else 0
+        return jax.devices(platform)[k]
+    except (RuntimeError, ValueError, IndexError):
+        raise ValueError(f"device={device!r}: no such JAX device here; JAX has {have}") from None
+
+
+def _kernel(m, x, G, softening, device, block):
+    n = m.shape[0]
+    p = padded_size(n) if block is None else -(-n // block) * block
+    if block is None:
+        block = default_block(p, device.platform)
+    mp = np.zeros(p)
+    mp[:n] = m
+    xp = np.zeros((p, 3))
+    xp[:n] = x
+    with _x64():
+        mp, xp = jax.device_put((mp, xp), device)
+        res = _accel_padded(mp, xp, n, softening * softening, G, block=block)
+        res.block_until_ready()
+        out = np.asarray(res)
+    return np.array(out[:n], dtype=np.float64)  # a new, writable, finished array
+
+
+def accel(masses, positions, G=1.0, *, softening=0.0, device=None, block=None) -> np.ndarray:
+    """Gravitational accelerations with a jit-compiled JAX kernel, in float64.
+
+    Parameters
+    ----------
+    masses : (N,) array_like of real
+    positions : (N, 3) array_like of real
+    G : float, optional
+        Gravitational constant.
+    softening : float, optional
+        Plummer softening length (>= 0).
+    device : None, jax.Device or str, optional
+        Where to run: None for JAX's default device (a GPU when JAX has one), a
+        ``jax.Device``, or a string such as ``"cpu"``, ``"gpu"``, ``"cuda:0"``
+        (see :func:`resolve_device`).
+    block : int, optional
+        Target rows per ``lax.map`` step; default :func:`default_block`. With an explicit
+        block, N is padded to a multiple of it (one compile per padded size).
+
+    Returns
+    -------
+    (N, 3) ndarray of float64
+        Computed in float64 on the device, finished (``block_until_ready``), copied to NumPy.
+
+    Notes
+    -----
+    Float64 is switched on with the scoped ``jax.enable_x64(True)`` context manager for the
+    duration of the call only; JAX's global ``jax_enable_x64`` setting is left untouched.
+    """
+    inp = validate(masses, positions, G, softening)
+    dev = resolve_device(device)
+    if block is not None and (
+        isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1
+    ):
+        raise ValueError(f"block must be a positive integer; got {block!r}")
+    return evaluate("jax", inp, _kernel, dev, None if block is None else int(block))

@@ -1,0 +1,183 @@
+"""Backend ``cuda``: the tiled kernel on a real GPU where there is one, else on Numba's simulator.
+
+Without a GPU the cases run in ONE child process started with ``NUMBA_ENABLE_CUDASIM=1`` (this
+file is its script), so the simulator never leaks into the other tests of this session. Where
+``backends.unavailable_reason("cuda")`` is None in this process (an NVIDIA GPU with numba-cuda,
+or a session started with the simulator on), the same cases run in-process against it.
+N is small and never a multiple of the tile: the simulator runs each GPU thread as a Python
+thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:  # the child process runs this file as a script: tests/ is then on sys.path anyway
+    from conftest import random_system
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import random_system
+
+import backends
+from backends import reference
+
+TOL = {"float64": 1e-12, "float32": 1e-5}
+
+# (kind, n, precision, softening, G, tile); tile None = the backend's default
+CASES = [
+    ("random", n, precision, 0.0, 1.0, None)
+    for n in (1, 2, 31, 33, 70)
+    for precision in ("float64", "float32")
+] + [
+    ("random", 33, "float64", 0.05, 4.3e-3, None),
+    ("random", 33, "float32", 0.05, 4.3e-3, None),
+    ("coincident", 31, "float64", 0.0, 6.674e-11, None),
+    ("coincident", 31, "float32", 0.0, 6.674e-11, None),
+    ("far", 20, "float64", 0.0, 1.0, None),
+    ("random", 6, "float64", 0.0, 1.0, 1),
+    ("random", 33, "float64", 0.0, 1.0, 32),
+    ("random", 33, "float32", 0.01, 1.0, 5),
+]
+
+
+def _case_id(case) -> str:
+    kind, n, precision, softening, G, tile = case
+    return f"{kind}-n{n}-{precision}-eps{softening}-G{G}-tile{tile}"
+
+
+def _system(kind, n):
+    if kind == "random":
+        return random_system(n, seed=n)
+    if kind == "coincident":  # several particles on top of each other, plus zero masses
+        m, x = random_system(n, seed=n + 1)
+        x[1::3] = x[0]
+        m[2::4] = 0.0
+        return m, x
+    if kind == "far":
+        return random_system(n, seed=n + 2, offset=1e6)
+    raise AssertionError(kind)
+
+
+def compute(cases) -> dict:
+    """Run every case on the ``cuda`` backend; return ``{case id: result summary}``."""
+    b = backends.get("cuda")
+    out = {}
+    for case in cases:
+        kind, n, precision, softening, G, tile = case
+        m, x = _system(kind, n)
+        a = b.accel(m, x, G, softening=softening, precision=precision, tile=tile)
+        ref = reference.accel(m, x, G, softening=softening)
+        out[_case_id(case)] = {
+            "error": backends.relative_error(a, ref),
+            "shape": list(a.shape),
+            "dtype": str(a.dtype),
+            "finite": bool(np.isfinite(a).all()),
+        }
+    from backends.cuda_tiled import simulating
+
+    return {"simulator": simulating(), "results": out}
+
+
+def _repo_root() -> str:
+    return str(Path(backends.__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="module")
+def results():
+    """Every case, on the device in-process if there is one, else in a simulator child."""
+    if backends.unavailable_reason("cuda") is None:
+        return compute(CASES)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, __file__],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"simulator child failed:\n{proc.stdout}\n{proc.stderr}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["simulator"] is True
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_tiled_kernel_agrees_with_oracle(results, case):
+    r = results["results"][_case_id(case)]
+    n, precision = case[1], case[2]
+    assert r["shape"] == [n, 3] and r["dtype"] == "float64" and r["finite"]
+    assert r["error"] <= TOL[precision], r
+
+
+def test_simulator_does_not_leak_into_this_process(results):
+    assert "NUMBA_ENABLE_CUDASIM" not in os.environ or results["simulator"]
+    from numba.core import config
+
+    assert bool(config.ENABLE_CUDASIM) == (os.environ.get("NUMBA_ENABLE_CUDASIM") == "1")
+
+
+def test_unavailable_here_says_what_is_needed():
+    reason = backends.unavailable_reason("cuda")
+    if reason is None:
+        pytest.skip("a CUDA GPU (or the simulator) is usable in this process")
+    assert "NVIDIA GPU" in reason and "pip install 'nbody-backends[cuda]'" in reason
+    assert "cuda" not in backends.available()
+    with pytest.raises(backends.BackendUnavailableError, match=r"nbody-backends\[cuda\]"):
+        backends.get("cuda")
+    from backends import cuda_tiled
+
+    with pytest.raises(backends.BackendUnavailableError, match="NVIDIA GPU"):
+        cuda_tiled.accel([1.0, 1.0], [[0, 0, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("options", "msg"),
+    [
+        ({"precision": "float16"}, "precision must be 'float64' or 'float32'; got 'float16'"),
+        ({"precision": np.float32}, "precision must be"),
+        ({"tile": 0}, "tile must be an integer from 1 to 1024; got 0"),
+        ({"tile": 1025}, "tile must be an integer from 1 to 1024"),
+        ({"tile": 8.0}, "tile must be an integer"),
+        ({"tile": True}, "tile must be an integer"),
+    ],
+)
+def test_bad_options_are_rejected_before_the_device(options, msg):
+    from backends import cuda_tiled
+
+    with pytest.raises(ValueError, match=msg):
+        cuda_tiled.accel([1.0, 1.0], [[0, 0, 0], [1, 0, 0]], **options)
+
+
+def test_float32_range_is_checked(results):
+    if results["simulator"] and backends.unavailable_reason("cuda") is not None:
+        code = (
+            "import pytest\nfrom backends import cuda_tiled\n"
+            "with pytest.raises(ValueError, match='masses exceed the float32 range'):\n"
+            "    cuda_tiled.accel([1e300, 1.0], [[0, 0, 0], [1, 0, 0]], precision='float32')\n"
+            "print(cuda_tiled.accel([1e300, 1.0], [[0, 0, 0], [1, 0, 0]])[1, 0])\n"
+        )
+        env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_repo_root(), env.get("PYTHONPATH")]))
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert float(proc.stdout.split()[-1]) == pytest.approx(-1e300)
+    else:
+        from backends import cuda_tiled
+
+        with pytest.raises(ValueError, match="masses exceed the float32 range"):
+            cuda_tiled.accel([1e300, 1.0], [[0, 0, 0], [1, 0, 0]], precision="float32")
+        assert cuda_tiled.accel([1e300, 1.0], [[0, 0, 0], [1, 0, 0]])[1, 0] == pytest.approx(-1e300)
+
+
+if __name__ == "__main__":  # the simulator child: print the results as one JSON line
+    print(json.dumps(compute(CASES)))
