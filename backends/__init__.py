@@ -65,6 +65,12 @@ _REGISTRY: dict[str, _Spec] = {
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
     ),
+    "mpi": _Spec(
+        "backends.mpi_rows:accel",
+        "mpi4py: row blocks over MPI ranks, Allgatherv (or a ring of source blocks)",
+        requires=("mpi4py",),
+        extra="mpi",
+    ),
 }
 
 
