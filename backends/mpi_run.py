@@ -18,9 +18,10 @@ writes ``masses``, ``positions`` and ``accelerations`` (a valid ``--input`` file
 With ``--algorithm ring`` each rank holds only its own block of the particles: a generated
 system is produced block by block (the same numbers as generating it whole), an ``--input``
 file is read whole and cut to the rank's block. Memory is reported per rank (max over ranks):
-``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (peak of the
-NumPy allocations traced by :mod:`tracemalloc` while loading the data and during the warm-up
-evaluation) and ``peak_rss_bytes``.
+``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (the peak of
+the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, from loading the
+data through the warm-up evaluation; the compiled kernel's own (T, 3) result block is not
+traced) and ``peak_rss_bytes``.
 
 Failure behaviour: a bad option, or an unreadable or malformed input file, prints one line
 ``mpi_run: error: ...`` (rank 0) and every rank exits with status 2; the ranks agree on this
@@ -284,7 +285,7 @@ def _print_report(r: dict) -> None:
     print(f"interactions per second: {r['interactions_per_second']:.4g} (N(N-1) / best)")
     print(
         f"per rank (max over ranks): particle arrays {r['particle_bytes'] / mib:.3f} MiB, "
-        f"traced NumPy peak {r['array_peak_bytes'] / mib:.3f} MiB, "
+        f"traced allocation peak {r['array_peak_bytes'] / mib:.3f} MiB, "
         f"peak RSS {r['peak_rss_bytes'] / mib:.1f} MiB"
     )
     if r["error"] is not None:

@@ -5,8 +5,8 @@ prefixes); a script around ``mpiexec -n P python -m backends.mpi_run --json``:
 
 1. throughput at N = 20 000 with 1 and 2 ranks, both algorithms (goal: 2 ranks >= 1.7 x one);
 2. memory per rank at 4 ranks, ring against allgather: the particle arrays a rank holds, the
-   traced NumPy peak (data loading plus one evaluation) and the peak RSS (goal: the ring's
-   particle data about a quarter of allgather's).
+   traced allocation peak (tracemalloc: data loading plus one evaluation) and the peak RSS
+   (goal: the ring's particle data about a quarter of allgather's).
 
 Options: ``--n``, ``--repeat`` (timed evaluations per run, best kept), ``--ranks`` (for the
 scaling part), ``--memory-ranks``, ``--json`` (all raw reports as one JSON list).
@@ -73,14 +73,14 @@ def memory(n: int, ranks: int) -> list[dict]:
     mib = 2.0**20
     reports = [run_mpi(ranks, "--n", n, "--algorithm", a, "--repeat", 1) for a in ALGORITHMS]
     print(f"\nMemory per rank (max over ranks), N = {n}, {ranks} ranks")
-    print(f"{'algorithm':10s} {'particles MiB':>14s} {'NumPy peak MiB':>15s} {'RSS MiB':>9s}")
+    print(f"{'algorithm':10s} {'particles MiB':>14s} {'traced peak MiB':>15s} {'RSS MiB':>9s}")
     for r in reports:
         print(
             f"{r['algorithm']:10s} {r['particle_bytes'] / mib:14.3f} "
             f"{r['array_peak_bytes'] / mib:15.3f} {r['peak_rss_bytes'] / mib:9.1f}"
         )
     gather, ring = reports
-    for key, label in (("particle_bytes", "particle arrays"), ("array_peak_bytes", "NumPy peak")):
+    for key, label in (("particle_bytes", "particle arrays"), ("array_peak_bytes", "traced peak")):
         print(f"ring / allgather, {label}: {ring[key] / gather[key]:.3f}")
     return reports
 
