@@ -10,7 +10,10 @@ serial row kernel (one core per rank):
     Every rank keeps only its own block of about N/P particles. Blocks of sources travel
     around the ring of ranks (``Isend``/``Irecv`` of the next block overlapped with the
     computation on the current one), so after P steps every rank has summed the forces of all
-    N sources on its own particles. Memory per rank: its own block plus two travelling blocks,
+    N sources on its own particles (how much of a transfer really overlaps depends on the MPI
+    library's progress engine: without a progress thread a large block may move only when the
+    ranks reach ``Waitall``; it is tiny next to the block's O((N/P)^2) computation anyway).
+    Memory per rank: its own block plus two travelling blocks,
     O(N/P): the path that scales past one machine's memory. :func:`accel_local` is this
     algorithm on local slices only; :func:`accel` with ``algorithm="ring"`` takes the full
     arrays, lets each rank use its slice and assembles the full result with ``Allgatherv``.
@@ -117,7 +120,7 @@ def _ring(m, x, G, softening, comm, counts):
 
     ``m``, ``x``: this rank's (n_r,) and (n_r, 3) particles; ``counts``: every rank's n_r.
     Step k computes against the block that started on rank ``rank - k`` while the next one
-    is already being received, so communication overlaps computation. A travelling block is
+    is already in flight, so communication may overlap computation. A travelling block is
     packed as ``[masses (c), positions (3c)]`` in one float64 buffer.
     """
     MPI = _mpi()
