@@ -8,15 +8,15 @@ serial row kernel (one core per rank):
     blocks are assembled on every rank with ``Allgatherv``. Memory per rank: O(N).
 ``"ring"``
     Every rank keeps only its own block of about N/P particles. Blocks of sources travel
-    around the ring of ranks (``Isend``/``Irecv`` of the next block overlapped with the
+    around the ring of ranks (``Isend``/``Irecv`` of the next block posted before the
     computation on the current one), so after P steps every rank has summed the forces of all
     N sources on its own particles (how much of a transfer really overlaps depends on the MPI
     library's progress engine: without a progress thread a large block may move only when the
     ranks reach ``Waitall``; it is tiny next to the block's O((N/P)^2) computation anyway).
-    Memory per rank: its own block plus two travelling blocks,
-    O(N/P): the path that scales past one machine's memory. :func:`accel_local` is this
-    algorithm on local slices only; :func:`accel` with ``algorithm="ring"`` takes the full
-    arrays, lets each rank use its slice and assembles the full result with ``Allgatherv``.
+    Memory per rank: its own block plus two travelling blocks, O(N/P): the path that scales
+    past one machine's memory. :func:`accel_local` is this algorithm on local slices only;
+    :func:`accel` with ``algorithm="ring"`` takes the full arrays, lets each rank use its
+    slice and assembles the full result with ``Allgatherv``.
 
 Collective calls: every function here that takes ``comm`` is collective, so **every rank of
 ``comm`` must call it, with the same arguments** (for :func:`accel_local`: the same ``G``,
