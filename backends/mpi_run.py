@@ -106,7 +106,8 @@ def _generate_block(n: int, seed: int, lo: int, hi: int):
     m, x = np.empty(hi - lo), np.empty((hi - lo, 3))
     for out, draw, width in ((m, rng.random, 1), (x, rng.standard_normal, 3)):
         flat = out.reshape(-1)
-        for start in range(0, n, _CHUNK):
+        # all n masses are drawn (the positions' draws follow them); positions only to hi
+        for start in range(0, n if width == 1 else hi, _CHUNK):
             stop = min(n, start + _CHUNK)
             chunk = draw((stop - start) * width)
             a, b = max(start, lo), min(stop, hi)
