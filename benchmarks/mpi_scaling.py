@@ -73,11 +73,11 @@ def memory(n: int, ranks: int) -> list[dict]:
     mib = 2.0**20
     reports = [run_mpi(ranks, "--n", n, "--algorithm", a, "--repeat", 1) for a in ALGORITHMS]
     print(f"\nMemory per rank (max over ranks), N = {n}, {ranks} ranks")
-    print(f"{'algorithm':10s} {'particles MiB':>14s} {'traced peak MiB':>15s} {'RSS MiB':>9s}")
+    print(f"{'algorithm':10s} {'particles MiB':>14s} {'traced peak MiB':>16s} {'RSS MiB':>9s}")
     for r in reports:
         print(
             f"{r['algorithm']:10s} {r['particle_bytes'] / mib:14.3f} "
-            f"{r['array_peak_bytes'] / mib:15.3f} {r['peak_rss_bytes'] / mib:9.1f}"
+            f"{r['array_peak_bytes'] / mib:16.3f} {r['peak_rss_bytes'] / mib:9.1f}"
         )
     gather, ring = reports
     for key, label in (("particle_bytes", "particle arrays"), ("array_peak_bytes", "traced peak")):
