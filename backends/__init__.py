@@ -77,6 +77,12 @@ _REGISTRY: dict[str, _Spec] = {
         requires=("numba",),
         extra="cuda",
     ),
+    "mpi": _Spec(
+        "backends.mpi_rows:accel",
+        "mpi4py: row blocks over MPI ranks, Allgatherv (or a ring of source blocks)",
+        requires=("mpi4py",),
+        extra="mpi",
+    ),
 }
 
 

@@ -1,0 +1,330 @@
+"""Distributed command line: ``mpiexec -n 4 python -m backends.mpi_run --check``.
+
+Computes the accelerations of a random system (``--n``, ``--seed``: masses uniform on [0, 1),
+Gaussian positions, the benchmark distribution) or of a system read from ``--input FILE.npz``
+(arrays ``masses`` and ``positions``) with the ``mpi`` backend on all ranks of
+``MPI.COMM_WORLD``, times ``--repeat`` evaluations after a warm-up one (``MPI.Wtime``, the
+slowest rank's time, all ranks starting together after a barrier) and prints, on rank 0 only:
+ranks, N, algorithm, seconds per evaluation (best and median), interactions per second and,
+with ``--check``, the error against ``numba_parallel`` by the project's metric. ``--json``
+prints exactly one JSON object on stdout instead (keys ``ranks``, ``n``, ``algorithm``,
+``seconds``, ``seconds_median``, ``seconds_all``, ``interactions_per_second``, ``error``,
+``G``, ``softening``, ``seed``, ``peak_rss_bytes`` and a few more, such as ``cpu_seconds``:
+the busiest rank's process CPU time per evaluation, best of the repeats, which on a machine
+loaded by other work shows the split of the work better than wall time; time spent
+busy-waiting in MPI counts as CPU time); ``--output FILE.npz``
+writes ``masses``, ``positions`` and ``accelerations`` (a valid ``--input`` file too).
+
+With ``--algorithm ring`` each rank holds only its own block of the particles: a generated
+system is produced block by block (the same numbers as generating it whole), an ``--input``
+file is read whole and cut to the rank's block. Memory is reported per rank (max over ranks):
+``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (the peak of
+the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, from loading the
+data through the warm-up evaluation; the compiled kernel's own (T, 3) result block is not
+traced) and ``peak_rss_bytes``.
+
+Failure behaviour: a bad option, or an unreadable or malformed input file, prints one line
+``mpi_run: error: ...`` (rank 0) and every rank exits with status 2; the ranks agree on this
+with one collective, so none is left waiting. Any other exception on any rank prints its
+traceback and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job at once. The hidden
+option ``--fail-rank R`` (for tests only) makes exactly rank R raise before the first
+evaluation, while the others are already inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+import tracemalloc
+import zipfile
+
+import numpy as np
+
+from backends._contract import interactions, relative_error, validate
+
+_CHUNK = 1024  # rows generated at a time for a block of a random system
+
+
+class UsageError(Exception):
+    """A bad option or input: one line on stderr and exit status 2 on every rank."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="mpiexec -n P python -m backends.mpi_run",
+        description="N-body accelerations on MPI ranks; timing and check on rank 0.",
+        add_help=False,
+    )
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    p.add_argument("--n", type=int, help="particles of a random system (default 10000)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the random system")
+    p.add_argument("--input", metavar="FILE.npz", help="read arrays masses and positions")
+    p.add_argument("--output", metavar="FILE.npz", help="write masses, positions, accelerations")
+    p.add_argument("--G", type=float, default=1.0, help="gravitational constant")
+    p.add_argument("--softening", type=float, default=0.0, help="Plummer softening (>= 0)")
+    p.add_argument("--algorithm", choices=("allgather", "ring"), default="allgather")
+    p.add_argument("--repeat", type=int, default=5, help="timed evaluations after a warm-up")
+    p.add_argument("--check", action="store_true", help="error against numba_parallel")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--fail-rank", type=int, help=argparse.SUPPRESS)  # test hook
+    return p
+
+
+def _parse(argv) -> argparse.Namespace:
+    args = _parser().parse_args(argv)
+    if args.help:
+        return args
+    if args.n is not None and args.input is not None:
+        raise UsageError("give --n or --input, not both")
+    if args.n is None and args.input is None:
+        args.n = 10_000
+    if args.n is not None and args.n < 0:
+        raise UsageError(f"--n must be >= 0; got {args.n}")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1; got {args.repeat}")
+    try:
+        validate(np.empty(0), np.empty((0, 3)), args.G, args.softening)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--{exc}") from None  # "--G must be finite; ..."
+    return args
+
+
+def _generate_block(n: int, seed: int, lo: int, hi: int):
+    """Rows ``lo:hi`` of ``rng.random(n), rng.standard_normal((n, 3))``, in O(chunk) memory."""
+    rng = np.random.default_rng(seed)
+    m, x = np.empty(hi - lo), np.empty((hi - lo, 3))
+    for out, draw, width in ((m, rng.random, 1), (x, rng.standard_normal, 3)):
+        flat = out.reshape(-1)
+        # all n masses are drawn (the positions' draws follow them); positions only to hi
+        for start in range(0, n if width == 1 else hi, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            chunk = draw((stop - start) * width)
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                flat[(a - lo) * width : (b - lo) * width] = chunk[
+                    (a - start) * width : (b - start) * width
+                ]
+    return m, x
+
+
+def _read_input(path: str, G: float, softening: float):
+    """Read and validate the full arrays of an .npz file (UsageError: one-line reason)."""
+    try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+        if not is_zip:
+            raise UsageError(f"--input {path}: not an .npz archive (a zip of .npy arrays)")
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("masses", "positions") if k not in data.files]
+            if missing:
+                raise UsageError(
+                    f"--input {path}: no array {', '.join(missing)} (found: "
+                    f"{', '.join(data.files) or 'none'})"
+                )
+            m, x = data["masses"], data["positions"]
+    except UsageError:
+        raise
+    except Exception as exc:  # unreadable, truncated, corrupt, pickled objects, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"--input {path}: cannot read it: {reason}") from None
+    try:
+        inp = validate(m, x, G, softening)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--input {path}: {exc}") from None
+    return inp.masses, inp.positions
+
+
+def _load(args, comm, full: bool):
+    """Return ``n, masses, positions``: all rows, or (``full=False``) this rank's block."""
+    from backends.mpi_rows import partition
+
+    if args.input is not None:
+        m, x = _read_input(args.input, args.G, args.softening)
+        n = m.shape[0]
+    else:
+        n, m, x = args.n, None, None
+    counts, displs = partition(n, comm.Get_size())
+    lo, hi = (
+        (0, n)
+        if full
+        else (displs[comm.Get_rank()], displs[comm.Get_rank()] + counts[comm.Get_rank()])
+    )
+    if m is None:
+        m, x = _generate_block(n, args.seed, lo, hi)
+    elif not full:
+        m, x = m[lo:hi].copy(), x[lo:hi].copy()  # drop the rest of the file's arrays
+    return n, m, x
+
+
+def _agree(comm, message: str | None) -> None:
+    """Raise the first rank's usage error on every rank, if any rank has one (collective)."""
+    messages = [msg for msg in comm.allgather(message) if msg is not None]
+    if messages:
+        raise UsageError(messages[0])
+
+
+def _check_output_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return f"--output {path}: directory {parent} does not exist or is not writable"
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _run(args, comm) -> dict:
+    """Load, warm up, time and check, collectively; return the report (meaningful on rank 0)."""
+    from mpi4py import MPI
+
+    from backends import mpi_rows
+    from backends.numba_parallel import accel_block
+
+    rank, ring = comm.Get_rank(), args.algorithm == "ring"
+    accel_block(np.zeros((1, 3)), np.ones(2), np.eye(2, 3), 1.0, 0.0)  # compile before tracing
+
+    tracemalloc.start()
+    problem = _check_output_path(args.output) if rank == 0 else None
+    try:
+        n, m, x = _load(args, comm, full=not ring)
+    except UsageError as exc:
+        problem = problem or str(exc)
+    _agree(comm, problem)
+    particle_bytes = m.nbytes + x.nbytes
+
+    def evaluate():
+        if ring:
+            return mpi_rows.accel_local(m, x, args.G, softening=args.softening, comm=comm)
+        return mpi_rows.accel(m, x, args.G, softening=args.softening, comm=comm)
+
+    if args.fail_rank == rank:
+        raise RuntimeError(f"--fail-rank {rank}: this rank fails on purpose (test hook)")
+    try:
+        result = evaluate()  # warm-up; an overflow is raised on every rank alike
+    except FloatingPointError as exc:
+        raise UsageError(str(exc)) from None
+    array_peak_bytes = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+
+    times, cpu_times = [], []
+    for _ in range(args.repeat):
+        comm.Barrier()
+        t0, c0 = MPI.Wtime(), time.process_time()
+        result = evaluate()
+        spent = (MPI.Wtime() - t0, time.process_time() - c0)
+        times.append(comm.allreduce(spent[0], op=MPI.MAX))
+        cpu_times.append(comm.allreduce(spent[1], op=MPI.MAX))
+
+    if ring and (args.check or args.output):  # assemble the full result on rank 0
+        counts, displs = mpi_rows.partition(n, comm.Get_size())
+        full = np.empty((n, 3)) if rank == 0 else None
+        comm.Gatherv(result, [full, counts * 3, displs * 3, MPI.DOUBLE], root=0)
+        result = full
+    gathered = comm.gather((_peak_rss_bytes(), particle_bytes, array_peak_bytes), root=0)
+    if rank != 0:
+        return {}
+    peaks = [max(column) for column in zip(*gathered, strict=True)]
+
+    error = None
+    if args.check or args.output:
+        if ring:
+            n, m, x = _load(args, MPI.COMM_SELF, full=True)
+        if args.check:
+            from backends import numba_parallel
+
+            ref = numba_parallel.accel(m, x, args.G, softening=args.softening)
+            error = relative_error(result, ref)
+        if args.output:
+            np.savez(args.output, masses=m, positions=x, accelerations=result)
+    best = min(times)
+    return {
+        "ranks": comm.Get_size(),
+        "n": n,
+        "algorithm": args.algorithm,
+        "seconds": best,
+        "seconds_median": statistics.median(times),
+        "seconds_all": times,
+        "cpu_seconds": min(cpu_times),
+        "interactions_per_second": interactions(n) / best if best > 0 else 0.0,
+        "error": error,
+        "G": args.G,
+        "softening": args.softening,
+        "seed": None if args.input is not None else args.seed,
+        "peak_rss_bytes": peaks[0],
+        "particle_bytes": peaks[1],
+        "array_peak_bytes": peaks[2],
+        "repeat": args.repeat,
+        "input": args.input,
+    }
+
+
+def _print_report(r: dict) -> None:
+    mib = 2.0**20
+    print(
+        f"mpi_run: {r['ranks']} rank(s), N = {r['n']}, algorithm {r['algorithm']}, "
+        f"G = {r['G']:g}, softening = {r['softening']:g}"
+    )
+    print(
+        f"seconds per evaluation: best {r['seconds']:.6f}, median {r['seconds_median']:.6f} "
+        f"({r['repeat']} timed after a warm-up; MPI.Wtime of the slowest rank)"
+    )
+    print(f"interactions per second: {r['interactions_per_second']:.4g} (N(N-1) / best)")
+    print(
+        f"per rank (max over ranks): particle arrays {r['particle_bytes'] / mib:.3f} MiB, "
+        f"traced allocation peak {r['array_peak_bytes'] / mib:.3f} MiB, "
+        f"peak RSS {r['peak_rss_bytes'] / mib:.1f} MiB"
+    )
+    if r["error"] is not None:
+        print(f"error vs numba_parallel: {r['error']:.3e} (max_i |a_i - ref_i| / |ref_i|)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for every rank; returns the exit status (or aborts the job)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+        if args.help:
+            if comm.Get_rank() == 0:
+                _parser().print_help()
+            return 0
+        report = _run(args, comm)
+    except UsageError as exc:
+        if comm.Get_rank() == 0:
+            print(f"mpi_run: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"mpi_run: rank {comm.Get_rank()} of {comm.Get_size()} failed; aborting the job",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm.Abort(1)
+        return 1  # not reached
+    if comm.Get_rank() == 0:
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            _print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

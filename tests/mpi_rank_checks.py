@@ -1,0 +1,90 @@
+"""Checks run on every rank under ``mpiexec -n P`` by tests/test_mpi.py (not collected itself).
+
+Each rank asserts; an AssertionError on any rank aborts the job (non-zero exit). On success
+every rank prints ``OK rank R of P``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from backends import mpi_rows, reference, relative_error
+
+TOL = 1e-12
+
+
+def system(n, seed):
+    rng = np.random.default_rng(seed)
+    m, x = rng.random(n), rng.standard_normal((n, 3))
+    if n:
+        x[1::5] = x[0]  # coincident particles
+    return m, x
+
+
+def raises_everywhere(comm, func, expected_here, match):
+    """Call the collective ``func`` on every rank; it must raise ``expected_here`` here."""
+    try:
+        func()
+    except expected_here as exc:
+        assert match in str(exc), (match, str(exc))
+    else:
+        raise AssertionError(f"rank {comm.rank}: no {expected_here.__name__} raised")
+
+
+def main():
+    comm = MPI.COMM_WORLD
+    rank, size = comm.rank, comm.size
+    assert size >= 2, "run under mpiexec -n P with P >= 2"
+    for n in (0, 1, 2, size - 1, size + 1, 31):
+        m, x = system(n, seed=n)
+        ref = reference.accel(m, x, 1.5, softening=0.0)
+        for algorithm in mpi_rows.ALGORITHMS:
+            out = mpi_rows.accel(m, x, 1.5, algorithm=algorithm)
+            assert out.shape == (n, 3)
+            assert relative_error(out, ref) <= TOL, (n, algorithm)
+        # the ring on local slices: uneven, some empty (rank 0 gets none, the last most)
+        cuts = np.linspace(0, n, size + 1).astype(int)
+        cuts[1] = 0  # needs size >= 2
+        lo, hi = cuts[rank], cuts[rank + 1]
+        local = mpi_rows.accel_local(m[lo:hi], x[lo:hi], 1.5)
+        assert local.shape == (hi - lo, 3)
+        assert relative_error(local, ref[lo:hi]) <= TOL if hi > lo else True
+
+    # a subcommunicator: the even ranks only
+    sub = comm.Split(rank % 2, rank)
+    m, x = system(23, seed=5)
+    out = mpi_rows.accel(m, x, 2.0, softening=0.1, comm=sub, algorithm="ring")
+    assert relative_error(out, reference.accel(m, x, 2.0, softening=0.1)) <= TOL
+    sub.Free()
+
+    # invalid input on rank 1 only: every rank raises, none waits forever
+    m, x = system(10, seed=1)
+    bad = x[:, :2] if rank == 1 else x
+    match = "positions must have shape" if rank == 1 else "invalid arguments on rank(s) [1]"
+    raises_everywhere(comm, lambda: mpi_rows.accel(m, bad, algorithm="ring"), ValueError, match)
+    raises_everywhere(comm, lambda: mpi_rows.accel_local(m, bad), ValueError, match)
+    # ranks disagreeing on G or N
+    G = 1.0 + rank
+    raises_everywhere(comm, lambda: mpi_rows.accel(m, x, G), ValueError, "ranks disagree")
+    raises_everywhere(comm, lambda: mpi_rows.accel_local(m, x, G), ValueError, "ranks disagree")
+    raises_everywhere(comm, lambda: mpi_rows.accel(m[rank:], x[rank:]), ValueError, "disagree")
+    # an overflow on one rank's slice only is raised on every rank
+    mo = np.array([1e308, 1e308]) if rank == 0 else np.ones(1)
+    xo = np.array([[0.0, 0, 0], [1e-3, 0, 0]]) if rank == 0 else np.full((1, 3), 1e3)
+    raises_everywhere(comm, lambda: mpi_rows.accel_local(mo, xo), FloatingPointError, "overflow")
+
+    comm.Barrier()
+    print(f"OK rank {rank} of {size}", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:  # one failing rank must end the job, not leave the others waiting
+        traceback.print_exc()
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
