@@ -8,6 +8,7 @@ The public face::
     b = backends.get("numba_parallel")
     a = b.accel(masses, positions, G=1.0, softening=0.0)
     a = backends.accel(masses, positions, backend="numpy")
+    a = backends.accel_nearest(masses, positions, k=16)  # k nearest neighbours only
 
 Every backend computes the same contract (see :mod:`backends._contract`). Backends are
 resolved lazily from a registry of module paths: ``import backends`` imports numpy only, never
