@@ -101,9 +101,9 @@ def _batched(m, x, G, softening, k, block):
     order = tree.indices
     for start in range(0, n, block):
         rows = order[start : start + block]
-        _, idx = tree.query(x[rows], k + 1, workers=workers)
+        idx = tree.query(x[rows], k + 1, workers=workers)[1]  # distances dropped at once
         _block_kernel(rows, idx, k, m, x, G, softening * softening, out)
-        del idx  # the next block's lists replace these: one block alive at a time
+        del idx  # freed before the next block's query: one block's lists alive at a time
     return out
 
 
