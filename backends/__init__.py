@@ -8,6 +8,7 @@ The public face::
     b = backends.get("numba_parallel")
     a = b.accel(masses, positions, G=1.0, softening=0.0)
     a = backends.accel(masses, positions, backend="numpy")
+    a = backends.accel_nearest(masses, positions, k=16)  # k nearest neighbours only
 
 Every backend computes the same contract (see :mod:`backends._contract`). Backends are
 resolved lazily from a registry of module paths: ``import backends`` imports numpy only, never
@@ -28,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "accel",
+    "accel_nearest",
     "available",
     "get",
     "interactions",
@@ -64,6 +66,10 @@ _REGISTRY: dict[str, _Spec] = {
     ),
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
+    ),
+    "numba_jitclass": _Spec(
+        "backends.numba_jitclass:accel",
+        "particles in a numba jitclass with an accel method (the OO style, serial)",
     ),
     "jax": _Spec(
         "backends.jax_blocked:accel",
@@ -194,3 +200,40 @@ def accel(masses, positions, G=1.0, *, softening=0.0, backend=DEFAULT_BACKEND, *
         A new array; the inputs are never modified.
     """
     return get(backend).accel(masses, positions, G, softening=softening, **options)
+
+
+def accel_nearest(masses, positions, k, G=1.0, *, softening=0.0, method="batched", block=None):
+    r"""Accelerations of each particle due to its ``k`` nearest neighbours only.
+
+    .. math:: a_i = G \sum_{j \in NN_k(i)} m_j (x_j - x_i) / (|x_j - x_i|^2 + \epsilon^2)^{3/2}
+
+    Neighbours (the particle itself excluded) come from ``scipy.spatial.KDTree``; ties are
+    broken as the tree returns them. Imports scipy and numba on first call only. See
+    :func:`backends.scipy_nearest.accel_nearest` for the details.
+
+    Parameters
+    ----------
+    masses : (N,) array_like of real
+        Point masses.
+    positions : (N, 3) array_like of real
+        Cartesian positions.
+    k : int
+        Neighbours per particle, ``1 <= k <= N - 1``.
+    G : float, optional
+        Gravitational constant (finite).
+    softening : float, optional
+        Plummer softening length (finite, >= 0).
+    method : {"batched", "objmode", "forceobj"}, optional
+        Block tree queries and a parallel kernel (default), or one query per particle from
+        a nopython loop via ``numba.objmode``, or from a ``forceobj=True`` function.
+    block : int, optional
+        ``"batched"`` only: particles per tree query (memory O(block x k)).
+
+    Returns
+    -------
+    (N, 3) ndarray of float64
+        A new array; the inputs are never modified.
+    """
+    from backends.scipy_nearest import accel_nearest as impl
+
+    return impl(masses, positions, k, G, softening=softening, method=method, block=block)

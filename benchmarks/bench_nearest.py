@@ -1,0 +1,51 @@
+"""asv benchmarks for backends.accel_nearest (the jitclass backend is in the backend suite).
+
+The three methods at N = 1000 and 10 000 with k = 16, and the batched method's peak memory at
+N = 10^6, k = 32 against an empty reference (asv's ``peakmem_`` includes what ``setup``
+allocated). Compilation happens in ``setup`` by a small call; the dispatchers are module-level
+in :mod:`backends.scipy_nearest`, so ``setup`` never creates a jitted function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import backends
+
+K = 16
+
+
+def _system(n, seed=42):
+    rng = np.random.default_rng(seed)
+    return rng.random(n), rng.standard_normal((n, 3))
+
+
+class NearestMethods:
+    """Wall time of one accel_nearest call per method."""
+
+    params = (["batched", "objmode", "forceobj"], [1000, 10_000])
+    param_names = ["method", "n"]
+    timeout = 300
+
+    def setup(self, method, n):
+        self.m, self.x = _system(n)
+        backends.accel_nearest(self.m[:64], self.x[:64], K, method=method)  # compile once
+
+    def time_accel_nearest(self, method, n):
+        backends.accel_nearest(self.m, self.x, K, method=method)
+
+
+class NearestMillion:
+    """Peak memory of the batched method at N = 10^6, k = 32, and its empty reference."""
+
+    timeout = 600
+
+    def setup(self):
+        self.m, self.x = _system(1_000_000)
+        backends.accel_nearest(self.m[:64], self.x[:64], 32)
+
+    def peakmem_batched_k32(self):
+        backends.accel_nearest(self.m, self.x, 32)
+
+    def peakmem_reference(self):
+        pass
