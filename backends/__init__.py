@@ -65,6 +65,16 @@ _REGISTRY: dict[str, _Spec] = {
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
     ),
+    "multiprocessing": _Spec(
+        "backends.multiprocessing_shm:accel",
+        "row chunks over a persistent spawn process pool, inputs in shared memory",
+    ),
+    "joblib": _Spec(
+        "backends.joblib_chunks:accel",
+        "row chunks over a persistent joblib pool (loky processes or threads)",
+        requires=("joblib",),
+        extra="joblib",
+    ),
 }
 
 
