@@ -79,11 +79,11 @@ def maybe_inject_fault() -> None:
         raise ValueError(f"fault injected in worker pid {os.getpid()} by the test hook {FAULT_ENV}")
 
 
-def warm_kernel() -> None:
+def warm_kernel(readonly: bool = False) -> None:
     """Load the row kernel in this process: compile it, or read it from Numba's disk cache.
 
-    Both the writable and the read-only array signatures are loaded (joblib hands workers
-    read-only memory maps).
+    With ``readonly``, the signature for read-only arrays is loaded too (joblib hands its
+    workers read-only memory maps).
     """
     from backends.numba_parallel import accel_block
 
@@ -91,13 +91,14 @@ def warm_kernel() -> None:
     x = np.zeros((2, 3))
     x[1, 0] = 1.0
     accel_block(x, m, x, 1.0, 0.0)
-    m.setflags(write=False)
-    x.setflags(write=False)
-    accel_block(x, m, x, 1.0, 0.0)
+    if readonly:
+        m.setflags(write=False)
+        x.setflags(write=False)
+        accel_block(x, m, x, 1.0, 0.0)
 
 
 def warm_worker(pause: float) -> int:
-    """Warm the kernel, hold this worker for ``pause`` seconds, return its process id."""
-    warm_kernel()
+    """Warm the kernel (both signatures), hold this worker ``pause`` seconds, return its pid."""
+    warm_kernel(readonly=True)
     time.sleep(pause)
     return os.getpid()
