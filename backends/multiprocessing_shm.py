@@ -109,9 +109,15 @@ class _Pool:
         try:
             futures = [self.executor.submit(_ready, START_TIMEOUT) for _ in range(n_workers)]
             self.pids = tuple(f.result(timeout=START_TIMEOUT + 10) for f in futures)
-        except BaseException as exc:
+        except Exception as exc:
             self.shutdown(kill=True)
-            raise RuntimeError(f"backend {NAME!r}: the worker pool failed to start: {exc}") from exc
+            raise RuntimeError(
+                f"backend {NAME!r}: the worker pool failed to start ({exc}); spawned workers "
+                "import the main module, so scripts need the `if __name__ == '__main__':` guard"
+            ) from exc
+        except BaseException:
+            self.shutdown(kill=True)
+            raise
 
     def load(self, m: np.ndarray, x: np.ndarray) -> str:
         """Copy the particles into the shared segment (grown if needed); return its name."""
@@ -138,7 +144,7 @@ class _Pool:
     def shutdown(self, kill: bool = False) -> None:
         """Stop the workers (``kill``: terminate them first) and unlink the segment."""
         if kill:
-            for proc in list(getattr(self.executor, "_processes", {}).values()):
+            for proc in list((getattr(self.executor, "_processes", None) or {}).values()):
                 proc.kill()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self._unlink()
