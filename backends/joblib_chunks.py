@@ -13,8 +13,8 @@ sharing the arrays; ``accel_block`` is compiled with ``nogil=True``, so the thre
 parallel. Memory: O(N) per worker for its block (processes: plus one mapped copy of the
 inputs per call).
 
-Lifetime: one ``Parallel`` object is kept open (entered as a context manager) and reused
-across calls; a call with other ``n_workers``/``prefer`` replaces it. :func:`close`,
+Lifetime: one ``Parallel`` object per ``prefer`` is kept open (entered as a context
+manager) and reused across calls; a call with another ``n_workers`` replaces it. :func:`close`,
 :class:`Session`, ``Backend.close()`` and interpreter exit (``atexit``) leave the context,
 shut the loky workers down (loky's executor is process-wide: any other joblib user gets a
 new one) and delete joblib's temporary memory maps. Calls are serialized by a module lock.
@@ -43,7 +43,7 @@ MAX_NBYTES = "64K"  #: arrays above this size are memory-mapped, not pickled (jo
 START_TIMEOUT = 300.0  #: seconds for all workers to start and load the kernel
 
 _lock = threading.RLock()
-_runner: _Runner | None = None
+_runners: dict[str, _Runner] = {}  # prefer -> open pool: one of threads, one of processes
 
 
 def _chunk(masses, positions, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
@@ -103,23 +103,25 @@ class _Runner:
 
 
 def _get_runner(n_workers: int, prefer: str) -> _Runner:
-    global _runner
-    if _runner is not None and _runner.key != (n_workers, prefer):
-        _discard()
-    if _runner is None:
-        _runner = _Runner(n_workers, prefer)
+    runner = _runners.get(prefer)
+    if runner is not None and runner.key != (n_workers, prefer):
+        _discard(prefer)
+        runner = None
+    if runner is None:
+        runner = _runners[prefer] = _Runner(n_workers, prefer)
         # atexit runs handlers last-in first-out: re-registering now puts our clean-up before
         # the handlers joblib registered for this pool's temporary folder
         atexit.unregister(_close_at_exit)
         atexit.register(_close_at_exit)
-    return _runner
+    return runner
 
 
-def _discard() -> None:
-    global _runner
-    runner, _runner = _runner, None
-    if runner is not None:
-        runner.shutdown()
+def _discard(prefer: str | None = None) -> None:
+    """Shut down the pool for ``prefer`` (None: every pool)."""
+    for key in list(_runners) if prefer is None else [prefer]:
+        runner = _runners.pop(key, None)
+        if runner is not None:
+            runner.shutdown()
 
 
 def _check_prefer(prefer) -> str:
@@ -134,14 +136,14 @@ def _run(m, x, G, softening, n_workers, chunks, prefer) -> np.ndarray:
         try:
             return runner.run(m, x, G, softening, chunks)
         except Exception as exc:
-            _discard()
+            _discard(prefer)
             what = "died" if "Terminated" in type(exc).__name__ else "raised"
             raise RuntimeError(
                 f"backend {NAME!r}: a worker {what} during the call ({type(exc).__name__}: "
                 f"{exc}); the pool was shut down and the next call starts a new one"
             ) from exc
         except BaseException:  # KeyboardInterrupt and the like: leave nothing running
-            _discard()
+            _discard(prefer)
             raise
 
 
@@ -157,12 +159,12 @@ def start(*, n_workers=None, prefer="processes") -> tuple[int, ...]:
         try:
             return runner.warm()
         except Exception as exc:
-            _discard()
+            _discard(prefer)
             raise RuntimeError(f"backend {NAME!r}: the worker pool failed to start: {exc}") from exc
 
 
 def close() -> None:
-    """Close the pool (a no-op if none is open)."""
+    """Close the pools, of processes and of threads (a no-op if none is open)."""
     with _lock:
         _discard()
 

@@ -14,6 +14,9 @@ reports:
   time / pool time (best of the rounds), parallel efficiency = speed-up / workers;
 * the per-call overhead at ``--overhead-n`` (default 1 000): median call time minus the
   ideal ``serial / workers`` compute time, and the median call time at N = 2;
+* the CPU work ratio: serial CPU time / CPU time of the pool's workers and this process
+  during the calls (1.0: the pool adds no work; unlike the speed-up, it does not depend on
+  how much of the machine other programs leave us);
 * the pool start-up time: ``start()`` from no pool to every worker holding the loaded
   kernel (Numba's cache already on disk), best and median of ``--starts`` starts.
 
@@ -51,6 +54,16 @@ def _clock(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _cpu_seconds(pids) -> float:
+    """User + system CPU time of this process (all threads) and of ``pids``, from /proc."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _pools_here():
     import backends
 
@@ -77,18 +90,25 @@ def measure(n, workers, rounds, overhead_n, starts, chunks=None) -> dict:
 
     result = {"n": n, "workers": workers, "rounds": rounds, "pools": {}}
     # warm every pool (start + one call at N), check agreement with the serial kernel
+    pids = {}
     for label, b, opts in pools:
-        b.module.start(n_workers=workers, **opts)
+        started = b.module.start(n_workers=workers, **opts)
+        pids[label] = [p for p in started if p != os.getpid()]
         err = backends.relative_error(b.accel(m, x, **knobs, **opts), serial_out)
-        result["pools"][label] = {"error_vs_serial": err, "times": []}
+        result["pools"][label] = {"error_vs_serial": err, "times": [], "cpu": []}
 
-    serial = []
+    serial, serial_cpu = [], []
     for _ in range(rounds):  # interleaved rounds
+        c0 = time.thread_time()
         serial.append(_clock(lambda: accel_block(x, m, x, 1.0, 0.0)))
+        serial_cpu.append(time.thread_time() - c0)
         for label, b, opts in pools:
+            c0 = _cpu_seconds(pids[label])
             t = _clock(lambda b=b, opts=opts: b.accel(m, x, **knobs, **opts))
+            result["pools"][label]["cpu"].append(_cpu_seconds(pids[label]) - c0)
             result["pools"][label]["times"].append(t)
     result["serial_times"] = serial
+    result["serial_cpu"] = serial_cpu
     best_serial = min(serial)
     result["serial_rate"] = backends.interactions(n) / best_serial
 
@@ -119,6 +139,7 @@ def measure(n, workers, rounds, overhead_n, starts, chunks=None) -> dict:
         r["speedup"] = best_serial / r["best"]
         r["efficiency"] = r["speedup"] / workers
         r["median_speedup"] = statistics.median(serial) / statistics.median(r["times"])
+        r["cpu_ratio"] = sum(serial_cpu) / sum(r["cpu"])
     return result
 
 
@@ -131,14 +152,14 @@ def report(res: dict) -> str:
         f"({res['serial_rate'] / 1e9:.2f} G interactions/s)",
         "",
         f"| pool | time at N = {n} | speed-up vs serial (median) | efficiency | "
-        "call at N = 1000 | overhead at N = 1000 | call at N = 2 | start-up (best / median) "
-        "| error vs serial |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "CPU work ratio | call at N = 1000 | overhead at N = 1000 | call at N = 2 | "
+        "start-up (best / median) | error vs serial |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in res["pools"].items():
         lines.append(
             f"| {label} | {r['best'] * 1e3:.1f} ms | {r['speedup']:.2f} x "
-            f"({r['median_speedup']:.2f} x) | {r['efficiency']:.0%} | "
+            f"({r['median_speedup']:.2f} x) | {r['efficiency']:.0%} | {r['cpu_ratio']:.2f} | "
             f"{r['small_call'] * 1e3:.2f} ms | {r['overhead'] * 1e3:.2f} ms | "
             f"{r['tiny_call'] * 1e3:.2f} ms | {min(r['startup']):.2f} s / "
             f"{statistics.median(r['startup']):.2f} s | {r['error_vs_serial']:.1e} |"

@@ -127,10 +127,12 @@ def test_knobs_do_not_change_the_answer(name, opts):
 def test_joblib_threads_give_the_same_results_as_processes():
     mod = _module("joblib")
     m, x = random_system(300, seed=7)
+    workers = set(mod.start(n_workers=2, prefer="processes"))
     for chunks in (1, 7):
         procs = mod.accel(m, x, softening=0.02, n_workers=2, chunks=chunks, prefer="processes")
         threads = mod.accel(m, x, softening=0.02, n_workers=2, chunks=chunks, prefer="threads")
         np.testing.assert_array_equal(threads, procs)  # same kernel on the same row blocks
+    assert workers <= children()  # the thread pool did not replace the process pool
 
 
 def test_joblib_large_inputs_travel_as_memory_maps():
