@@ -13,9 +13,10 @@ mapping. Only the segment name, row range and scalars travel through the task qu
 come back as small arrays. Memory: 32 N bytes shared, plus O(N) per worker for its block.
 
 Lifetime: the pool and the segment are created on first use and reused; a call with a
-different ``n_workers`` replaces the pool. :func:`close`, :class:`Session` (a context
-manager), ``Backend.close()`` and interpreter exit (``atexit``) shut the workers down and
-unlink the segment. Calls are serialized by a module lock (one pool, one segment).
+different ``n_workers`` replaces the pool, and so does a call that finds a worker gone.
+:func:`close`, :class:`Session` (a context manager), ``Backend.close()`` and interpreter
+exit (``atexit``) shut the workers down and unlink the segment. Calls are serialized by a
+module lock (one pool, one segment).
 
 Failures: inputs are validated in the parent. A worker that raises makes the call raise
 ``RuntimeError`` (the worker's exception and traceback chained) once the chunks already
@@ -29,6 +30,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -141,6 +143,14 @@ class _Pool:
             self.segment.unlink()
             self.segment = None
 
+    def healthy(self) -> bool:
+        """Return False if a worker has exited since the last call (killed while idle, say)."""
+        procs = getattr(self.executor, "_processes", None) or {}
+        if getattr(self.executor, "_broken", False) or len(procs) != self.n_workers:
+            return False
+        # a worker's sentinel is ready once it has exited, reaped or not
+        return not multiprocessing.connection.wait([p.sentinel for p in procs.values()], 0)
+
     def shutdown(self, kill: bool = False) -> None:
         """Stop the workers (``kill``: terminate them first) and unlink the segment."""
         if kill:
@@ -152,8 +162,8 @@ class _Pool:
 
 def _get_pool(n_workers: int) -> _Pool:
     global _pool
-    if _pool is not None and _pool.n_workers != n_workers:
-        _discard()
+    if _pool is not None and (_pool.n_workers != n_workers or not _pool.healthy()):
+        _discard(kill=True)
     if _pool is None:
         _pool = _Pool(n_workers)
     return _pool

@@ -71,6 +71,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def exited(pid: int) -> bool:
+    """Whether every thread of ``pid`` has exited (a zombie leader can outlive its threads)."""
+    try:
+        return not alive(pid) and os.listdir(f"/proc/{pid}/task") == [str(pid)]
+    except OSError:
+        return True
+
+
 # ---------------------------------------------------------------------------------------------
 # knobs and validation
 
@@ -252,6 +260,18 @@ def test_killed_worker_fails_the_call_fast_and_the_next_call_works(name, opts):
     out = mod.accel(m, x, n_workers=2, **opts)
     assert backends.relative_error(out, reference.accel(m, x)) <= TOL
     assert not set(mod.start(n_workers=2, **opts)) & set(pids)
+
+
+def test_worker_killed_between_calls_is_replaced():
+    mod = _module("multiprocessing")
+    pids = mod.start(n_workers=2)
+    os.kill(pids[1], signal.SIGKILL)
+    while not exited(pids[1]):
+        time.sleep(0.01)
+    m, x = random_system(60, seed=8)
+    out = mod.accel(m, x, n_workers=2)  # the health check rebuilds the pool first
+    assert backends.relative_error(out, reference.accel(m, x)) <= TOL
+    assert not set(mod.start(n_workers=2)) & set(pids)
 
 
 @pytest.mark.parametrize(("name", "opts"), PROCESS_MODES)
