@@ -14,7 +14,8 @@ parallel. Memory: O(N) per worker for its block (processes: plus one mapped copy
 inputs per call).
 
 Lifetime: one ``Parallel`` object per ``prefer`` is kept open (entered as a context
-manager) and reused across calls; a call with another ``n_workers`` replaces it. :func:`close`,
+manager) and reused across calls; a call with another ``n_workers`` replaces it, and so
+does a call that finds a worker process gone. :func:`close`,
 :class:`Session`, ``Backend.close()`` and interpreter exit (``atexit``) leave the context,
 shut the loky workers down (loky's executor is process-wide: any other joblib user gets a
 new one) and delete joblib's temporary memory maps. Calls are serialized by a module lock.
@@ -27,6 +28,7 @@ new one.
 from __future__ import annotations
 
 import atexit
+import multiprocessing.connection
 import threading
 import time
 
@@ -94,6 +96,18 @@ class _Runner:
             pids.update(self.parallel(delayed(warm_worker)(0.05) for _ in range(n_workers)))
         return tuple(sorted(pids))
 
+    def healthy(self) -> bool:
+        """Return False if the loky executor is broken or a worker has exited since."""
+        executor = getattr(self.parallel._backend, "_workers", None)  # loky only
+        if executor is None:
+            return True
+        if getattr(getattr(executor, "_flags", None), "broken", None) is not None:
+            return False
+        procs = list((getattr(executor, "_processes", None) or {}).values())
+        # a worker's sentinel is ready once it has exited (loky restarts idle-timed-out
+        # workers itself, but only a fresh executor recovers from a killed one)
+        return not multiprocessing.connection.wait([p.sentinel for p in procs], 0)
+
     def shutdown(self) -> None:
         """Leave the ``Parallel`` context; stop the loky workers, delete temporary maps."""
         executor = getattr(self.parallel._backend, "_workers", None)  # loky only
@@ -104,7 +118,7 @@ class _Runner:
 
 def _get_runner(n_workers: int, prefer: str) -> _Runner:
     runner = _runners.get(prefer)
-    if runner is not None and runner.key != (n_workers, prefer):
+    if runner is not None and (runner.key != (n_workers, prefer) or not runner.healthy()):
         _discard(prefer)
         runner = None
     if runner is None:

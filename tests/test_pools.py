@@ -262,16 +262,17 @@ def test_killed_worker_fails_the_call_fast_and_the_next_call_works(name, opts):
     assert not set(mod.start(n_workers=2, **opts)) & set(pids)
 
 
-def test_worker_killed_between_calls_is_replaced():
-    mod = _module("multiprocessing")
-    pids = mod.start(n_workers=2)
+@pytest.mark.parametrize(("name", "opts"), PROCESS_MODES)
+def test_worker_killed_between_calls_is_replaced(name, opts):
+    mod = _module(name)
+    pids = mod.start(n_workers=2, **opts)
     os.kill(pids[1], signal.SIGKILL)
     while not exited(pids[1]):
         time.sleep(0.01)
     m, x = random_system(60, seed=8)
-    out = mod.accel(m, x, n_workers=2)  # the health check rebuilds the pool first
+    out = mod.accel(m, x, n_workers=2, **opts)  # the health check rebuilds the pool first
     assert backends.relative_error(out, reference.accel(m, x)) <= TOL
-    assert not set(mod.start(n_workers=2)) & set(pids)
+    assert not set(mod.start(n_workers=2, **opts)) & set(pids)
 
 
 @pytest.mark.parametrize(("name", "opts"), PROCESS_MODES)
