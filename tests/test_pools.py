@@ -33,6 +33,10 @@ MODES = [  # (backend, extra options)
     pytest.param("joblib", {"prefer": "threads"}, id="joblib-threads"),
 ]
 PROCESS_MODES = MODES[:2]
+pytestmark = pytest.mark.skipif(
+    not (Path("/proc/self/stat").exists() and Path("/dev/shm").is_dir()),
+    reason="these checks count processes in /proc and segments in /dev/shm (Linux)",
+)
 
 
 def _module(name):
