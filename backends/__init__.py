@@ -89,6 +89,16 @@ _REGISTRY: dict[str, _Spec] = {
         requires=("mpi4py",),
         extra="mpi",
     ),
+    "multiprocessing": _Spec(
+        "backends.multiprocessing_shm:accel",
+        "row chunks over a persistent spawn process pool, inputs in shared memory",
+    ),
+    "joblib": _Spec(
+        "backends.joblib_chunks:accel",
+        "row chunks over a persistent joblib pool (loky processes or threads)",
+        requires=("joblib",),
+        extra="joblib",
+    ),
 }
 
 
