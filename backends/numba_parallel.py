@@ -61,7 +61,7 @@ their share of the rows.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, parallel_chunksize, prange
 
 from backends._contract import evaluate, validate
 
@@ -71,6 +71,7 @@ LANES = 8  #: fixed number of accumulator lanes of the symmetric parallel kernel
 TILE = 4096  #: sources per cache tile (7 * TILE doubles touched per tile)
 
 _FM = {"reassoc", "contract", "afn", "arcp", "nsz"}
+_ROWS = 256  # rows per parallel block of the reduction and of the exact path
 _TINY = 2.0**-120  # smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
 
 
@@ -111,9 +112,10 @@ def _scale(lo, hi, softening):
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
 def _bounds(x, lo, hi):
-    for k in range(3):
-        lo[k] = min(lo[k], x[:, k].min())
-        hi[k] = max(hi[k], x[:, k].max())
+    for i in range(x.shape[0]):
+        for k in range(3):
+            lo[k] = min(lo[k], x[i, k])
+            hi[k] = max(hi[k], x[i, k])
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -127,6 +129,16 @@ def _soa(m, x, s):
         p[2, i] = x[i, 2] * s
         p[3, i] = m[i]
     return p
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _prepare(m, x, softening):
+    """Scale ``s`` (0: use the exact path) and the scaled ``(4, N)`` SoA copy."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    _bounds(x, lo, hi)
+    s = _scale(lo, hi, softening)
+    return _soa(m, x, s if s > 0.0 else 1.0), s
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -203,39 +215,46 @@ def _exact_rows(out, targets, m, sources, G, softening, t0, t1):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _kernel(m, x, G, softening):
-    n = m.shape[0]
-    lo = np.full(3, np.inf)
-    hi = np.full(3, -np.inf)
-    _bounds(x, lo, hi)
-    s = _scale(lo, hi, softening)
-    if s == 0.0:
-        s = 1.0
-        lanes = 0  # extreme extent: exact path only
-    else:
-        lanes = LANES
-    p = _soa(m, x, s)
-    eps = softening * s
-    acc = np.zeros((lanes, 3, n))
+def _pairs(p, acc, out, G, s, eps):
+    """Symmetric fast path over ``LANES`` lanes; False if the result is not finite."""
+    n = p.shape[1]
     nb = 2 * LANES
-    for c in prange(lanes):
+    for c in prange(LANES):
         _sym_rows(p, acc[c], c * n // nb, (c + 1) * n // nb, eps * eps)
         b = nb - 1 - c
         _sym_rows(p, acc[c], b * n // nb, (b + 1) * n // nb, eps * eps)
-    out = np.empty((n, 3))
     gs = G * s
     bad = 0
-    for i in prange(n):
-        for k in range(3):
-            t = 0.0
-            for c in range(lanes):
-                t += acc[c, k, i]
-            out[i, k] = (t * gs) * s
-            bad += 0 if np.isfinite(t) else 1
-    if bad or lanes == 0:  # a pair outside the float32 estimate's range: sqrt and division
-        nblk = (n + 255) // 256
-        for blk in prange(nblk):
-            _exact_rows(out, x, m, x, G, softening, blk * 256, min(n, (blk + 1) * 256))
+    for blk in prange((n + _ROWS - 1) // _ROWS):
+        for i in range(blk * _ROWS, min(n, (blk + 1) * _ROWS)):
+            for k in range(3):
+                t = 0.0
+                for c in range(LANES):
+                    t += acc[c, k, i]
+                out[i, k] = (t * gs) * s
+                bad += 0 if np.isfinite(t) else 1
+    return bad == 0
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _exact(out, m, x, G, softening):
+    """All rows with ``sqrt`` and division, in parallel blocks of rows: the safe path."""
+    n = m.shape[0]
+    for blk in prange((n + _ROWS - 1) // _ROWS):
+        _exact_rows(out, x, m, x, G, softening, blk * _ROWS, min(n, (blk + 1) * _ROWS))
+
+
+def _kernel(m, x, G, softening):
+    """Evaluate on trusted inputs, in parallel (see the module docstring)."""
+    n = m.shape[0]
+    p, s = _prepare(m, x, softening)
+    out = np.empty((n, 3))
+    if s > 0.0:
+        acc = np.zeros((LANES, 3, n))
+        with parallel_chunksize(1):  # lanes are handed out one at a time, as threads free up
+            if _pairs(p, acc, out, G, s, softening * s):
+                return out
+    _exact(out, m, x, G, softening)  # extreme extent, or a pair too close for float32
     return out
 
 
