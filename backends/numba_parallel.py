@@ -225,14 +225,13 @@ def _pairs(p, acc, out, G, s, eps):
         _sym_rows(p, acc[c], b * n // nb, (b + 1) * n // nb, eps * eps)
     gs = G * s
     bad = 0
-    for blk in prange((n + _ROWS - 1) // _ROWS):
-        for i in range(blk * _ROWS, min(n, (blk + 1) * _ROWS)):
-            for k in range(3):
-                t = 0.0
-                for c in range(LANES):
-                    t += acc[c, k, i]
-                out[i, k] = (t * gs) * s
-                bad += 0 if np.isfinite(t) else 1
+    for i in range(n):  # serial: O(LANES * N), and one parallel region less to wake up
+        for k in range(3):
+            t = 0.0
+            for c in range(LANES):
+                t += acc[c, k, i]
+            out[i, k] = (t * gs) * s
+            bad += 0 if np.isfinite(t) else 1
     return bad == 0
 
 

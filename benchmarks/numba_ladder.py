@@ -47,19 +47,19 @@ def system(n):
 def best_of(call, repeat, min_time=0.0):
     """Best wall time after one warm-up call, and the last result.
 
-    At least ``repeat`` timed calls, more (up to 100 x ``repeat``) while their total stays
-    under ``min_time`` seconds: on a loaded machine the minimum of many short calls is the
-    figure least disturbed by other processes.
+    At least ``repeat`` timed calls, more (up to 1000 x ``repeat``) until ``min_time``
+    seconds have passed: on a loaded machine the minimum of many short calls is the figure
+    least disturbed by other processes.
     """
-    t0 = time.perf_counter()
     out = call()
-    warm = time.perf_counter() - t0
-    calls = max(repeat, min(100 * repeat, int(min_time / max(warm, 1e-9))))
     best = float("inf")
-    for _ in range(calls):
+    calls = 0
+    start = time.perf_counter()
+    while calls < repeat or (time.perf_counter() - start < min_time and calls < 1000 * repeat):
         t0 = time.perf_counter()
         out = call()
         best = min(best, time.perf_counter() - t0)
+        calls += 1
     return best, out
 
 
@@ -67,18 +67,17 @@ def best_of_pair(call_a, call_b, repeat, min_time=0.0):
     """Best times of two calls timed alternately (a, b, a, b, ...): a fair ratio under load."""
     call_a()
     call_b()
-    t0 = time.perf_counter()
-    call_a()
-    warm = time.perf_counter() - t0
-    calls = max(repeat, min(100 * repeat, int(min_time / max(warm, 1e-9))))
     best_a = best_b = float("inf")
-    for _ in range(calls):
+    calls = 0
+    start = time.perf_counter()
+    while calls < repeat or (time.perf_counter() - start < min_time and calls < 1000 * repeat):
         t0 = time.perf_counter()
         call_a()
         t1 = time.perf_counter()
         call_b()
         t2 = time.perf_counter()
         best_a, best_b = min(best_a, t1 - t0), min(best_b, t2 - t1)
+        calls += 1
     return best_a, best_b
 
 
@@ -95,10 +94,14 @@ def kernels():
     return rows
 
 
-def run(sizes, repeat, budget, min_time):
+def run(sizes, repeat, budget, min_time, only=None):
     """Measure every rung at every size; returns {(label, n): (seconds or None, result)}."""
     results = {}
     for label, fn, threads in kernels():
+        if only and not any(word in label for word in only):
+            for n in sizes:
+                results[label, n] = (None, None)
+            continue
         rate = None  # interactions per second at the previous size, for the budget estimate
         for n in sizes:
             pairs = n * (n - 1)
@@ -126,7 +129,7 @@ def table(results, sizes):
         for n in sizes:
             t, _ = results.get((label, n), (None, None))
             if t is None:
-                cells.append("skipped")
+                cells.append("-")
             else:
                 cells.append(f"{n * (n - 1) / t / 1e9:.2f} G/s ({t * 1e3:.3g} ms)")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -143,8 +146,11 @@ def main(argv=None):
     parser.add_argument(
         "--min-time",
         type=float,
-        default=1.0,
+        default=2.0,
         help="time a fast case repeatedly for at least this many seconds (best kept)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", help="measure only the kernels whose label contains one of these"
     )
     args = parser.parse_args(argv)
     sizes = sorted(set(args.n))
@@ -156,7 +162,7 @@ def main(argv=None):
     )
     if hasattr(os, "getloadavg"):
         print(f"# load average at start: {os.getloadavg()[0]:.2f}")
-    results = run(sizes, args.repeat, args.budget, args.min_time)
+    results = run(sizes, args.repeat, args.budget, args.min_time, args.only)
     print()
     print(table(results, sizes))
     print()
