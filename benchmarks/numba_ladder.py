@@ -3,17 +3,20 @@
 Usage::
 
     python benchmarks/numba_ladder.py [--n 1000 10000 30000 100000] [--repeat 5] [--budget 60]
+                                      [--min-time 2] [--only numba_parallel ...]
 
 For each N (random masses on [0, 1), Gaussian positions, seed 42, float64, no softening) it
-prints N(N-1)/t in 1e9 interactions per second, t the best of ``--repeat`` calls after a
-warm-up call, for ``numba``, ``numba_fastmath``, ``tutorial_parallel`` (the tutorial-style
-``prange`` triple loop, the yardstick) and ``numba_parallel`` at 1 thread and at all of
-Numba's threads; then the ratio ``numba_parallel`` / ``tutorial_parallel`` measured in this
-run, the softened / unsoftened time ratio of ``numba_parallel``, and the errors by the
-DESIGN.md metric (against the ``python`` oracle at N = 1000, against ``numba`` at N = 10 000,
-and between 1 and all threads). A combination whose estimated cost (repeat + 1 calls,
-extrapolated from the previous N) exceeds ``--budget`` seconds is skipped and reported as
-such: pure-serial ``numba`` at N = 1e5 takes about a minute per call.
+prints N(N-1)/t in 1e9 interactions per second, t the best call after a warm-up call, for
+``numba``, ``numba_fastmath``, ``tutorial_parallel`` (the tutorial-style ``prange`` triple
+loop, the yardstick) and ``numba_parallel`` at 1 thread and at all of Numba's threads. The
+kernels are timed in ``--repeat`` interleaved rounds (fast ones called repeatedly for
+``--min-time`` seconds in all), so their ratios see the same machine load. Then it prints the
+ratio ``numba_parallel`` / ``tutorial_parallel``, the softened / unsoftened time ratio of
+``numba_parallel`` (timed alternately), and the errors by the DESIGN.md metric (against the
+``python`` oracle at N = 1000, against ``numba`` at N = 10 000, between 1 and all threads).
+A combination whose estimated cost (repeat + 1 calls, extrapolated from the previous N)
+exceeds ``--budget`` seconds is skipped and reported as such: pure-serial ``numba`` at
+N = 1e5 takes about a minute per call.
 
 This is a script, not part of the asv suite (no asv-prefixed names here).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import sys
@@ -44,14 +48,14 @@ def system(n):
     return rng.random(n), rng.standard_normal((n, 3))
 
 
-def best_of(call, repeat, min_time=0.0):
+def best_of(call, repeat, min_time=0.0, warm=True):
     """Best wall time after one warm-up call, and the last result.
 
     At least ``repeat`` timed calls, more (up to 1000 x ``repeat``) until ``min_time``
     seconds have passed: on a loaded machine the minimum of many short calls is the figure
     least disturbed by other processes.
     """
-    out = call()
+    out = call() if warm else None
     best = float("inf")
     calls = 0
     start = time.perf_counter()
@@ -95,28 +99,40 @@ def kernels():
 
 
 def run(sizes, repeat, budget, min_time, only=None):
-    """Measure every rung at every size; returns {(label, n): (seconds or None, result)}."""
-    results = {}
-    for label, fn, threads in kernels():
-        if only and not any(word in label for word in only):
-            for n in sizes:
-                results[label, n] = (None, None)
-            continue
-        rate = None  # interactions per second at the previous size, for the budget estimate
-        for n in sizes:
-            pairs = n * (n - 1)
-            if rate is not None and (repeat + 1) * pairs / rate > budget:
-                est = (repeat + 1) * pairs / rate
+    """Measure every rung at every size; returns {(label, n): (seconds or None, result)}.
+
+    At each N the kernels are timed in ``repeat`` interleaved rounds (each round times every
+    kernel once, or for ``min_time / repeat`` seconds if it is fast), so that the ratios
+    between kernels see the same machine load; each keeps its best call.
+    """
+    rows = [k for k in kernels() if not only or any(word in k[0] for word in only)]
+    results = {(label, n): (None, None) for label, _, _ in kernels() for n in sizes}
+    rate = {}  # interactions per second at the previous size, for the budget estimate
+    for n in sizes:
+        pairs = n * (n - 1)
+        m, x = system(n)
+        active = []
+        for label, fn, threads in rows:
+            if label in rate and (repeat + 1) * pairs / rate[label] > budget:
+                est = (repeat + 1) * pairs / rate[label]
                 print(f"  skipped {label} at N={n}: estimated {est:.0f} s > --budget {budget:g} s")
-                results[label, n] = (None, None)
                 continue
-            m, x = system(n)
             numba.set_num_threads(threads)
-            t, out = best_of(lambda fn=fn, m=m, x=x: fn(m, x), repeat, min_time)
-            numba.set_num_threads(MAX_THREADS)
-            rate = pairs / t
+            out = fn(m, x)  # warm-up (and compilation)
+            active.append((label, fn, threads, [float("inf"), out]))
+        for _ in range(repeat):
+            for _label, fn, threads, best in active:
+                numba.set_num_threads(threads)
+                call = functools.partial(fn, m, x)
+                t, best[1] = best_of(call, 1, min_time / repeat, warm=False)
+                best[0] = min(best[0], t)
+        numba.set_num_threads(MAX_THREADS)
+        for label, _, _, (t, out) in active:
+            rate[label] = pairs / t
             results[label, n] = (t, out)
-            print(f"  {label:28s} N={n:>7d} {t * 1e3:10.3f} ms {rate / 1e9:7.3f} G/s", flush=True)
+            print(
+                f"  {label:28s} N={n:>7d} {t * 1e3:10.3f} ms {pairs / t / 1e9:7.3f} G/s", flush=True
+            )
     return results
 
 
@@ -182,7 +198,7 @@ def main(argv=None):
             lambda m=m, x=x: numba_parallel.accel(m, x),
             lambda m=m, x=x: numba_parallel.accel(m, x, softening=0.01),
             args.repeat,
-            args.min_time,
+            3 * args.min_time,
         )
         print(f"softened / unsoftened time at N={n} (softening 0.01): {t_soft / t_plain:.3f}")
         if n == 1000:
