@@ -48,6 +48,18 @@ def system(n):
     return rng.random(n), rng.standard_normal((n, 3))
 
 
+def cpu_name():
+    """Return the processor's model name where Linux tells it, else the platform's word."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def best_of(call, repeat, min_time=0.0, warm=True):
     """Best wall time after one warm-up call, and the last result.
 
@@ -173,8 +185,9 @@ def main(argv=None):
 
     print(
         f"# numba ladder, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"numba {numba.__version__} ({MAX_THREADS} threads), best of {args.repeat}"
+        f"{cpu_name()}, {os.cpu_count()} CPUs, "
+        f"numba {numba.__version__} ({MAX_THREADS} threads), best call of {args.repeat} "
+        f"interleaved rounds, fast kernels repeated for {args.min_time:g} s"
     )
     if hasattr(os, "getloadavg"):
         print(f"# load average at start: {os.getloadavg()[0]:.2f}")
