@@ -35,8 +35,10 @@ that LLVM vectorizes (8 float64 lanes in zmm registers with AVX-512, 4 with AVX2
    the triangle of pairs is split into ``LANES`` equal shares. Each lane has its own
    ``(3, N)`` accumulator, summed in a fixed order at the end. Lanes are handed out to
    Numba's threads one at a time (``prange`` under ``parallel_chunksize(1)``, so a thread
-   slowed by other processes takes fewer lanes); with at most ``LANES`` threads the
-   summation order, hence the result, is bitwise independent of the thread count.
+   slowed by other processes takes fewer lanes). The lanes do not depend on the thread
+   count, so neither does the summation order: the result is bitwise the same with 1 or
+   more threads. At most ``LANES`` threads are busy at once (a limit for machines with
+   more than 8 cores, not for the 2-core target).
 6. **Cache blocking.** Within a lane the sources are swept in tiles of ``TILE`` columns, so
    the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of the block
    pass over it: the throughput at N = 1e5 stays within ~10 % of that at N = 1e4.
