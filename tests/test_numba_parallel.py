@@ -64,7 +64,7 @@ def test_same_result_with_one_and_two_threads():
     finally:
         numba.set_num_threads(before)
     assert relative_error(two, one) <= TOL
-    # with at most LANES threads the summation order does not depend on the thread count
+    # the lanes, hence the summation order, do not depend on the thread count
     np.testing.assert_array_equal(one, two)
 
 
