@@ -65,7 +65,8 @@ _REGISTRY: dict[str, _Spec] = {
         "backends.numba_loops:accel_fastmath", "@njit(fastmath=True) double loop (rung 2)"
     ),
     "numba_parallel": _Spec(
-        "backends.numba_parallel:accel", "Numba parallel=True, prange over rows (primary)"
+        "backends.numba_parallel:accel",
+        "Numba threads, each pair once, SIMD float32-seeded rsqrt (primary)",
     ),
     "numba_jitclass": _Spec(
         "backends.numba_jitclass:accel",
