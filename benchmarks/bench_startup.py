@@ -107,7 +107,9 @@ class PoolStartup:
         self.backend.close()
 
     def teardown(self, name):
-        self.backend.close()
+        # asv calls teardown even after setup raised NotImplementedError.
+        if hasattr(self, "backend"):
+            self.backend.close()
 
     def time_first_call_after_close(self, name):
         self.backend.accel(self.m, self.x)

@@ -99,23 +99,26 @@ def test_suite_covers_every_in_process_backend():
 def test_benchmark_runs_once(owner, method, params):
     """A class benchmark runs on a fresh instance; a module-level one on its module."""
     obj = owner() if inspect.isclass(owner) else owner
-    setup = getattr(obj, "setup", None)
-    if setup is not None:
+    setup = getattr(obj, "setup", lambda *params: None)
+    teardown = getattr(obj, "teardown", lambda *params: None)
+    skipped = None
+    try:
         try:
             setup(*params)
         except NotImplementedError as exc:
-            pytest.skip(f"asv skips this combination: {exc}")
-    try:
-        result = getattr(obj, method)(*params)
-        if method.startswith("timeraw_"):
-            assert _run_timeraw(result) > 0.0
-        elif method.startswith("track_"):
-            assert isinstance(result, float | int)
-            assert math.isfinite(result) and result >= 0.0
+            skipped = f"asv skips this combination: {exc}"
+        else:
+            result = getattr(obj, method)(*params)
+            if method.startswith("timeraw_"):
+                assert _run_timeraw(result) > 0.0
+            elif method.startswith("track_"):
+                assert isinstance(result, float | int)
+                assert math.isfinite(result) and result >= 0.0
     finally:
-        teardown = getattr(obj, "teardown", None)
-        if teardown is not None:
-            teardown(*params)
+        # asv calls teardown after every run, also after setup raised NotImplementedError.
+        teardown(*params)
+    if skipped is not None:
+        pytest.skip(skipped)
 
 
 @pytest.mark.parametrize("name", ["numpy", "numba_parallel"])
