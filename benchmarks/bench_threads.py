@@ -18,6 +18,7 @@ class NumbaParallelThreads:
     param_names = ["threads", "n"]
     number = 1
     repeat = (2, 5, 2.0)
+    rounds = 1
     warmup_time = 0.0
     timeout = 300
 
