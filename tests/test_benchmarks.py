@@ -1,0 +1,131 @@
+"""The asv suite runs: every benchmark's setup and body once, at tiny sizes.
+
+``NBODY_BENCH_TINY=1`` (set before the suite is imported) shrinks every size. A benchmark
+whose ``setup`` raises ``NotImplementedError`` is one asv skips (unavailable backend, too slow
+a combination); the test skips it too, with asv's reason. Anything else that raises fails.
+``timeraw_`` code runs in a fresh interpreter, as asv runs it; MPI runs under real mpiexec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import itertools
+import math
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["NBODY_BENCH_TINY"] = "1"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import benchmarks  # noqa: E402
+from benchmarks import _common  # noqa: E402
+
+PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")
+MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
+
+
+def _modules():
+    return [importlib.import_module(f"benchmarks.{name}") for name in MODULES]
+
+
+def _param_sets(params):
+    """The parameter combinations asv runs (a list of lists is a product; else one list)."""
+    if params is None:
+        return [()]
+    if params and all(isinstance(p, list | tuple) for p in params):
+        return list(itertools.product(*params))
+    return [(p,) for p in params]
+
+
+def _cases():
+    cases = []
+    for module in _modules():
+        for cname, cls in vars(module).items():
+            if not inspect.isclass(cls) or cls.__module__ != module.__name__:
+                continue
+            methods = [m for m in vars(cls) if m.startswith(PREFIXES)]
+            for method, params in itertools.product(
+                methods, _param_sets(cls.__dict__.get("params"))
+            ):
+                label = "-".join(str(p) for p in params)
+                case_id = f"{module.__name__.split('.')[-1]}.{cname}.{method}[{label}]"
+                cases.append(pytest.param(cls, method, params, id=case_id))
+        for fname, func in vars(module).items():
+            if fname.startswith(PREFIXES) and inspect.isfunction(func):
+                case_id = f"{module.__name__.split('.')[-1]}.{fname}"
+                cases.append(pytest.param(module, fname, (), id=case_id))
+    return cases
+
+
+def _run_timeraw(code) -> float:
+    stmt, setup = code if isinstance(code, tuple) else (code, "")
+    runner = (
+        f"from timeit import timeit\nprint(repr(timeit(stmt={stmt!r}, setup={setup!r}, number=1)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", runner], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout.strip())
+
+
+def test_suite_is_tiny():
+    assert _common.TINY
+    assert max(_common.SIZES) <= 256
+
+
+def test_every_module_imports():
+    """asv imports every module in benchmarks/ during discovery; none may fail or run work."""
+    assert "bench_accel" in MODULES
+    assert len(_modules()) == len(MODULES)
+
+
+def test_suite_covers_every_in_process_backend():
+    from benchmarks.bench_accel import TimeAccel
+
+    assert TimeAccel.params[0] == [n for n in _common.in_process()]
+    assert "numba_parallel" in _common.compiled()
+
+
+@pytest.mark.parametrize(("owner", "method", "params"), _cases())
+def test_benchmark_runs_once(owner, method, params):
+    """A class benchmark runs on a fresh instance; a module-level one on its module."""
+    obj = owner() if inspect.isclass(owner) else owner
+    setup = getattr(obj, "setup", lambda *params: None)
+    teardown = getattr(obj, "teardown", lambda *params: None)
+    skipped = None
+    try:
+        try:
+            setup(*params)
+        except NotImplementedError as exc:
+            skipped = f"asv skips this combination: {exc}"
+        else:
+            result = getattr(obj, method)(*params)
+            if method.startswith("timeraw_"):
+                assert _run_timeraw(result) > 0.0
+            elif method.startswith("track_"):
+                assert isinstance(result, float | int)
+                assert math.isfinite(result) and result >= 0.0
+    finally:
+        # asv calls teardown after every run, also after setup raised NotImplementedError.
+        teardown(*params)
+    if skipped is not None:
+        pytest.skip(skipped)
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba_parallel"])
+def test_core_backends_are_not_skipped(name):
+    """The always-installed backends must really run in the suite, never be skipped."""
+    from benchmarks.bench_accel import TimeAccel
+
+    bench = TimeAccel()
+    bench.setup(name, _common.SIZES[0])
+    bench.time_accel(name, _common.SIZES[0])
