@@ -28,16 +28,13 @@ import datetime
 import functools
 import os
 import platform
-import sys
 import time
 
 import numba
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-
-from backends import numba_parallel, reference, relative_error  # noqa: E402
-from backends.numba_loops import accel_fastmath, accel_plain, accel_tutorial_parallel  # noqa: E402
+from backends import numba_parallel, reference, relative_error
+from backends.numba_loops import accel_fastmath, accel_plain, accel_tutorial_parallel
 
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 

@@ -120,9 +120,14 @@ def test_end_to_end_table_json_csv_png_agree(tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-@pytest.mark.skipif(HAVE_MPL, reason="matplotlib is installed: the figure is tested above")
 def test_plot_without_matplotlib_is_an_argument_error(tmp_path):
-    r = cli("compare", "--plot", tmp_path / "f.png")
+    # a None entry in sys.modules makes matplotlib unimportable in the child, installed or not
+    hide = "import sys; sys.modules['matplotlib'] = None; from backends.compare import main; "
+    code = hide + f"sys.exit(main(['compare', '--plot', {str(tmp_path / 'f.png')!r}]))"
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
     assert r.returncode == 2 and "--plot needs matplotlib" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
