@@ -9,37 +9,24 @@ than cores oversubscribe the machine: that is measured too, not hidden.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
-
 from benchmarks import _common as c
 
 N = c.SIZES[-1]
 REPEAT = 1 if c.TINY else 3
 TIMEOUT = 240  # seconds: a hung job fails the benchmark instead of stalling the run
+SEED = 42
 
 
-def mpiexec() -> str | None:
-    """``mpiexec`` next to this interpreter (the mpich wheel), else on ``PATH``, else None."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    if os.access(here, os.X_OK):
-        return here
-    return shutil.which("mpiexec")
-
-
-def unavailable_reason() -> str | None:
-    """Why the MPI benchmark cannot run here, or None."""
-    if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed: pip install 'nbody-backends[mpi]'"
-    if importlib.util.find_spec("backends.mpi_run") is None:
-        return "backends.mpi_run does not exist in this version of the project"
-    if mpiexec() is None:
-        return "no mpiexec next to the interpreter or on PATH"
-    return None
+def _launcher():
+    """:mod:`backends._mpi_launch` (the compare command's launcher), or a skip reason."""
+    try:
+        from backends import _mpi_launch
+    except ImportError:  # an older commit of the project
+        raise NotImplementedError("backends._mpi_launch does not exist at this commit") from None
+    reason = _mpi_launch.unavailable_reason()
+    if reason is not None:
+        raise NotImplementedError(reason)
+    return _mpi_launch
 
 
 def run_job(ranks: int, n: int = N, repeat: int = REPEAT) -> dict:
@@ -47,23 +34,14 @@ def run_job(ranks: int, n: int = N, repeat: int = REPEAT) -> dict:
 
     Raises
     ------
-    RuntimeError
-        The job failed, or printed no JSON record on stdout.
+    backends._mpi_launch.MPIRunError
+        The job failed, timed out (and was killed), or printed no valid JSON record.
     """
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "backends.mpi_run"]
-    cmd += ["--n", str(n), "--repeat", str(repeat), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
-        )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.strip().startswith("{"):
-            record = json.loads(line)
-            if record.get("ranks") != ranks or record.get("n") != n:
-                raise RuntimeError(f"unexpected record for {ranks} ranks, N = {n}: {record}")
-            return record
-    raise RuntimeError(f"{' '.join(cmd)} printed no JSON record:\n{proc.stdout}\n{proc.stderr}")
+    launch = _launcher()
+    record, _wall = launch.run(ranks, n, SEED, repeat, TIMEOUT)
+    if record.get("ranks") != ranks or record.get("n") != n:
+        raise launch.MPIRunError(f"unexpected record for {ranks} ranks, N = {n}: {record}")
+    return record
 
 
 class MpiRun:
@@ -75,9 +53,7 @@ class MpiRun:
     timeout = TIMEOUT + 60
 
     def setup(self, ranks):
-        reason = unavailable_reason()
-        if reason is not None:
-            raise NotImplementedError(reason)
+        _launcher()
 
     def track_seconds(self, ranks):
         return float(run_job(ranks)["seconds"])

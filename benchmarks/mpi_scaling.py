@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from backends import _mpi_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ("allgather", "ring")
@@ -27,8 +28,7 @@ ALGORITHMS = ("allgather", "ring")
 
 def find_mpiexec() -> str:
     """Return the ``mpiexec`` of this Python's environment (the mpich wheel), else PATH's."""
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
+    found = _mpi_launch.find_mpiexec()
     if found is None:
         sys.exit("mpiexec not found: pip install 'nbody-backends[mpi]'")
     return found
