@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from backends._contract import interactions, relative_error, validate
+from backends._contract import benchmark_system, interactions, relative_error, validate
 
 __all__ = [
     "Backend",
@@ -31,6 +31,7 @@ __all__ = [
     "accel",
     "accel_nearest",
     "available",
+    "benchmark_system",
     "get",
     "interactions",
     "names",

@@ -14,13 +14,8 @@ import numpy as np
 import backends
 from backends import _mpi_launch
 from backends._compare_args import MPI
+from backends._contract import benchmark_system
 from backends._report import Progress, Row
-
-
-def system(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the benchmark system: masses on [0, 1), standard normal positions."""
-    rng = np.random.default_rng(seed)
-    return rng.random(n), rng.standard_normal((n, 3))
 
 
 @dataclass
@@ -94,7 +89,7 @@ class Runner:
         self.oracle = Oracle(args.seed, args.python_max_n, args.sample_rows)
         self.rows: list[Row] = []
         self.not_run: dict[str, str] = dict(args.not_run)
-        self.systems = {n: system(n, args.seed) for n in args.n}
+        self.systems = {n: benchmark_system(n, args.seed) for n in args.n}
 
     def run(self) -> list[Row]:
         """Every selected backend at every N, then the speedups."""

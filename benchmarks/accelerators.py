@@ -27,12 +27,7 @@ import time
 import numpy as np
 
 import backends
-from backends import reference
-
-
-def _system(n: int, seed: int = 42):
-    rng = np.random.default_rng(seed)
-    return rng.random(n), rng.standard_normal((n, 3))
+from backends import benchmark_system, reference
 
 
 def _best_of(fns, repeat: int) -> list[float]:
@@ -56,7 +51,7 @@ def _sample_error(out, m, x, rows=8) -> float:
 
 def _measure(runs, n: int, repeat: int) -> list[dict]:
     """Time ``runs`` (label, backend name, options) side by side at ``n``; print one line each."""
-    m, x = _system(n)
+    m, x = benchmark_system(n)
     calls = [functools.partial(backends.get(name).accel, m, x, **opts) for _, name, opts in runs]
     seconds = _best_of(calls, repeat)
     figures = []

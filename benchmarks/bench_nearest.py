@@ -8,25 +8,18 @@ in :mod:`backends.scipy_nearest`, so ``setup`` never creates a jitted function.
 
 from __future__ import annotations
 
-import numpy as np
-
 import backends
-from benchmarks._common import TINY
+from benchmarks import _common as c
 
 K = 16
-SIZES = [256, 1024] if TINY else [1000, 10_000]
-BIG_N = 4096 if TINY else 1_000_000
+SIZES = [256, 1024] if c.TINY else [1000, 10_000]
+BIG_N = 4096 if c.TINY else 1_000_000
 
 
 def _require_nearest():
     # commits older than the nearest-neighbour kernel are skipped, not failed
     if not hasattr(backends, "accel_nearest"):
         raise NotImplementedError("backends.accel_nearest does not exist at this commit")
-
-
-def _system(n, seed=42):
-    rng = np.random.default_rng(seed)
-    return rng.random(n), rng.standard_normal((n, 3))
 
 
 class NearestMethods:
@@ -38,7 +31,7 @@ class NearestMethods:
 
     def setup(self, method, n):
         _require_nearest()
-        self.m, self.x = _system(n)
+        self.m, self.x = c.inputs(n, 42)
         backends.accel_nearest(self.m[:64], self.x[:64], K, method=method)  # compile once
 
     def time_accel_nearest(self, method, n):
@@ -52,7 +45,7 @@ class NearestMillion:
 
     def setup(self):
         _require_nearest()
-        self.m, self.x = _system(BIG_N)
+        self.m, self.x = c.inputs(BIG_N, 42)
         backends.accel_nearest(self.m[:64], self.x[:64], 32)
 
     def peakmem_batched_k32(self):

@@ -22,16 +22,10 @@ import sys
 import time
 import tracemalloc
 
-import numpy as np
-
 import backends
+from backends import benchmark_system
 
 METHODS = ("batched", "objmode", "forceobj")
-
-
-def _system(n, seed=42):
-    rng = np.random.default_rng(seed)
-    return rng.random(n), rng.standard_normal((n, 3))
 
 
 def _best(repeat, call, *args, **kwargs):
@@ -49,7 +43,7 @@ def run_methods(n=10_000, k=16, repeat=3):
     import numba
 
     print(f"accel_nearest, N = {n}, k = {k}, numba threads = {numba.get_num_threads()}")
-    m, x = _system(n)
+    m, x = benchmark_system(n)
     results, times = {}, {}
     for method in METHODS:
         times[method] = _best(repeat, backends.accel_nearest, m, x, k, method=method)
@@ -74,7 +68,7 @@ def _tree_and_query(x, k, workers):
 
 def _big_child(n, k):
     """In a fresh process: one batched call at (n, k); print a JSON line of measurements."""
-    m, x = _system(n)
+    m, x = benchmark_system(n)
     backends.accel_nearest(m[:1000], x[:1000], k)  # compile / load the kernels
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     t0 = time.perf_counter()
@@ -140,7 +134,7 @@ def run_jitclass(sizes=(1000, 10_000), repeat=3):
     """Print numba_jitclass against numba (plain arrays): steady state and cold start."""
     print("numba_jitclass vs numba (same serial double loop; jitclass fields vs plain arrays)")
     for n in sizes:
-        m, x = _system(n)
+        m, x = benchmark_system(n)
         t = {}
         for name in ("numba", "numba_jitclass"):
             b = backends.get(name)

@@ -31,18 +31,11 @@ import platform
 import time
 
 import numba
-import numpy as np
 
-from backends import numba_parallel, reference, relative_error
+from backends import benchmark_system, numba_parallel, reference, relative_error
 from backends.numba_loops import accel_fastmath, accel_plain, accel_tutorial_parallel
 
 MAX_THREADS = numba.config.NUMBA_NUM_THREADS
-
-
-def system(n):
-    """Random masses on [0, 1) and Gaussian positions, seed 42."""
-    rng = np.random.default_rng(42)
-    return rng.random(n), rng.standard_normal((n, 3))
 
 
 def cpu_name():
@@ -119,7 +112,7 @@ def run(sizes, repeat, budget, min_time, only=None):
     rate = {}  # interactions per second at the previous size, for the budget estimate
     for n in sizes:
         pairs = n * (n - 1)
-        m, x = system(n)
+        m, x = benchmark_system(n)
         active = []
         for label, fn, threads in rows:
             if label in rate and (repeat + 1) * pairs / rate[label] > budget:
@@ -202,7 +195,7 @@ def main(argv=None):
             print(f"numba_parallel / tutorial_parallel at N={n}: {tt / tp:.2f}x faster")
 
     for n in (1000, 10_000):
-        m, x = system(n)
+        m, x = benchmark_system(n)
         out = numba_parallel.accel(m, x)
         t_plain, t_soft = best_of_pair(
             lambda m=m, x=x: numba_parallel.accel(m, x),

@@ -34,18 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 POOLS = [  # (label, backend, options)
     ("multiprocessing", "multiprocessing", {}),
     ("joblib processes", "joblib", {"prefer": "processes"}),
     ("joblib threads", "joblib", {"prefer": "threads"}),
 ]
-
-
-def _system(n: int, seed: int = 42):
-    rng = np.random.default_rng(seed)
-    return rng.random(n), rng.standard_normal((n, 3))
 
 
 def _clock(fn) -> float:
@@ -80,11 +73,12 @@ def _pools_here():
 def measure(n, workers, rounds, overhead_n, starts, chunks=None) -> dict:
     """Run every measurement; return a JSON-able dict of seconds and ratios."""
     import backends
+    from backends import benchmark_system
     from backends.numba_parallel import accel_block
 
     pools = _pools_here()
     knobs = {"n_workers": workers, "chunks": chunks}
-    m, x = _system(n)
+    m, x = benchmark_system(n)
     accel_block(x[:2], m[:2], x[:2], 1.0, 0.0)  # compile or load the kernel here too
     serial_out = accel_block(x, m, x, 1.0, 0.0)
 
@@ -113,8 +107,8 @@ def measure(n, workers, rounds, overhead_n, starts, chunks=None) -> dict:
     result["serial_rate"] = backends.interactions(n) / best_serial
 
     # per-call overhead at a small N
-    ms, xs = _system(overhead_n, seed=1)
-    m2, x2 = _system(2, seed=2)
+    ms, xs = benchmark_system(overhead_n, seed=1)
+    m2, x2 = benchmark_system(2, seed=2)
     serial_small = [_clock(lambda: accel_block(xs, ms, xs, 1.0, 0.0)) for _ in range(20)]
     result["serial_small"] = statistics.median(serial_small)
     for label, b, opts in pools:

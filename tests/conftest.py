@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import backends
@@ -25,5 +24,5 @@ def backend(backend_name):
 
 def random_system(n, seed=0, spread=1.0, offset=0.0):
     """Random masses on [0, 1) and Gaussian positions: the benchmark distribution."""
-    rng = np.random.default_rng(seed)
-    return rng.random(n), offset + spread * rng.standard_normal((n, 3))
+    m, x = backends.benchmark_system(n, seed)
+    return m, offset + spread * x

@@ -12,14 +12,13 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-from backends import mpi_rows, reference, relative_error
+from backends import benchmark_system, mpi_rows, reference, relative_error
 
 TOL = 1e-12
 
 
 def system(n, seed):
-    rng = np.random.default_rng(seed)
-    m, x = rng.random(n), rng.standard_normal((n, 3))
+    m, x = benchmark_system(n, seed)
     if n:
         x[1::5] = x[0]  # coincident particles
     return m, x

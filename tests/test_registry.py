@@ -87,3 +87,12 @@ def test_import_is_lazy():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_benchmark_system_is_the_documented_distribution():
+    m, x = backends.benchmark_system(5, seed=7)
+    rng = np.random.default_rng(7)
+    np.testing.assert_array_equal(m, rng.random(5))
+    np.testing.assert_array_equal(x, rng.standard_normal((5, 3)))
+    m42, _ = backends.benchmark_system(5)  # seed 42 by default
+    np.testing.assert_array_equal(m42, np.random.default_rng(42).random(5))
