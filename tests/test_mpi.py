@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,11 +17,11 @@ from test_crossval import CASES, TOL, _case, _oracle
 
 import backends
 from backends import reference
+from backends._mpi_launch import find_mpiexec
 
 ROOT = Path(__file__).resolve().parent.parent
 REASON = backends.unavailable_reason("mpi")
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
-MPIEXEC = str(MPIEXEC) if MPIEXEC.exists() else shutil.which("mpiexec")
+MPIEXEC = find_mpiexec()  # next to this Python (the mpich wheel), else on PATH
 if REASON is None and MPIEXEC is None:
     REASON = "mpiexec not found (it comes with the mpich wheel): pip install 'nbody-backends[mpi]'"
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
