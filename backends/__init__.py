@@ -23,7 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from backends._contract import benchmark_system, interactions, relative_error, validate
+from backends._contract import (
+    PRECISIONS,
+    benchmark_system,
+    interactions,
+    relative_error,
+    validate,
+)
 
 __all__ = [
     "Backend",
@@ -34,7 +40,9 @@ __all__ = [
     "benchmark_system",
     "get",
     "interactions",
+    "is_exact",
     "names",
+    "precisions",
     "relative_error",
     "unavailable_reason",
     "validate",
@@ -53,6 +61,8 @@ class _Spec:
     description: str
     requires: tuple[str, ...] = ()  # top-level modules that must be importable
     extra: str | None = None  # the pyproject extra that installs them
+    precisions: tuple[str, ...] = ("float64",)  # values its ``precision=`` option accepts
+    exact: bool = True  # direct summation (to rounding); False: an approximate method
 
 
 # The registry: name -> where the implementation lives. Nothing here is imported until used.
@@ -84,6 +94,7 @@ _REGISTRY: dict[str, _Spec] = {
         "numba-cuda tiled shared-memory all-pairs kernel (NVIDIA GPU)",
         requires=("numba",),
         extra="cuda",
+        precisions=PRECISIONS,
     ),
     "mpi": _Spec(
         "backends.mpi_rows:accel",
@@ -119,6 +130,15 @@ class Backend:
         Backend-specific keyword-only options (``block=``, ``n_workers=``, ``comm=``, ...)
         are passed through.
         """
+        if "precision" in options and options["precision"] not in (None, "float64"):
+            if len(_REGISTRY[self.name].precisions) < 2:
+                have = ", ".join(n for n, sp in _REGISTRY.items() if len(sp.precisions) > 1)
+                raise TypeError(
+                    f"backend {self.name!r} has no precision option (float64 only); "
+                    f"the backends with precision='float32' are: {have}"
+                )
+        elif "precision" in options and len(_REGISTRY[self.name].precisions) < 2:
+            del options["precision"]  # float64 (or None) is what every backend computes
         return self._accel(masses, positions, G, softening=softening, **options)
 
     def close(self) -> None:
@@ -134,6 +154,20 @@ class Backend:
 def names() -> list[str]:
     """Return every registered backend name, usable here or not."""
     return list(_REGISTRY)
+
+
+def precisions(name: str) -> tuple[str, ...]:
+    """Return the values backend ``name`` accepts for ``precision=`` (``("float64",)``: none)."""
+    return _spec(name).precisions
+
+
+def is_exact(name: str) -> bool:
+    """Return True for direct summation (exact to rounding), False for approximate methods.
+
+    An approximate backend's module declares the error its settings promise with
+    ``tolerance(**options) -> float``, a bound on the rms per-particle relative error.
+    """
+    return _spec(name).exact
 
 
 def _spec(name: str) -> _Spec:

@@ -27,14 +27,21 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "FLOAT32_TOLERANCE",
+    "PRECISIONS",
     "Inputs",
     "benchmark_system",
+    "check_precision",
     "check_result",
     "evaluate",
     "interactions",
     "relative_error",
     "validate",
 ]
+
+PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default first
+#: Bound on the max per-particle relative error of a ``precision="float32"`` result.
+FLOAT32_TOLERANCE = 1e-4
 
 _REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected
 
@@ -123,6 +130,14 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
             got = float(arr[tuple(bad)])
             raise ValueError(f"{name} must be finite; got {got!r} at index [{where}]")
     return Inputs(m, x, G, softening)
+
+
+def check_precision(precision) -> str:
+    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        valid = ", ".join(repr(p) for p in PRECISIONS)
+        raise ValueError(f"precision must be one of {valid}; got {precision!r}")
+    return precision
 
 
 def check_result(acc: np.ndarray, backend: str) -> np.ndarray:

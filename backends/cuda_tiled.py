@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from backends import BackendUnavailableError
-from backends._contract import evaluate, validate
+from backends._contract import check_precision, evaluate, validate
 
 _NEEDS = (
     "backend 'cuda' needs an NVIDIA GPU with a CUDA driver and numba-cuda: "
@@ -33,7 +33,6 @@ _NEEDS = (
 )
 DEFAULT_TILE = 128  # threads per block = sources per shared-memory tile, on a GPU
 SIMULATOR_TILE = 8  # the simulator runs every thread as a Python thread: keep blocks small
-_PRECISIONS = ("float64", "float32")
 
 
 def simulating() -> bool:
@@ -119,8 +118,7 @@ def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64", tile=
         No CUDA GPU / numba-cuda here (and the simulator is not switched on).
     """
     inp = validate(masses, positions, G, softening)
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be 'float64' or 'float32'; got {precision!r}")
+    precision = check_precision(precision)
     if tile is not None and (
         isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or not 1 <= tile <= 1024
     ):

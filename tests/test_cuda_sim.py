@@ -141,7 +141,7 @@ def test_unavailable_here_says_what_is_needed():
 @pytest.mark.parametrize(
     ("options", "msg"),
     [
-        ({"precision": "float16"}, "precision must be 'float64' or 'float32'; got 'float16'"),
+        ({"precision": "float16"}, "precision must be one of 'float64', 'float32'; got 'float16'"),
         ({"precision": np.float32}, "precision must be"),
         ({"tile": 0}, "tile must be an integer from 1 to 1024; got 0"),
         ({"tile": 1025}, "tile must be an integer from 1 to 1024"),

@@ -96,3 +96,18 @@ def test_benchmark_system_is_the_documented_distribution():
     np.testing.assert_array_equal(x, rng.standard_normal((5, 3)))
     m42, _ = backends.benchmark_system(5)  # seed 42 by default
     np.testing.assert_array_equal(m42, np.random.default_rng(42).random(5))
+
+
+def test_precision_option_on_a_backend_without_it_is_a_type_error_naming_those_with_it():
+    m, x = backends.benchmark_system(4)
+    with pytest.raises(TypeError, match="has no precision option.*cuda"):
+        backends.accel(m, x, backend="numpy", precision="float32")
+    ref = backends.accel(m, x, backend="numpy")
+    assert np.array_equal(backends.accel(m, x, backend="numpy", precision="float64"), ref)
+
+
+def test_registry_declares_exactness_and_precisions():
+    for name in backends.names():
+        assert isinstance(backends.is_exact(name), bool)
+        assert backends.precisions(name)[0] == "float64"
+    assert "float32" in backends.precisions("cuda")
