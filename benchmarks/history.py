@@ -17,7 +17,7 @@ description matches this one, and refuses to guess when none matches (pass
 was written, so a run that saved nothing fails loudly instead of leaving an empty history.
 ``publish`` fails if the site it built has no ``TimeAccel``/``Throughput`` graph data.
 
-Side effects: ``asv machine`` adds the machine's entry to ``~/.asv-machine.json``; asv's
+Side effects: ``record`` writes the machine's entry into ``~/.asv-machine.json``; asv's
 environments and wheels go to ``.asv/`` (git-ignored). Only the standard library is imported
 here, so asv's benchmark discovery can import this module harmlessly.
 """
@@ -135,18 +135,43 @@ def pick_machine(requested: str | None, folder: Path, cpu: str, num_cpu: int) ->
     return requested
 
 
-def register_machine(name: str, cpu: str, num_cpu: int) -> None:
-    """Write machine ``name`` into ``~/.asv-machine.json`` (what ``asv run --machine`` reads)."""
+def register_machine(
+    name: str, cpu: str, num_cpu: int, recorded: dict | None = None, path: Path | None = None
+) -> dict:
+    """Write machine ``name`` into ``~/.asv-machine.json``, which ``asv run --machine`` reads.
+
+    asv files every result under all the machine's fields, so they must not drift between
+    sessions: a machine already recorded (``recorded``, its committed ``machine.json``) is
+    written back as it was; a new one gets every field (``asv machine --yes`` would leave out
+    those equal to its defaults), with the OS as its name only (a kernel update is no new CPU).
+
+    Returns
+    -------
+    dict
+        The entry written.
+    """
+    path = Path.home() / ".asv-machine.json" if path is None else path
+    machines = {"version": 1}
+    with contextlib.suppress(OSError, ValueError):
+        machines = json.loads(path.read_text())
+    if recorded is not None:
+        machines[name] = {k: v for k, v in recorded.items() if k != "version"}
+        path.write_text(json.dumps(machines, indent=4, sort_keys=True) + "\n")
+        return machines[name]
     ram = ""
     with contextlib.suppress(OSError, ValueError, IndexError):
-        meminfo = Path("/proc/meminfo").read_text().split("\n", 1)[0]
-        ram = str(int(meminfo.split()[1]) * 1024)
-    osname = f"{platform.system()} {platform.release()}"
-    command = ["asv", "machine", "--yes", "--machine", name, "--os", osname]
-    command += ["--arch", platform.machine(), "--cpu", cpu, "--num_cpu", str(num_cpu)]
-    if ram:
-        command += ["--ram", ram]
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        ram = str(int(Path("/proc/meminfo").read_text().split()[1]) * 1024)
+    entry = {
+        "arch": platform.machine(),
+        "cpu": cpu,
+        "machine": name,
+        "num_cpu": str(num_cpu),
+        "os": platform.system(),
+        "ram": ram,
+    }
+    machines[name] = entry
+    path.write_text(json.dumps(machines, indent=4, sort_keys=True) + "\n")
+    return entry
 
 
 @contextlib.contextmanager
@@ -187,7 +212,7 @@ def record(args: argparse.Namespace) -> int:
     folder = results_dir()
     cpu, num_cpu = cpu_description(), os.cpu_count() or 1
     machine = pick_machine(args.machine, folder, cpu, num_cpu)
-    register_machine(machine, cpu, num_cpu)
+    register_machine(machine, cpu, num_cpu, known_machines(folder).get(machine))
     nice = ["nice", "-n", str(args.nice)] if args.nice and shutil.which("nice") else []
     status = 0
     for revision in args.commits or ["HEAD"]:
