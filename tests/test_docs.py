@@ -1,0 +1,204 @@
+"""The documentation and the committed asv history: links resolve, pages are listed, results parse.
+
+* Every relative link in ``README.md`` and ``docs/*.md`` points to a file of the repository
+  (the pages ``docs/index.md`` lists included), and ``docs/index.md`` lists every page.
+* The README is a front page: short, with the exact install and test commands CI runs.
+* ``benchmarks/results/`` (asv's ``results_dir``) holds a history a fresh clone can publish:
+  ``benchmarks.json``, a machine folder per CPU with a complete ``machine.json``, and
+  ``TimeAccel`` and ``Throughput`` results for at least five commits of the project.
+* ``benchmarks.history`` names machines by CPU and never mixes two CPUs under one name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import history  # noqa: E402
+
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+MARKDOWN = [ROOT / "README.md", *PAGES]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+REQUIRED = ("bench_accel.TimeAccel.time_accel", "bench_accel.Throughput.track_seconds_per_1e9_")
+MACHINE_FIELDS = ("arch", "cpu", "machine", "num_cpu", "os", "ram")
+MIN_COMMITS = 5
+
+
+def _links(path: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)  # code is not a link
+    return LINK.findall(text)
+
+
+def _relative(target: str) -> str | None:
+    """The file part of a link to this repository, or None for a web link or an anchor."""
+    if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+        return None
+    return target.split("#", 1)[0]
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_to_files_of_the_repository(path):
+    missing = []
+    for target in _links(path):
+        file_part = _relative(target)
+        if file_part is None:
+            continue
+        resolved = (path.parent / file_part).resolve()
+        if not resolved.exists() or ROOT not in (resolved, *resolved.parents):
+            missing.append(target)
+    assert not missing, f"{path.relative_to(ROOT)} links to missing files: {missing}"
+
+
+def test_docs_index_lists_every_page():
+    listed = {_relative(t) for t in _links(DOCS / "index.md")}
+    unlisted = [p.name for p in PAGES if p.name != "index.md" and p.name not in listed]
+    assert not unlisted, f"docs/index.md does not list {unlisted}"
+
+
+def test_readme_links_the_docs_index():
+    assert "docs/index.md" in _links(ROOT / "README.md")
+
+
+def test_readme_is_a_front_page_with_the_ci_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in ('pip install -e ".[all]"', "python -m pytest"):
+        assert command in ci, f".ci/run no longer runs {command!r}: update this test"
+        assert command in text, f"README.md does not show {command!r}"
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_pages_stand_alone(path):
+    text = path.read_text()
+    for phrase in ("DESIGN.md", "the issue", "design note"):
+        assert phrase not in text, f"{path.relative_to(ROOT)} mentions {phrase!r}"
+
+
+# --- the committed asv history -------------------------------------------------------------
+
+
+def _results_dir() -> Path:
+    return history.results_dir(ROOT)
+
+
+def _machines() -> dict[str, dict]:
+    return history.known_machines(_results_dir())
+
+
+def _result_files(machine: str) -> list[dict]:
+    folder = _results_dir() / machine
+    return [
+        json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "machine.json"
+    ]
+
+
+def _has_values(result: dict, prefix: str) -> bool:
+    column = result["result_columns"].index("result")
+    for name, row in result["results"].items():
+        if name.startswith(prefix) and any(v is not None for v in (row[column] or [])):
+            return True
+    return False
+
+
+def test_results_are_tracked_outside_the_ignored_asv_folder():
+    folder = _results_dir()
+    assert folder.relative_to(ROOT).parts[0] != ".asv"
+    assert not (folder / "__init__.py").exists()  # never a package asv's discovery imports
+    assert (folder / "benchmarks.json").is_file()
+    suite = json.loads((folder / "benchmarks.json").read_text())
+    for prefix in REQUIRED:
+        assert any(name.startswith(prefix) for name in suite), prefix
+
+
+def test_every_machine_file_is_complete_and_named_after_its_folder():
+    machines = _machines()
+    assert machines, "no machine recorded under the results folder"
+    for name, info in machines.items():
+        assert info.get("machine") == name
+        for field in MACHINE_FIELDS:
+            assert info.get(field), f"{name}/machine.json has no {field!r}"
+
+
+def test_a_machine_keeps_one_cpu_and_holds_a_history():
+    best = 0
+    for name, info in _machines().items():
+        results = _result_files(name)
+        for result in results:
+            params = result["params"]
+            for field in MACHINE_FIELDS:  # a drifting field would split the machine's graphs
+                assert str(params.get(field)) == str(info[field]), (name, field)
+        commits = {r["commit_hash"] for r in results if all(_has_values(r, p) for p in REQUIRED)}
+        best = max(best, len(commits))
+    assert best >= MIN_COMMITS, f"TimeAccel and Throughput recorded for only {best} commits"
+
+
+def test_recorded_commits_belong_to_the_history():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for name in _machines():
+        for result in _result_files(name):
+            commit = result["commit_hash"]
+            found = subprocess.run(
+                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True
+            )
+            assert found.returncode == 0, f"{name}: commit {commit[:8]} is not in this repository"
+
+
+# --- benchmarks.history: one machine name per CPU -----------------------------------------
+
+
+def _record_machine(folder: Path, name: str, cpu: str, num_cpu: int = 2) -> None:
+    (folder / name).mkdir(parents=True)
+    info = {"machine": name, "cpu": cpu, "num_cpu": str(num_cpu), "version": 1}
+    (folder / name / "machine.json").write_text(json.dumps(info))
+
+
+def test_history_reuses_the_machine_with_this_cpu(tmp_path):
+    _record_machine(tmp_path, "dev-a", "CPU A (family 6 model 106, AVX-512)")
+    _record_machine(tmp_path, "dev-b", "CPU B (family 25 model 1, AVX2)")
+    assert history.pick_machine(None, tmp_path, "CPU B (family 25 model 1, AVX2)", 2) == "dev-b"
+
+
+def test_history_asks_for_a_name_on_a_new_cpu(tmp_path):
+    _record_machine(tmp_path, "dev-a", "CPU A")
+    with pytest.raises(SystemExit, match="--machine NEW-NAME"):
+        history.pick_machine(None, tmp_path, "CPU C", 2)
+    with pytest.raises(SystemExit, match="--machine NEW-NAME"):
+        history.pick_machine(None, tmp_path, "CPU A", 4)  # other core count: other machine
+    assert history.pick_machine("dev-c", tmp_path, "CPU C", 2) == "dev-c"
+
+
+def test_history_refuses_to_mix_two_cpus_under_one_name(tmp_path):
+    _record_machine(tmp_path, "dev-a", "CPU A")
+    with pytest.raises(SystemExit, match="another CPU"):
+        history.pick_machine("dev-a", tmp_path, "CPU C", 2)
+
+
+def test_history_writes_every_machine_field_and_keeps_a_recorded_one(tmp_path):
+    path = tmp_path / "asv-machine.json"
+    entry = history.register_machine("dev-x", "CPU X", 2, path=path)
+    assert sorted(entry) == sorted(MACHINE_FIELDS)
+    recorded = {**entry, "os": "Linux", "ram": "123", "version": 1}
+    kept = history.register_machine("dev-x", "CPU X", 2, recorded=recorded, path=path)
+    assert kept["ram"] == "123"
+    assert json.loads(path.read_text())["dev-x"] == kept
+
+
+def test_history_refuses_python_same():
+    with pytest.raises(SystemExit):
+        history.main(["record", "--", "--python=same"])
+
+
+def test_cpu_description_names_the_cpu():
+    assert history.cpu_description().strip()
