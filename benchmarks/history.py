@@ -234,11 +234,23 @@ def record(args: argparse.Namespace) -> int:
 
 
 def graph_points(html: Path, suffix: str) -> int:
-    """Return how many (commit, value) points the published graphs hold for a benchmark."""
+    """Return how many commits the published graphs show a value for, for one benchmark.
+
+    asv writes one JSON file per benchmark and machine/environment: a list of
+    ``[revision, value]`` with ``value`` a number, ``null``, or a list over parameter
+    combinations; a commit counts when it has at least one number.
+    """
+
+    def has_value(value) -> bool:
+        if isinstance(value, list):
+            return any(has_value(v) for v in value)
+        return isinstance(value, (int, float))
+
     points = 0
     for path in glob.glob(str(html / "graphs" / "**" / f"*{suffix}.json"), recursive=True):
         with contextlib.suppress(OSError, ValueError):
-            points = max(points, len(json.loads(Path(path).read_text())))
+            data = json.loads(Path(path).read_text())
+            points = max(points, sum(1 for _, value in data if has_value(value)))
     return points
 
 
@@ -254,8 +266,10 @@ def publish(args: argparse.Namespace) -> int:
             missing.append(suffix)
     if missing:
         print(
-            f"[history] the site under {html} has no data for {', '.join(missing)}: were results "
-            "saved? (`asv run --python=same` saves nothing without --set-commit-hash)",
+            f"[history] the site under {html} has no data for {', '.join(missing)}. Were results "
+            "saved? (`asv run --python=same` saves nothing without --set-commit-hash.) Does "
+            "benchmarks.json still match them? (Every `asv run`, --dry-run included, rewrites "
+            "it; one with NBODY_BENCH_TINY=1 lists other sizes: git checkout it.)",
             file=sys.stderr,
         )
         return 1
