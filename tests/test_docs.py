@@ -227,3 +227,12 @@ def test_history_refuses_python_same():
 
 def test_cpu_description_names_the_cpu():
     assert history.cpu_description().strip()
+
+
+def test_asv_parameters_are_the_checkouts_registry():
+    # The asv suite reads backend names from the registry's source (so that an older installed
+    # commit cannot shift them); here the checkout is the installed package, so they agree.
+    import backends
+    from benchmarks import _common
+
+    assert _common.registered() == backends.names()
