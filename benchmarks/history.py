@@ -8,6 +8,7 @@ This script is the one command a session runs before landing a commit::
     python -m benchmarks.history record C1 C2 ...       # named commits (any git revision)
     python -m benchmarks.history publish                # asv publish, then check the graphs
     asv preview                                         # serve .asv/html (git-ignored)
+    asv run --config $(python -m benchmarks.history scratch-config) --python=same --quick ...
 
 ``record`` names the machine from the CPU: it reuses the committed machine whose CPU
 description matches this one, and refuses to guess when none matches (pass
@@ -16,6 +17,11 @@ description matches this one, and refuses to guess when none matches (pass
 (asv builds and installs that commit's wheel), and checks that a result file for the commit
 was written, so a run that saved nothing fails loudly instead of leaving an empty history.
 ``publish`` fails if the site it built has no ``TimeAccel``/``Throughput`` graph data.
+
+Every ``asv run`` writes into the results folder, ``--dry-run`` included (it rewrites
+``benchmarks.json``). ``scratch-config`` writes ``.asv/scratch.conf.json``, a copy of
+``asv.conf.json`` whose results and site go to ``.asv/`` (git-ignored), and prints its path:
+smoke tests and CI pass it to ``asv --config`` and leave the tracked history untouched.
 
 Side effects: ``record`` writes the machine's entry into ``~/.asv-machine.json``; asv's
 environments and wheels go to ``.asv/`` (git-ignored). Only the standard library is imported
@@ -277,6 +283,32 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def scratch_config(root: Path = ROOT) -> Path:
+    """Write ``.asv/scratch.conf.json``: asv.conf.json with results and site under ``.asv/``.
+
+    asv resolves relative paths from the configuration file's folder, so every path in the
+    copy is absolute.
+
+    Returns
+    -------
+    Path
+        The configuration file written.
+    """
+    conf = asv_config(root)
+    scratch = root / ".asv"
+    conf.update(
+        repo=str(root),
+        benchmark_dir=str(root / conf["benchmark_dir"]),
+        env_dir=str(root / conf["env_dir"]),
+        results_dir=str(scratch / "scratch-results"),
+        html_dir=str(scratch / "scratch-html"),
+    )
+    scratch.mkdir(exist_ok=True)
+    path = scratch / "scratch.conf.json"
+    path.write_text(json.dumps(conf, indent=4) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
@@ -296,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--lock", help="hold an flock on this file during each asv run")
     rec.add_argument("--nice", type=int, default=10, help="niceness of asv (0: none)")
     sub.add_parser("publish", help="asv publish, then check the graphs have data")
+    sub.add_parser(
+        "scratch-config",
+        help="write an asv config whose results stay out of the tracked folder; print its path",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(extra) - 1] if "--" in argv else argv)
@@ -304,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         if any(re.match(r"--python(=|$)", a) for a in extra):
             parser.error("--python=same benchmarks the working tree and saves nothing here")
         return record(args)
+    if args.command == "scratch-config":
+        print(scratch_config())
+        return 0
     return publish(args)
 
 

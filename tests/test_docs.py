@@ -236,3 +236,14 @@ def test_asv_parameters_are_the_checkouts_registry():
     from benchmarks import _common
 
     assert _common.registered() == backends.names()
+
+
+def test_scratch_config_keeps_smoke_runs_out_of_the_tracked_results(tmp_path):
+    (tmp_path / "asv.conf.json").write_text((ROOT / "asv.conf.json").read_text())
+    path = history.scratch_config(tmp_path)
+    conf = json.loads(path.read_text())
+    assert path.parent == tmp_path / ".asv"  # git-ignored
+    for key in ("repo", "benchmark_dir", "env_dir", "results_dir", "html_dir"):
+        assert Path(conf[key]).is_absolute(), key  # asv resolves from the config's folder
+    assert Path(conf["results_dir"]).parent == tmp_path / ".asv"
+    assert conf["benchmark_dir"] == str(tmp_path / "benchmarks")
