@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import backends
-from backends._report import fmt_time
+from backends.compare.report import fmt_time
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

@@ -1,5 +1,9 @@
 """``python -m backends compare``: the whole ladder on this machine, in one table.
 
+The package: :mod:`~backends.compare.args` (parser and every check before work),
+:mod:`~backends.compare.runner` (measuring), :mod:`~backends.compare.report` (table, JSON,
+CSV) and :mod:`~backends.compare.plots` (the figure).
+
 For every selected backend and every N: the first call (imports, compilation, pool start-up),
 then up to ``--repeat`` steady-state calls (best and median), interactions per second,
 speedups over the pure-Python oracle and over ``numpy``, and the error against the oracle.
@@ -34,17 +38,9 @@ import threading
 
 import backends
 from backends import _mpi_launch
-from backends._compare_args import MPI, parse
-from backends._compare_run import Runner, first_line
-from backends._report import (
-    Progress,
-    metadata,
-    render,
-    to_json,
-    write_csv,
-    write_json,
-    write_plot,
-)
+from backends.compare.args import MPI, parse
+from backends.compare.report import Progress, metadata, render, to_json, write_csv, write_json
+from backends.compare.runner import Runner, first_line
 
 __all__ = ["main", "compare", "list_backends"]
 
@@ -119,6 +115,8 @@ def compare(args) -> int:
     if args.plot:
         cpu = meta["machine"]["cpu"]
         try:
+            from backends.compare.plots import write_plot
+
             write_plot(args.plot, rows, f"nbody-backends compare on {cpu}, {meta['date'][:10]}")
         except Exception as exc:
             print(
