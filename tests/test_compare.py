@@ -31,11 +31,8 @@ HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 REGISTER = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores SIGINT
-import backends
-for name in ("raises", "wrong", "slow"):
-    backends._REGISTRY[name] = backends._Spec(
-        "compare_test_backends:accel_" + name, "test-only backend: " + name
-    )
+import compare_test_backends
+compare_test_backends.register()
 from backends.compare import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -53,7 +50,7 @@ def cli(*args, registered=False, env=None, **kw):
     head = [sys.executable, "-c", REGISTER] if registered else [sys.executable, "-m", "backends"]
     return subprocess.run(
         [*head, *map(str, args)],
-        cwd=ROOT,
+        cwd=kw.pop("cwd", ROOT),
         env=env or _env(),
         capture_output=True,
         text=True,
@@ -210,7 +207,9 @@ BAD_ARGS = [
     (["--repeat", "x"], "--repeat: must be a positive integer"),
     (["--threads", "-1"], "--threads: must be a positive integer"),
     (["--threads", "100000"], "--threads 100000 exceeds numba's limit"),
-    (["--csv", "{tmp}/no/such/dir/r.csv"], "directory '{tmp}/no/such/dir' does not exist"),
+    (["--csv", "/dev/null/r.csv"], "'/dev/null' is not a directory"),
+    (["--mpi-ranks", "-1"], "--mpi-ranks: must be a non-negative integer (0 or more); got '-1'"),
+    (["--seed", "x"], "--seed: must be a non-negative integer"),
     (["--csv", "{tmp}"], "is a directory, not a file"),
     (["--plot", "{tmp}/figure.txt"], "must end in .png, .svg or .pdf"),
     (["--csv", "{tmp}/r.json"], "--csv and --json are the same file"),
@@ -226,6 +225,74 @@ def test_argument_errors_exit_2_before_any_work(tmp_path, args, message):
     assert r.stderr.startswith("usage: python -m backends compare")
     assert r.stdout == ""
     assert list(tmp_path.iterdir()) == []  # no output file, nothing run
+
+
+def test_help_shows_the_defaults():
+    r = cli("compare", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for shown in ("(default: 1000 10000)", "(default: 5)", "(default: 2)", "(default: 1e-12)"):
+        assert shown in text
+
+
+def test_unavailable_hardware_backend_is_an_argument_error(tmp_path):
+    r = cli("compare", "--backends", "numpy", "cold", "--json", tmp_path / "r.json",
+            registered=True, env=_env(COMPARE_TEST_NO_HARDWARE="1"))  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert "backend 'cold' is not available here: no test accelerator" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    "cuda" not in backends.names() or backends.unavailable_reason("cuda") is None,
+    reason="this machine can run cuda",
+)
+def test_cuda_without_a_gpu_exits_2():
+    r = cli("compare", "--backends", "cuda", "--n", 10)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "backend 'cuda' is not available here:" in r.stderr
+
+
+def test_first_call_does_not_count_against_the_budget(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 20, "--backends", "cold", "--repeat", 3, "--budget", 0.5,
+            "--quiet", "--json", js, registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(js.read_text())["results"]
+    assert row["first_call_s"] >= 1.0  # the 1 s "compilation" is reported where it belongs
+    assert len(row["times_s"]) == 3 and "--budget" not in row["message"]
+
+
+def test_missing_output_folders_are_created(tmp_path):
+    js = tmp_path / "a" / "b" / "r.json"
+    r = cli("compare", "--n", 20, "--backends", "numpy", "--repeat", 1, "--quiet", "--json", js)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(js.read_text())["failed"] is False
+
+
+def test_save_writes_into_the_ignored_output_folder(tmp_path):
+    r = cli("compare", "--n", 20, "--backends", "numpy", "--repeat", 1, "--quiet", "--save",
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = {"compare.json", "compare.csv"} | ({"compare.png"} if HAVE_MPL else set())
+    assert {p.name for p in (tmp_path / "compare-out").iterdir()} == names
+    # in the repository that folder is ignored: following the docs leaves `git status` clean
+    if (ROOT / ".git").exists():
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", "compare-out/compare.json"], cwd=ROOT, timeout=30
+        )
+        assert ignored.returncode == 0
+
+
+def test_docs_examples_write_only_into_the_ignored_folder():
+    doc = ROOT / "docs" / "compare.md"
+    if not doc.exists():
+        pytest.skip("docs/compare.md is not in this checkout")
+    commands = [ln for ln in doc.read_text().splitlines() if "python -m backends compare" in ln]
+    paths = [p for ln in commands for p in re.findall(r"--(?:json|csv|plot) +(\S+)", ln)]
+    assert paths
+    for p in paths:
+        assert p.startswith("compare-out/"), p
 
 
 def test_unknown_command_exits_2():

@@ -8,12 +8,13 @@ For every selected backend and every N: the first call (imports, compilation, po
 then up to ``--repeat`` steady-state calls (best and median), interactions per second,
 speedups over the pure-Python oracle and over ``numpy``, and the error against the oracle.
 
-Rules, all documented in the output and the README:
+Rules, all documented in the output and in ``docs/compare.md``:
 
 * Backends run one after another in registry order, each at every N in increasing order, and
   are closed (:meth:`backends.Backend.close`) when done, so pools never overlap.
-* Budget: after the first call, steady-state calls stop at ``--repeat`` or once the backend has
-  spent ``--budget`` seconds at this N (at least one call is always made). A backend whose time
+* Budget: the first call (imports, compilation, pool start-up) is not counted; after it,
+  steady-state calls stop at ``--repeat`` or once they have taken ``--budget`` seconds at this
+  N (at least one call is always made). A backend whose time
   at the next N, predicted by N(N-1) scaling from the previous one, exceeds ``--max-call``
   seconds is skipped there, with a note.
 * ``python`` (the oracle) is timed only at N <= ``--python-max-n``; above, its time is
@@ -35,6 +36,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import backends
 from backends import _mpi_launch
@@ -108,6 +110,9 @@ def compare(args) -> int:
     except BrokenPipeError:  # `compare | head`: the reader left; still write the files
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     status = 1 if any(r.bad for r in rows) else 0
+    for path in (args.json, args.csv, args.plot):
+        if path:  # argument checking made sure the folders can be created
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         write_json(args.json, to_json(meta, settings, rows, not_run))
     if args.csv:

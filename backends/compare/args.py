@@ -9,6 +9,7 @@ import argparse
 import importlib.util
 import math
 import os
+import time
 from pathlib import Path
 
 import backends
@@ -16,10 +17,12 @@ from backends import _mpi_launch
 
 DEFAULT_N = (1000, 10000)
 MPI = "mpi"
+OUT_DIR = "compare-out"  # where --save writes (git-ignored in the repository)
 _EPILOG = """\
-budget: after the first call, steady-state calls stop at --repeat or after --budget seconds
-(at least one); a backend predicted (N(N-1) scaling from its previous N) to need more than
---max-call seconds per call is skipped at that N. python is timed only at N <= --python-max-n
+budget: the first call (imports, compilation, pool start-up) is not counted; after it,
+steady-state calls stop at --repeat or once they have taken --budget seconds (at least one);
+a backend predicted (N(N-1) scaling from its previous N) to need more than --max-call seconds
+per call is skipped at that N. python is timed only at N <= --python-max-n
 and extrapolated above (marked ~). --threads bounds Numba's parallel kernels in this process
 only (not process pools, MPI ranks or JAX).
 
@@ -47,7 +50,12 @@ def _positive_int(text: str) -> int:
 def _non_negative_int(text: str) -> int:
     if text.strip() in ("0", "+0"):
         return 0
-    return _positive_int(text)
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative integer (0 or more); got {text!r}"
+        ) from None
 
 
 def _positive_float(text: str) -> float:
@@ -58,6 +66,20 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
     return value
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The epilog as written, and ``(default: ...)`` after every option that has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS):
+            return text
+        if not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time every available backend and check it against the pure-Python oracle. "
         "Defaults: every available backend at N = 1000 and 10000.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     c.add_argument(
         "--n",
@@ -83,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=list(DEFAULT_N),
         metavar="N",
-        help="numbers of particles (default: 1000 10000)",
+        help="numbers of particles",
     )
     c.add_argument(
         "--backends",
@@ -97,14 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=5,
         metavar="R",
-        help="steady-state calls after the first (default: 5)",
+        help="steady-state calls after the first",
     )
     c.add_argument(
         "--threads",
         type=_positive_int,
         default=None,
         metavar="T",
-        help="numba.set_num_threads(T) (Numba-parallel kernels only)",
+        help="numba.set_num_threads(T), Numba-parallel kernels only (default: numba's)",
     )
     c.add_argument("--json", metavar="FILE", help="write every result and the metadata as JSON")
     c.add_argument("--csv", metavar="FILE", help="write one CSV line per backend and N")
@@ -114,32 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a figure: time vs N and speedups (needs matplotlib)",
     )
     c.add_argument(
+        "--save",
+        nargs="?",
+        const=OUT_DIR,
+        metavar="DIR",
+        help=f"write DIR/compare.json, .csv and .png (the figure if matplotlib is installed); "
+        f"DIR defaults to {OUT_DIR}/, created if missing",
+    )
+    c.add_argument(
         "--mpi-ranks",
         type=_non_negative_int,
         default=2,
         metavar="P",
-        help="ranks for the mpiexec row (default: 2; 0: no MPI row)",
+        help="ranks for the mpiexec row; 0: no MPI row",
     )
     c.add_argument(
         "--budget",
         type=_positive_float,
-        default=5.0,
+        default=5,
         metavar="S",
-        help="seconds per backend and N after which repeats stop (default: 5)",
+        help="seconds per backend and N after which repeats stop",
     )
     c.add_argument(
         "--max-call",
         type=_positive_float,
-        default=30.0,
+        default=30,
         metavar="S",
-        help="skip a backend at an N where one call is predicted to take longer (default: 30)",
+        help="skip a backend at an N where one call is predicted to take longer",
     )
     c.add_argument(
         "--python-max-n",
         type=_non_negative_int,
         default=1000,
         metavar="N",
-        help="largest N at which the pure-Python oracle is run in full (default: 1000)",
+        help="largest N at which the pure-Python oracle is run in full",
     )
     c.add_argument(
         "--sample-rows",
@@ -152,15 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtol",
         type=_positive_float,
         default=1e-12,
-        help="largest error that passes (default: 1e-12)",
+        help="largest error that passes",
     )
-    c.add_argument("--seed", type=_non_negative_int, default=42, help="random seed (default: 42)")
+    c.add_argument("--seed", type=_non_negative_int, default=42, help="random seed")
     c.add_argument(
         "--mpi-timeout",
         type=_positive_float,
-        default=300.0,
+        default=300,
         metavar="S",
-        help="seconds before an MPI job is killed (default: 300)",
+        help="seconds before an MPI job is killed",
     )
     c.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     c.set_defaults(parser=c)  # errors found after parsing are reported with compare's usage
@@ -168,20 +198,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_output(parser, option: str, path: str | None, seen: dict[str, str]) -> None:
+    """Check an output file; its missing folders are created at the end, when it is written.
+
+    So the nearest existing ancestor of the file must be a writable folder now.
+    """
     if path is None:
         return
     p = Path(path)
     if p.is_dir():
         parser.error(f"{option} {path!r} is a directory, not a file")
-    parent = p.parent if str(p.parent) else Path(".")
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
     if not parent.is_dir():
-        parser.error(f"{option} {path!r}: directory {str(parent)!r} does not exist")
+        parser.error(f"{option} {path!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         parser.error(f"{option} {path!r} is not writable")
     key = os.path.realpath(p)
     if key in seen:
         parser.error(f"{option} and {seen[key]} are the same file {path!r}")
     seen[key] = option
+
+
+def _apply_save(args) -> None:
+    """``--save DIR``: the files it stands for, unless given explicitly."""
+    if args.save is None:
+        return
+    folder = Path(args.save)
+    args.json = args.json or str(folder / "compare.json")
+    args.csv = args.csv or str(folder / "compare.csv")
+    if args.plot is None and importlib.util.find_spec("matplotlib") is not None:
+        args.plot = str(folder / "compare.png")
+
+
+def _probe(name: str) -> tuple[str | None, float]:
+    """``(why backend name cannot run here or None, seconds the probe took)``.
+
+    The probe is :func:`backends.unavailable_reason`: dependencies, then the module's own
+    hardware check (a GPU for ``cuda``). It imports the backend's module; that time is added
+    to the backend's first call, which is where it would otherwise have been spent.
+    """
+    t0 = time.perf_counter()
+    try:
+        reason = backends.unavailable_reason(name)
+    except Exception as exc:  # a broken install: the backend cannot run, say why
+        text = str(exc).strip().splitlines()
+        reason = f"probe failed: {type(exc).__name__}: {text[0] if text else ''}"
+    return reason, time.perf_counter() - t0
+
+
+def _mpi_reason(args) -> str | None:
+    """Why the ``mpiexec`` row cannot run, or None."""
+    if args.mpi_ranks == 0:
+        return "disabled by --mpi-ranks 0"
+    missing = (
+        backends.unavailable_reason(MPI) if importlib.util.find_spec("mpi4py") is None else None
+    )
+    return missing or _mpi_launch.unavailable_reason()
 
 
 def _select(parser, args) -> tuple[list[str], dict[str, str]]:
@@ -196,17 +269,12 @@ def _select(parser, args) -> tuple[list[str], dict[str, str]]:
             parser.error(f"unknown backend {unknown[0]!r}; valid names are: {', '.join(known)}")
         wanted = [b for b in known if b in args.backends]
     chosen = []
+    args.probe_s = {}
     for name in wanted:
-        spec = backends._REGISTRY[name]
-        reason = None
-        if any(importlib.util.find_spec(mod) is None for mod in spec.requires):
-            reason = backends.unavailable_reason(name)  # dependency check only: no import
-        elif name == MPI:
-            reason = (
-                "disabled by --mpi-ranks 0"
-                if args.mpi_ranks == 0
-                else _mpi_launch.unavailable_reason()
-            )
+        if name == MPI:
+            reason = _mpi_reason(args)
+        else:
+            reason, args.probe_s[name] = _probe(name)
         if reason is None:
             chosen.append(name)
         elif args.backends is not None:  # asked for by name: refuse before any work
@@ -223,6 +291,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         return args
     parser = args.parser
     args.n = sorted(set(args.n))
+    _apply_save(args)
     seen: dict[str, str] = {}
     for option in ("json", "csv", "plot"):
         _check_output(parser, f"--{option}", getattr(args, option), seen)

@@ -276,7 +276,8 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     lines += [
         "",
         "first call: the first call in this process (imports not done by an earlier row, "
-        "compilation or cache load, pool start-up); best/median of the 'reps' calls after it.",
+        "compilation or cache load, pool start-up; not counted in --budget); best/median of "
+        "the 'reps' calls after it.",
         "interactions: N(N-1)/best per second.  vs python/numpy: their best time / this best time "
         "at the same N.",
         f"error: max relative error per particle against the pure-Python oracle (ok: <= "
