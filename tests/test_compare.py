@@ -117,6 +117,25 @@ def test_end_to_end_table_json_csv_png_agree(tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed")
+def test_plot_with_a_single_n_and_its_title(tmp_path):
+    png = tmp_path / "one.png"
+    r = cli("compare", "--n", 50, "--repeat", 2, "--backends", "python", "numpy", "slow",
+            "--quiet", "--plot", png, registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+    from backends.compare import plots
+    from backends.compare.report import metadata
+
+    meta = metadata()
+    text = plots.title(meta, {"threads": None, "numba_threads": 3})
+    assert meta["machine"]["cpu"] in text and "3 Numba threads" in text
+    assert meta["machine"]["simd"]["isa"] in text and meta["date"][:10] in text
+    assert meta["machine"]["simd"]["isa"] in ("AVX-512", "AVX2", "AVX", "SSE2", "NEON", "unknown")
+
+
 def test_plot_without_matplotlib_is_an_argument_error(tmp_path):
     # a None entry in sys.modules makes matplotlib unimportable in the child, installed or not
     hide = "import sys; sys.modules['matplotlib'] = None; from backends.compare import main; "

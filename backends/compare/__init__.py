@@ -118,11 +118,10 @@ def compare(args) -> int:
     if args.csv:
         write_csv(args.csv, rows)
     if args.plot:
-        cpu = meta["machine"]["cpu"]
         try:
-            from backends.compare.plots import write_plot
+            from backends.compare import plots
 
-            write_plot(args.plot, rows, f"nbody-backends compare on {cpu}, {meta['date'][:10]}")
+            plots.write_plot(args.plot, rows, plots.title(meta, settings))
         except Exception as exc:
             print(
                 f"compare: could not write --plot {args.plot}: {first_line(exc)}", file=sys.stderr

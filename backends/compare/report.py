@@ -125,6 +125,43 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+_SIMD = (  # (feature flag, name, vector width in bits), widest first
+    ("avx512f", "AVX-512", 512),
+    ("avx2", "AVX2", 256),
+    ("avx", "AVX", 256),
+    ("sse2", "SSE2", 128),
+    ("neon", "NEON", 128),
+    ("asimd", "NEON", 128),
+)
+
+
+def _cpu_flags() -> set[str]:
+    """Return the host CPU's features: LLVM's view (what Numba compiles for), else cpuinfo."""
+    try:
+        from llvmlite import binding
+
+        return {k for k, v in binding.get_host_cpu_features().items() if v}
+    except Exception:  # llvmlite missing or too old: the kernel's own list
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def simd() -> dict:
+    """Return the widest SIMD instruction set here, e.g. ``{"isa": "AVX2", "bits": 256}``."""
+    flags = _cpu_flags()
+    for flag, isa, bits in _SIMD:
+        if flag in flags:
+            return {"isa": isa, "bits": bits}
+    return {"isa": "unknown", "bits": None}
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that matter here (by metadata, never imported)."""
     found = {}
@@ -146,6 +183,7 @@ def metadata() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpu": _cpu_model(),
+            "simd": simd(),
             "logical_cpus": os.cpu_count(),
             "usable_cpus": usable,
             "platform": platform.platform(),
@@ -248,8 +286,8 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     threads = settings["threads"] if settings["threads"] else "numba default"
     lines = [
         "nbody-backends compare: direct-summation N-body accelerations, float64, G=1, eps=0",
-        f"machine : {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"{m['platform']}",
+        f"machine : {m['cpu']}, {m['simd']['isa']}, {m['logical_cpus']} logical CPUs "
+        f"({m['usable_cpus']} usable), {m['platform']}",
         f"python  : {meta['python']['version']} ({meta['python']['implementation']}); {libs}",
         f"settings: repeat {settings['repeat']}, budget {settings['budget_s']:g} s per backend "
         f"and N, threads {threads}, seed {settings['seed']}, rtol {settings['rtol']:g}, "
