@@ -121,7 +121,7 @@ def test_end_to_end_table_json_csv_png_agree(tmp_path):
 def test_plot_with_a_single_n_and_its_title(tmp_path):
     png = tmp_path / "one.png"
     r = cli("compare", "--n", 50, "--repeat", 2, "--backends", "python", "numpy", "slow",
-            "--quiet", "--plot", png, registered=True)  # fmt: skip
+            "approx", "--quiet", "--plot", png, registered=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -216,6 +216,74 @@ def test_failing_and_disagreeing_backends_are_reported(tmp_path):
     assert marker.read_text().count("closed") == 2  # raises and wrong share the module
 
 
+def test_approximate_backends_are_checked_against_their_own_bound(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 40, 300, "--repeat", 1, "--python-max-n", 100, "--sample-rows", 9,
+            "--backends", "numpy", "approx", "approx_bad", "--setting", "approx:theta=0.25",
+            "--json", js, "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 1, r.stderr  # approx_bad misses its own bound
+    rows = table_rows(r.stdout)
+    assert rows[("approx", 40)][-1] == "ok" and rows[("approx", 40)][-2] == "rms 0.001"
+    assert rows[("approx (theta=0.25)", 300)][-1] == "ok"
+    assert rows[("approx (theta=0.25)", 300)][-2] == "rms 0.0005"
+    assert rows[("approx_bad", 40)][-1] == "FAIL" and rows[("numpy", 40)][-2] == "max 1e-12"
+    assert "FAILED: approx_bad (N=40), approx_bad (N=300)" in r.stdout
+    res = {(d["label"], d["n"]): d for d in json.loads(js.read_text())["results"]}
+    a40, a300 = res[("approx", 40)], res[("approx (theta=0.25)", 300)]
+    assert a40["exact"] is False and a40["tolerance_kind"] == "rms" and a40["error_ok"] is True
+    assert a40["tolerance"] == pytest.approx(1e-3) and a40["error_rows"] == 40
+    assert a40["error_rms"] == pytest.approx(5e-4, rel=1e-6)  # theta * 1e-3 on every particle
+    assert a300["options"] == {"theta": 0.25} and a300["error_rows"] == 9  # sampled rows
+    assert a300["error"] == pytest.approx(2.5e-4, rel=1e-6)
+    assert a300["error_rms"] == pytest.approx(2.5e-4, rel=1e-6)
+    assert res[("numpy", 300)]["tolerance_kind"] == "max" and res[("numpy", 300)]["exact"]
+    assert re.search(r"fastest at N=300: exact: numpy \(.*\); rms error <= 0.001: ", r.stdout)
+
+
+def test_verdict_names_the_fastest_exact_and_approximate_backends():
+    from backends.compare.report import Row, fastest, verdict
+
+    def row(label, t, rms, exact=True, ok=True, n=1000):
+        return Row(label, label, n, "ok", best_s=t, error=rms, error_rms=rms, error_ok=ok,
+                   exact=exact)  # fmt: skip
+
+    rows = [
+        row("slow exact", 2.0, 1e-15),
+        row("fast exact", 1.0, 1e-15),
+        row("tree", 0.1, 2e-3, exact=False),
+        row("fine tree", 0.3, 2e-4, exact=False),
+        row("broken", 0.01, 1e-5, exact=False, ok=False),
+        row("small N", 1e-4, 1e-15, n=10),
+    ]
+    best = fastest(rows)
+    assert best["n"] == 1000 and best["exact"].label == "fast exact"
+    assert best["rms<=0.001"].label == "fine tree"
+    (line,) = verdict(rows)
+    assert line.startswith("fastest at N=1,000: exact: fast exact (1 s, rms 1.0e-15); ")
+    assert "rms error <= 0.001: fine tree (300 ms, rms 2.0e-04)" in line
+
+
+def test_approximate_backends_are_predicted_by_n_log_n():
+    from backends.compare.report import Row
+    from backends.compare.runner import _predict
+
+    exact = Row("e", "e", 1000, "ok", best_s=1.0)
+    approx = Row("a", "a", 1000, "ok", best_s=1.0, exact=False)
+    assert _predict(exact, 100_000) == pytest.approx(100_000 * 99_999 / (1000 * 999))
+    assert _predict(approx, 100_000) == pytest.approx(100 * 5 / 3)  # N log N
+
+
+def test_library_versions_of_the_peers_are_reported():
+    from backends.compare.report import library_versions
+
+    found = library_versions()
+    for dist in ("pytreegrav", "fmm3dpy"):
+        try:
+            assert found[dist] == importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            assert dist not in found
+
+
 BAD_ARGS = [
     (["--n", "0"], "--n: must be a positive integer; got '0'"),
     (["--n", "100", "ten"], "--n: must be a positive integer; got 'ten'"),
@@ -232,6 +300,9 @@ BAD_ARGS = [
     (["--csv", "{tmp}"], "is a directory, not a file"),
     (["--plot", "{tmp}/figure.txt"], "must end in .png, .svg or .pdf"),
     (["--csv", "{tmp}/r.json"], "--csv and --json are the same file"),
+    (["--setting", "nope:x=1"], "--setting 'nope:x=1': unknown backend 'nope'"),
+    (["--setting", "numpy"], "expected NAME:KEY=VALUE[,KEY=VALUE...]"),
+    (["--setting", "numpy:block"], "expected KEY=VALUE, got 'block'"),
 ]
 
 

@@ -10,6 +10,7 @@ import importlib.util
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import backends
@@ -144,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"DIR defaults to {OUT_DIR}/, created if missing",
     )
     c.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,...]",
+        help="also run backend NAME with these keyword options, as a row of its own (repeatable; "
+        "e.g. tree:theta=0.5,quadrupole=true)",
+    )
+    c.add_argument(
         "--mpi-ranks",
         type=_non_negative_int,
         default=2,
@@ -257,6 +266,79 @@ def _mpi_reason(args) -> str | None:
     return missing or _mpi_launch.unavailable_reason()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One backend with one set of keyword options: a row per N in the table."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``name``, or ``name (key=value, ...)`` for a non-default setting."""
+        if not self.options:
+            return self.name
+        return f"{self.name} ({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+
+
+def _value(text: str):
+    """Convert a ``--setting`` value: int, float, true/false/none, else the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text.strip()
+
+
+def _settings(parser, texts: list[str]) -> list[Job]:
+    """Parse every ``--setting NAME:KEY=VALUE[,KEY=VALUE...]``."""
+    jobs = []
+    for text in texts:
+        name, sep, rest = text.partition(":")
+        name = name.strip()
+        if name not in backends.names():
+            parser.error(
+                f"--setting {text!r}: unknown backend {name!r}; valid names are: "
+                f"{', '.join(backends.names())}"
+            )
+        if name == MPI:
+            parser.error("--setting: the mpiexec row takes no options (see --mpi-ranks)")
+        options = {}
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip().isidentifier():
+                parser.error(f"--setting {text!r}: expected KEY=VALUE, got {item!r}")
+            options[key.strip()] = _value(value)
+        if not sep or not options:
+            parser.error(f"--setting {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+        jobs.append(Job(name, options))
+    return jobs
+
+
+def _jobs(parser, args) -> list[Job]:
+    """Return the runs in order: each selected backend, then its ``--setting`` variants."""
+    extra = _settings(parser, args.setting)
+    jobs = []
+    for name in args.selected:
+        jobs.append(Job(name))
+        jobs += [j for j in extra if j.name == name]
+    for job in extra:
+        if job.name not in args.selected:
+            reason = args.not_run.get(job.name) or _probe(job.name)[0]
+            if reason is not None:
+                parser.error(f"--setting: backend {job.name!r} is not available here: {reason}")
+            if job.name not in args.probe_s:
+                args.probe_s[job.name] = 0.0
+            jobs.append(job)
+    return jobs
+
+
 def _select(parser, args) -> tuple[list[str], dict[str, str]]:
     """Backends to run (registry order) and those left out with the reason."""
     known = backends.names()
@@ -309,7 +391,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         if args.threads > top:
             parser.error(f"--threads {args.threads} exceeds numba's limit of {top} threads")
     args.selected, args.not_run = _select(parser, args)
-    if not args.selected:
+    args.jobs = _jobs(parser, args)
+    if not args.jobs:
         parser.error(
             "no backend to run: " + "; ".join(f"{k}: {v}" for k, v in args.not_run.items())
         )

@@ -1,15 +1,16 @@
 """The figure of ``python -m backends compare --plot``; matplotlib is imported only here.
 
 Panels: time against N on log-log axes with an N^2 guide (or, with a single N, throughput
-bars), speedups over ``python`` and ``numpy`` at the largest N, and, when an approximate backend
-ran, error against time at the largest N. Every backend has its own marker and line style, and
-colours come from a map whose lightness changes monotonically, so the figure reads in grey.
-The spread of the repeats is drawn from the best to the median time.
+bars), speedups over ``python`` and ``numpy`` at the largest N, and the rms error against time
+at the largest N (log-log, one point per backend and setting: the accuracy-speed frontier).
+Every backend has its own marker and line style, and colours come from a map whose
+lightness changes monotonically, so the figure reads in grey. The spread of the repeats is
+drawn from the best to the median time.
 """
 
 from __future__ import annotations
 
-from backends.compare.report import Row, fmt_rate
+from backends.compare.report import RMS_GOAL, Row, fmt_rate
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
 _LINES = ("-", "--", "-.", ":")
@@ -106,6 +107,28 @@ def _speedups(ax, measured: list[Row]) -> None:
     ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
+def _error_vs_time(ax, measured: list[Row], styles: dict[str, dict]) -> None:
+    """Plot the rms error against the best time at the largest N: the accuracy-speed frontier."""
+    n_max = max(r.n for r in measured)
+    for r in measured:
+        if r.n != n_max or not r.error_rms:
+            continue
+        st = styles[r.label]
+        hollow = not r.exact
+        ax.plot([r.best_s], [r.error_rms], ls="none", marker=st["marker"], ms=9,
+                color=st["color"], markerfacecolor="white" if hollow else st["color"],
+                markeredgewidth=1.8, label=r.label)  # fmt: skip
+    ax.axhline(RMS_GOAL, color="0.5", lw=1.0, ls="--", label=f"rms {RMS_GOAL:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("best time per evaluation (s)")
+    ax.set_ylabel("rms relative error per particle")
+    sampled = any(r.error_rows and r.error_rows < r.n for r in measured if r.n == n_max)
+    ax.set_title(f"error vs time at N = {n_max:,}" + (" (sampled rows)" if sampled else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="x-small", title="hollow: approximate", title_fontsize="x-small")
+
+
 def write_plot(path: str, rows: list[Row], title: str) -> None:
     """Write the figure to ``path`` (PNG, SVG or PDF, by its suffix)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -114,9 +137,14 @@ def write_plot(path: str, rows: list[Row], title: str) -> None:
     timed = [r for r in rows if r.best_s and r.status in ("ok", "extrapolated")]
     measured = [r for r in timed if r.status == "ok"]
     styles = _styles(list(dict.fromkeys(r.label for r in timed)))
-    fig = Figure(figsize=(13, 5.5), layout="constrained")
+    n_max = max((r.n for r in measured), default=0)
+    with_error = any(r.error_rms for r in measured if r.n == n_max)
+    fig = Figure(figsize=(19 if with_error else 13, 5.5), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_t, ax_s = fig.subplots(1, 2, width_ratios=(1.2, 1))
+    axes = fig.subplots(1, 3 if with_error else 2, width_ratios=(1.2, 1, 1)[: 2 + with_error])
+    ax_t, ax_s = axes[0], axes[1]
+    if with_error:
+        _error_vs_time(axes[2], measured, styles)
     if len({r.n for r in timed}) > 1:
         _time_vs_n(ax_t, timed, styles)
     elif timed:

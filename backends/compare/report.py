@@ -28,6 +28,8 @@ _LIBRARIES = (
     "mpich",
     "numba-cuda",
     "matplotlib",
+    "pytreegrav",
+    "fmm3dpy",
     "nbody-backends",
 )
 
@@ -40,7 +42,10 @@ class Row:
     ``"skipped"`` (not run at this N, see ``message``) or ``"extrapolated"`` (the pure-Python
     time estimated from N(N-1) scaling). Times are in seconds; ``error_rows`` is the number of
     rows checked against the oracle (N when the oracle ran in full, None when the backend
-    checked itself, as ``mpi_run`` does).
+    checked itself, as ``mpi_run`` does). ``error`` is the max and ``error_rms`` the rms of the
+    per-particle relative errors over those rows; ``tolerance`` is the bound that applied, to
+    the max for exact backends (``--rtol``) and to the rms for approximate ones (their
+    module's ``tolerance(**options)``). ``options`` are the keyword options of the calls.
     """
 
     backend: str
@@ -56,8 +61,13 @@ class Row:
     speedup_vs_numpy: float | None = None
     python_extrapolated: bool = False
     error: float | None = None
+    error_rms: float | None = None
     error_rows: int | None = None
     error_ok: bool | None = None
+    exact: bool = True
+    tolerance: float | None = None
+    tolerance_kind: str | None = None  # "max" or "rms": which error the bound applies to
+    options: dict = field(default_factory=dict)
     message: str = ""
     mpi_run: dict | None = None  # the mpiexec row: mpi_run's own JSON object, verbatim
 
@@ -239,9 +249,18 @@ _HEAD = (
     "vs python",
     "vs numpy",
     "error",
+    "rms",
+    "bound",
     "check",
 )
-_LEFT = {0, 10}  # left-aligned columns: backend, check
+_LEFT = {0, 11, 12}  # left-aligned columns: backend, bound, check
+
+
+def _bound(row: Row) -> str:
+    """Format the tolerance that applied: ``max 1e-12`` (exact), ``rms 0.002`` (approximate)."""
+    if row.tolerance is None:
+        return "-"
+    return f"{row.tolerance_kind} {row.tolerance:.3g}"
 
 
 def _cells(row: Row, note: str, rtol: float) -> list[str]:
@@ -250,19 +269,21 @@ def _cells(row: Row, note: str, rtol: float) -> list[str]:
         vs_np = ("~" + fmt_speedup(row.speedup_vs_numpy)) if row.speedup_vs_numpy else "-"
         rate = "~" + fmt_rate(row.interactions_per_second)
         best = "~" + fmt_time(row.best_s)
-        return [row.label, f"{row.n:,}", "-", best, "-", "-", rate, "1x", vs_np, "-", "est." + note]
+        head = [row.label, f"{row.n:,}", "-", best, "-", "-", rate, "1x", vs_np]
+        return head + ["-", "-", "-", "est." + note]
     if row.status in ("failed", "skipped"):
         word = "FAILED" if row.status == "failed" else "skipped"
-        return [row.label, f"{row.n:,}"] + ["-"] * 8 + [word + note]
+        return [row.label, f"{row.n:,}"] + ["-"] * 10 + [word + note]
+    rms, bound = "-", _bound(row)
     if row.backend == "python" and row.error_rows is not None and row.error == 0.0:
-        err, check = "(oracle)", ""
+        err, check, bound = "(oracle)", "", "-"
     elif row.error is None:
         err, check = "-", "n/a"
     else:
-        err = f"{row.error:.1e}"
+        star = "*" if row.error_rows is not None and row.error_rows < row.n else ""
+        err = f"{row.error:.1e}{star}"
+        rms = "-" if row.error_rms is None else f"{row.error_rms:.1e}{star}"
         check = "ok" if row.error_ok else "FAIL"
-        if row.error_rows is not None and row.error_rows < row.n:
-            err += "*"
     vs_py = (tilde + fmt_speedup(row.speedup_vs_python)) if row.speedup_vs_python else "-"
     return [
         row.label,
@@ -275,6 +296,8 @@ def _cells(row: Row, note: str, rtol: float) -> list[str]:
         vs_py,
         fmt_speedup(row.speedup_vs_numpy),
         err,
+        rms,
+        bound,
         check + note,
     ]
 
@@ -318,8 +341,11 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
         "the 'reps' calls after it.",
         "interactions: N(N-1)/best per second.  vs python/numpy: their best time / this best time "
         "at the same N.",
-        f"error: max relative error per particle against the pure-Python oracle (ok: <= "
-        f"{settings['rtol']:g}); * = on a random sample of rows, computed exactly by the oracle.",
+        "error, rms: max and rms of the per-particle relative errors against the pure-Python "
+        "oracle; * = on a random sample of rows, computed exactly by the oracle.",
+        f"bound: the tolerance that applied: max error <= --rtol ({settings['rtol']:g}) for "
+        "exact backends, rms error <= the bound an approximate backend declares for its "
+        "settings (its module's tolerance(**options)).",
         "~: pure-Python time extrapolated from N(N-1) scaling (not measured at this N).",
     ]
     lines += notes
@@ -330,8 +356,52 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
         which = ", ".join(f"{r.label} (N={r.n:,})" for r in bad)
         lines.append(f"FAILED: {which}")
     else:
-        lines.append("all measured backends agree with the oracle")
+        lines.append("all measured backends agree with the oracle (each within its bound)")
+    lines += verdict(rows)
     return "\n".join(lines) + "\n"
+
+
+RMS_GOAL = 1e-3  # the accuracy a collisionless simulation typically accepts
+
+
+def fastest(rows: list[Row]) -> dict:
+    """Find the fastest passing backend at the largest measured N: exact, and rms <= 1e-3.
+
+    Returns ``{"n": N, "exact": row or None, "rms<=1e-3": row or None}`` (``{}`` when nothing
+    was measured). A backend qualifies only with a passing check.
+    """
+    ok = [r for r in rows if r.status == "ok" and r.best_s and r.error_ok]
+    if not ok:
+        return {}
+    n = max(r.n for r in ok)
+    at = sorted((r for r in ok if r.n == n), key=lambda r: r.best_s)
+
+    def rms(r: Row) -> float:
+        return r.error_rms if r.error_rms is not None else r.error
+
+    return {
+        "n": n,
+        "exact": next((r for r in at if r.exact), None),
+        f"rms<={RMS_GOAL:g}": next((r for r in at if rms(r) <= RMS_GOAL), None),
+    }
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """One line naming the fastest exact backend and the fastest with rms error <= 1e-3."""
+    best = fastest(rows)
+    if not best:
+        return []
+
+    def name(r: Row | None) -> str:
+        if r is None:
+            return "none passed"
+        rms = "" if r.error_rms is None else f", rms {r.error_rms:.1e}"
+        return f"{r.label} ({fmt_time(r.best_s)}{rms})"
+
+    return [
+        f"fastest at N={best['n']:,}: exact: {name(best['exact'])}; "
+        f"rms error <= {RMS_GOAL:g}: {name(best[f'rms<={RMS_GOAL:g}'])}"
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -346,6 +416,10 @@ def to_json(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]
         "results": [asdict(r) for r in rows],
         "not_run": not_run,
         "failed": any(r.bad for r in rows),
+        "fastest": {
+            k: (v if k == "n" or v is None else {"label": v.label, "best_s": v.best_s})
+            for k, v in fastest(rows).items()
+        },
     }
 
 
@@ -371,8 +445,13 @@ CSV_FIELDS = [
     "speedup_vs_numpy",
     "python_extrapolated",
     "error",
+    "error_rms",
     "error_rows",
     "error_ok",
+    "exact",
+    "tolerance",
+    "tolerance_kind",
+    "options",
     "message",
 ]
 
@@ -386,4 +465,5 @@ def write_csv(path: str, rows: list[Row]) -> None:
             d = asdict(r)
             d["repeats"] = len(r.times_s)
             d["times_s"] = " ".join(repr(t) for t in r.times_s)
+            d["options"] = json.dumps(r.options, sort_keys=True) if r.options else ""
             w.writerow({k: ("" if d[k] is None else d[k]) for k in CSV_FIELDS})

@@ -8,6 +8,8 @@ compare rows with each other (interactions per second, speedups, the python esti
 
 from __future__ import annotations
 
+import inspect
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import numpy as np
 import backends
 from backends import _mpi_launch
 from backends._contract import benchmark_system
-from backends.compare.args import MPI
+from backends.compare.args import MPI, Job
 from backends.compare.report import Progress, Row
 
 
@@ -66,15 +68,33 @@ def _check(out, n: int) -> None:
         raise FloatingPointError("returned non-finite values (inf or NaN)")
 
 
+def _cost(n: int, exact: bool) -> float:
+    """Work at ``n``: N(N-1) pairs for direct summation, N log N for approximate methods."""
+    return float(backends.interactions(n)) if exact else n * math.log(n)
+
+
 def _predict(previous: Row | None, n: int) -> float | None:
-    """Seconds per call at ``n`` by N(N-1) scaling from the backend's previous N, if any."""
+    """Seconds per call at ``n`` scaled from the backend's previous N, if any (see _cost)."""
     if previous is None or not previous.best_s or previous.n < 2:
         return None
-    return previous.best_s * backends.interactions(n) / backends.interactions(previous.n)
+    return previous.best_s * _cost(n, previous.exact) / _cost(previous.n, previous.exact)
 
 
-def _error(out: np.ndarray, rows, ref: np.ndarray) -> float:
-    return backends.relative_error(out if rows is None else out[rows], ref)
+def particle_errors(out: np.ndarray, rows, ref: np.ndarray) -> np.ndarray:
+    """Per-particle relative errors ``|a_i - ref_i| / |ref_i|`` of the checked rows.
+
+    The project's metric (:func:`backends.relative_error` is their max): where ``|ref_i|`` is
+    zero the difference is divided by the largest ``|ref|`` instead.
+    """
+    a = out if rows is None else out[rows]
+    diff = np.linalg.norm(a - ref, axis=-1)
+    norm = np.linalg.norm(ref, axis=-1)
+    scale = norm.max() if norm.size else 0.0
+    return diff / np.where(norm > 0.0, norm, scale if scale > 0.0 else 1.0)
+
+
+def _rms(errors: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(errors**2))) if errors.size else 0.0
 
 
 def first_line(exc: BaseException) -> str:
@@ -96,25 +116,26 @@ class Runner:
 
     def run(self) -> list[Row]:
         """Every selected backend at every N, then the derived columns."""
-        for name in self.args.selected:
-            if name == MPI:
+        for job in self.args.jobs:
+            if job.name == MPI:
                 self._run_mpi()
             else:
-                self._run_backend(name)
+                self._run_backend(job)
         derive_columns(self.rows, self.oracle, self.args.n, "python" in self.args.selected)
         return self.rows
 
     # -- one in-process backend at every N
 
-    def _run_backend(self, name: str) -> None:
-        """Open ``name`` on first need, measure it at every N, close it."""
-        b, load_s, previous = None, 0.0, None
+    def _run_backend(self, job: Job) -> None:
+        """Open the job's backend on first need, measure it at every N, close it."""
+        name, b, load_s, previous = job.name, None, 0.0, None
+        exact = backends.is_exact(name)
         try:
             for n in self.args.n:
-                if name == "python" and n > self.args.python_max_n:
+                if name == "python" and n > self.args.python_max_n and not job.options:
                     self._oracle_only(n)  # python's time there is extrapolated
                     continue
-                row = Row(name, name, n, "ok")
+                row = Row(name, job.label, n, "ok", exact=exact, options=dict(job.options))
                 self.rows.append(row)
                 if self._skip(row, previous):
                     continue
@@ -186,7 +207,7 @@ class Runner:
                 f"{len(row.times_s)} of {self.args.repeat} repeats: "
                 f"--budget {self.args.budget:g} s reached"
             )
-        self._check_error(row, first, last)
+        self._check_error(b, row, first, last)
 
     def _time_calls(self, b, row: Row, load_s: float):
         """Make the first call, then steady-state calls until ``--repeat`` or ``--budget``."""
@@ -194,34 +215,57 @@ class Runner:
         m, x = self.systems[n]
         self.progress.step(f"{b.name} N={n:,}: first call")
         t0 = time.perf_counter()
-        first = b.accel(m, x)
+        first = b.accel(m, x, **row.options)
         row.first_call_s = load_s + (time.perf_counter() - t0)
         _check(first, n)
-        if b.name == "python" and n <= args.python_max_n and n not in self.oracle.full:
-            self.oracle.full[n] = (first, row.first_call_s - load_s)  # the oracle itself
+        if b.name == "python" and not row.options and n <= args.python_max_n:
+            self.oracle.full.setdefault(n, (first, row.first_call_s - load_s))  # the oracle
         spent, last = 0.0, first  # the budget is for steady-state calls: the first is free
         while len(row.times_s) < args.repeat and (not row.times_s or spent < args.budget):
             self.progress.step(
                 f"{b.name} N={n:,}: call {len(row.times_s) + 1}/{args.repeat}", detail=True
             )
             t0 = time.perf_counter()
-            last = b.accel(m, x)
+            last = b.accel(m, x, **row.options)
             dt = time.perf_counter() - t0
             row.times_s.append(dt)
             spent += dt
         _check(last, n)
         return first, last
 
-    def _check_error(self, row: Row, first: np.ndarray, last: np.ndarray) -> None:
-        """Set the error of the first and last result against the oracle, and the verdict."""
+    def _check_error(self, b, row: Row, first: np.ndarray, last: np.ndarray) -> None:
+        """Set the errors of the first and last result against the oracle, and the verdict."""
         try:
             rows, ref = self.oracle.reference(row.n, *self.systems[row.n], self.progress)
         except Exception as exc:  # the oracle itself failed: no verdict is possible
             row.status, row.message = "failed", f"oracle: {first_line(exc)}"
             return
+        errors = [particle_errors(out, rows, ref) for out in (first, last)]
         row.error_rows = row.n if rows is None else len(rows)
-        row.error = max(_error(first, rows, ref), _error(last, rows, ref))
-        row.error_ok = bool(row.error <= self.args.rtol)
+        row.error = max(float(e.max()) if e.size else 0.0 for e in errors)
+        row.error_rms = max(_rms(e) for e in errors)
+        try:
+            row.tolerance_kind, row.tolerance = self._bound(b, row)
+        except Exception as exc:
+            row.status, row.message = "failed", f"tolerance: {first_line(exc)}"
+            return
+        measured = row.error if row.tolerance_kind == "max" else row.error_rms
+        row.error_ok = bool(measured <= row.tolerance)
+
+    def _bound(self, b, row: Row) -> tuple[str, float]:
+        """``("max", --rtol)`` for exact backends; ``("rms", tolerance(**options))`` else."""
+        if row.exact:
+            return "max", self.args.rtol
+        declare = getattr(b.module, "tolerance", None)
+        if declare is None:
+            raise TypeError(f"approximate backend {b.name!r} declares no tolerance(**options)")
+        params = inspect.signature(declare).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            options = row.options
+        else:  # options that do not change the bound (n_workers=, ...) are not its business
+            names = {p.name for p in params}
+            options = {k: v for k, v in row.options.items() if k in names}
+        return "rms", float(declare(**options))
 
     # -- the mpiexec row
 
@@ -262,6 +306,7 @@ class Runner:
         )
         if doc.get("error") is not None:
             row.error = float(doc["error"])
+            row.tolerance_kind, row.tolerance = "max", args.rtol
             row.error_ok = bool(row.error <= args.rtol)
 
 
