@@ -284,6 +284,39 @@ def test_library_versions_of_the_peers_are_reported():
             assert dist not in found
 
 
+def test_float32_runs_the_backends_with_the_mode_against_the_float32_bound(tmp_path):
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 60, "--repeat", 1, "--precision", "float32", "--backends",
+            "python", "numpy", "f32", "--json", js, "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 2  # numpy, named, has no float32 mode
+    assert "backend 'numpy' has no float32 mode; the backends with float32 are:" in r.stderr
+    assert "f32" in r.stderr.splitlines()[-1]
+
+    r = cli("compare", "--n", 60, "--repeat", 1, "--precision", "float32", "--backends",
+            "python", "f32", "--json", js, "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    from backends._contract import FLOAT32_TOLERANCE
+
+    assert f"float32 passes at max error <= {FLOAT32_TOLERANCE:g}; oracle float64" in r.stdout
+    rows = table_rows(r.stdout)
+    assert set(rows) == {("f32 (float32)", 60)}  # the oracle still checks, untimed
+    assert rows[("f32 (float32)", 60)][-2] == f"max {FLOAT32_TOLERANCE:g}"
+    assert rows[("f32 (float32)", 60)][-1] == "ok"
+    doc = json.loads(js.read_text())
+    (row,) = doc["results"]
+    assert row["options"] == {"precision": "float32"} and row["tolerance"] == FLOAT32_TOLERANCE
+    assert 1e-9 < row["error"] < FLOAT32_TOLERANCE  # float32 rounding, really applied
+    assert doc["settings"]["precision"] == ["float32"]
+    assert doc["settings"]["float32_tolerance"] == FLOAT32_TOLERANCE
+    assert "not run: python: float64 only; it is still the oracle" in r.stdout
+
+    # both precisions: each backend in each precision it has, float64 first
+    r = cli("compare", "--n", 60, "--repeat", 1, "--precision", "float32", "float64",
+            "--backends", "numpy", "f32", "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert list(table_rows(r.stdout)) == [("numpy", 60), ("f32", 60), ("f32 (float32)", 60)]
+
+
 BAD_ARGS = [
     (["--n", "0"], "--n: must be a positive integer; got '0'"),
     (["--n", "100", "ten"], "--n: must be a positive integer; got 'ten'"),
@@ -300,6 +333,7 @@ BAD_ARGS = [
     (["--csv", "{tmp}"], "is a directory, not a file"),
     (["--plot", "{tmp}/figure.txt"], "must end in .png, .svg or .pdf"),
     (["--csv", "{tmp}/r.json"], "--csv and --json are the same file"),
+    (["--precision", "float16"], "--precision: precision must be one of"),
     (["--setting", "nope:x=1"], "--setting 'nope:x=1': unknown backend 'nope'"),
     (["--setting", "numpy"], "expected NAME:KEY=VALUE[,KEY=VALUE...]"),
     (["--setting", "numpy:block"], "expected KEY=VALUE, got 'block'"),

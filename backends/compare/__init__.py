@@ -40,6 +40,7 @@ from pathlib import Path
 
 import backends
 from backends import _mpi_launch
+from backends._contract import FLOAT32_TOLERANCE
 from backends.compare.args import MPI, parse
 from backends.compare.report import Progress, metadata, render, to_json, write_csv, write_json
 from backends.compare.runner import Runner, first_line
@@ -83,7 +84,10 @@ def compare(args) -> int:
     meta = metadata()
     settings = {
         "n": args.n,
-        "backends": args.selected,
+        "backends": list(dict.fromkeys(j.name for j in args.jobs)),
+        "precision": args.precision,
+        "float32_tolerance": FLOAT32_TOLERANCE if "float32" in args.precision else None,
+        "setting": args.setting,
         "repeat": args.repeat,
         "budget_s": args.budget,
         "max_call_s": args.max_call,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import backends
 from backends import _mpi_launch
+from backends._contract import PRECISIONS, check_precision
 
 DEFAULT_N = (1000, 10000)
 MPI = "mpi"
@@ -57,6 +58,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be a non-negative integer (0 or more); got {text!r}"
         ) from None
+
+
+def _precision(text: str) -> str:
+    try:
+        return check_precision(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_float(text: str) -> float:
@@ -143,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help=f"write DIR/compare.json, .csv and .png (the figure if matplotlib is installed); "
         f"DIR defaults to {OUT_DIR}/, created if missing",
+    )
+    c.add_argument(
+        "--precision",
+        nargs="+",
+        type=_precision,
+        default=["float64"],
+        metavar="P",
+        help=f"arithmetic of the timed backends, from {', '.join(PRECISIONS)}; float32 runs the "
+        "backends that have the mode and checks them against the float32 bound (the oracle "
+        "stays float64); give both to see each backend in each precision it has",
     )
     c.add_argument(
         "--setting",
@@ -278,7 +296,8 @@ class Job:
         """``name``, or ``name (key=value, ...)`` for a non-default setting."""
         if not self.options:
             return self.name
-        return f"{self.name} ({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+        parts = [str(v) if k == "precision" else f"{k}={v}" for k, v in self.options.items()]
+        return f"{self.name} ({', '.join(parts)})"
 
 
 def _value(text: str):
@@ -326,7 +345,21 @@ def _jobs(parser, args) -> list[Job]:
     extra = _settings(parser, args.setting)
     jobs = []
     for name in args.selected:
-        jobs.append(Job(name))
+        have = [p for p in args.precision if p == "float64" or p in backends.precisions(name)]
+        if not have or (name == MPI and "float64" not in have):
+            reason = "float64 only" if name != "python" else "float64 only; it is still the oracle"
+            if args.backends is not None and name != "python":
+                valid = [b for b in backends.names() if len(backends.precisions(b)) > 1]
+                parser.error(
+                    f"backend {name!r} has no {'/'.join(args.precision)} mode; "
+                    f"the backends with float32 are: {', '.join(valid)}"
+                )
+            args.not_run[name] = reason
+            continue
+        for precision in have:
+            jobs.append(
+                Job(name) if precision == "float64" else Job(name, {"precision": precision})
+            )
         jobs += [j for j in extra if j.name == name]
     for job in extra:
         if job.name not in args.selected:
@@ -373,6 +406,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         return args
     parser = args.parser
     args.n = sorted(set(args.n))
+    args.precision = [p for p in PRECISIONS if p in args.precision]  # float64 first
     _apply_save(args)
     seen: dict[str, str] = {}
     for option in ("json", "csv", "plot"):

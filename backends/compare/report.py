@@ -308,7 +308,7 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     libs = ", ".join(f"{k} {v}" for k, v in meta["libraries"].items())
     threads = settings["threads"] if settings["threads"] else "numba default"
     lines = [
-        "nbody-backends compare: direct-summation N-body accelerations, float64, G=1, eps=0",
+        f"nbody-backends compare: N-body accelerations, {_precision(settings)}, G=1, eps=0",
         f"machine : {m['cpu']}, {m['simd']['isa']}, {m['logical_cpus']} logical CPUs "
         f"({m['usable_cpus']} usable), {m['platform']}",
         f"python  : {meta['python']['version']} ({meta['python']['implementation']}); {libs}",
@@ -344,7 +344,8 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
         "error, rms: max and rms of the per-particle relative errors against the pure-Python "
         "oracle; * = on a random sample of rows, computed exactly by the oracle.",
         f"bound: the tolerance that applied: max error <= --rtol ({settings['rtol']:g}) for "
-        "exact backends, rms error <= the bound an approximate backend declares for its "
+        "exact backends in float64, max error <= the float32 bound in float32, rms error <= "
+        "the bound an approximate backend declares for its "
         "settings (its module's tolerance(**options)).",
         "~: pure-Python time extrapolated from N(N-1) scaling (not measured at this N).",
     ]
@@ -361,11 +362,22 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     return "\n".join(lines) + "\n"
 
 
+def _precision(settings: dict) -> str:
+    """Return ``float64``, or the precisions and the float32 bound that applies."""
+    wanted = settings.get("precision") or ["float64"]
+    if wanted == ["float64"]:
+        return "float64"
+    bound = settings.get("float32_tolerance")
+    return f"{' and '.join(wanted)} (float32 passes at max error <= {bound:g}; oracle float64)"
+
+
 RMS_GOAL = 1e-3  # the accuracy a collisionless simulation typically accepts
 
 
 def fastest(rows: list[Row]) -> dict:
     """Find the fastest passing backend at the largest measured N: exact, and rms <= 1e-3.
+
+    "Exact" means direct summation in float64; float32 rows qualify for the rms goal only.
 
     Returns ``{"n": N, "exact": row or None, "rms<=1e-3": row or None}`` (``{}`` when nothing
     was measured). A backend qualifies only with a passing check.
@@ -381,9 +393,13 @@ def fastest(rows: list[Row]) -> dict:
 
     return {
         "n": n,
-        "exact": next((r for r in at if r.exact), None),
+        "exact": next((r for r in at if r.exact and _float64(r)), None),
         f"rms<={RMS_GOAL:g}": next((r for r in at if rms(r) <= RMS_GOAL), None),
     }
+
+
+def _float64(row: Row) -> bool:
+    return row.options.get("precision", "float64") == "float64"
 
 
 def verdict(rows: list[Row]) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 import backends
 from backends import _mpi_launch
-from backends._contract import benchmark_system
+from backends._contract import FLOAT32_TOLERANCE, benchmark_system
 from backends.compare.args import MPI, Job
 from backends.compare.report import Progress, Row
 
@@ -121,7 +121,8 @@ class Runner:
                 self._run_mpi()
             else:
                 self._run_backend(job)
-        derive_columns(self.rows, self.oracle, self.args.n, "python" in self.args.selected)
+        python = any(j.name == "python" and not j.options for j in self.args.jobs)
+        derive_columns(self.rows, self.oracle, self.args.n, python)
         return self.rows
 
     # -- one in-process backend at every N
@@ -255,6 +256,8 @@ class Runner:
     def _bound(self, b, row: Row) -> tuple[str, float]:
         """``("max", --rtol)`` for exact backends; ``("rms", tolerance(**options))`` else."""
         if row.exact:
+            if row.options.get("precision", "float64") != "float64":
+                return "max", FLOAT32_TOLERANCE
             return "max", self.args.rtol
         declare = getattr(b.module, "tolerance", None)
         if declare is None:
