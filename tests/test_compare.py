@@ -509,15 +509,52 @@ def test_mpi_row_from_mpiexec(tmp_path):
     reason = _mpi_launch.unavailable_reason() or backends.unavailable_reason("mpi")
     if reason is not None:
         pytest.skip(reason)
+    from backends.compare.args import mpi_threads_supported
+
     js = tmp_path / "r.json"
+    threads = ["--mpi-threads-per-rank", 1] if mpi_threads_supported() else []
     r = cli("compare", "--n", 64, "--repeat", 1, "--backends", "numpy", "mpi", "--mpi-ranks", 2,
-            "--json", js)  # fmt: skip
+            *threads, "--json", js)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert ("mpi (2 ranks)", 64) in table_rows(r.stdout)
     res = {(d["label"], d["n"]): d for d in json.loads(js.read_text())["results"]}
-    mpi = res[("mpi (2 ranks)", 64)]
+    (mpi,) = [d for d in res.values() if d["backend"] == "mpi"]
+    algorithm = mpi["mpi_run"].get("algorithm", "allgather")
+    label = f"mpi {algorithm} (2 ranks x 1 thread)"
+    assert mpi["label"] == label and (label, 64) in table_rows(r.stdout)
+    assert mpi["ranks"] == 2 and mpi["threads_per_rank"] == 1
     assert mpi["status"] == "ok" and mpi["best_s"] == min(mpi["times_s"])
     assert mpi["speedup_vs_numpy"] == pytest.approx(res[("numpy", 64)]["best_s"] / mpi["best_s"])
+
+
+def test_mpi_threads_per_rank_needs_an_mpi_run_that_has_it(tmp_path):
+    from backends.compare.args import mpi_threads_supported
+
+    if mpi_threads_supported():
+        pytest.skip("this mpi_run has --threads-per-rank")
+    r = cli("compare", "--backends", "mpi", "--mpi-threads-per-rank", 2, "--n", 10)
+    assert r.returncode == 2 and "has no --threads-per-rank option" in r.stderr
+
+
+def test_pool_rows_show_their_worker_count(tmp_path):
+    from backends._pools import usable_cores
+
+    js = tmp_path / "r.json"
+    r = cli("compare", "--n", 30, "--repeat", 1, "--backends", "numpy", "pool", "--setting",
+            "pool:n_workers=1", "--json", js, "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    k = usable_cores()
+    label = f"pool ({k} worker{'s' if k != 1 else ''})"
+    assert set(table_rows(r.stdout)) == {("numpy", 30), (label, 30), ("pool (n_workers=1)", 30)}
+    res = {d["label"]: d for d in json.loads(js.read_text())["results"]}
+    assert res[label]["workers"] == k and res["numpy"]["workers"] is None
+    assert res["pool (n_workers=1)"]["workers"] == 1
+
+    r = cli("compare", "--n", 30, "--repeat", 1, "--backends", "pool", "--workers", 3,
+            "--json", js, "--quiet", registered=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(js.read_text())["results"]
+    assert row["label"] == "pool (3 workers)" and row["workers"] == 3
+    assert row["options"] == {"n_workers": 3}
 
 
 def _mpi_ranks_alive(seed: int) -> list[int]:

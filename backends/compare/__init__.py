@@ -97,6 +97,8 @@ def compare(args) -> int:
         "rtol": args.rtol,
         "seed": args.seed,
         "mpi_ranks": args.mpi_ranks,
+        "mpi_threads_per_rank": args.mpi_threads_per_rank,
+        "workers": args.workers,
         "G": 1.0,
         "softening": 0.0,
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import math
 import os
 import time
@@ -178,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="ranks for the mpiexec row; 0: no MPI row",
     )
     c.add_argument(
+        "--mpi-threads-per-rank",
+        type=_positive_int,
+        default=None,
+        metavar="T",
+        help="Numba threads of each MPI rank, passed as mpi_run --threads-per-rank (default: the "
+        "usable cores divided evenly among the ranks, at least 1)",
+    )
+    c.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="W",
+        help="n_workers= of the process and thread pools (default: theirs, the usable cores)",
+    )
+    c.add_argument(
         "--budget",
         type=_positive_float,
         default=5,
@@ -274,6 +290,32 @@ def _probe(name: str) -> tuple[str | None, float]:
     return reason, time.perf_counter() - t0
 
 
+def mpi_threads_supported() -> bool:
+    """Return True when the MPI launcher passes ``--threads-per-rank`` on to ``mpi_run``."""
+    params = inspect.signature(_mpi_launch.run).parameters.values()
+    return any(p.name == "threads_per_rank" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _mpi_threads(parser, args) -> None:
+    """Resolve ``--mpi-threads-per-rank`` (None when ranks are serial in this installation)."""
+    if not mpi_threads_supported():
+        if args.mpi_threads_per_rank not in (None, 1):
+            parser.error(
+                "--mpi-threads-per-rank: this installation's mpi_run has no "
+                "--threads-per-rank option (its ranks run one thread each)"
+            )
+        args.mpi_threads_per_rank = None
+    elif args.mpi_threads_per_rank is None and args.mpi_ranks:
+        args.mpi_threads_per_rank = max(1, _usable_cores() // args.mpi_ranks)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _mpi_reason(args) -> str | None:
     """Why the ``mpiexec`` row cannot run, or None."""
     if args.mpi_ranks == 0:
@@ -294,10 +336,13 @@ class Job:
     @property
     def label(self) -> str:
         """``name``, or ``name (key=value, ...)`` for a non-default setting."""
-        if not self.options:
-            return self.name
+        return self.describe()
+
+    def describe(self, *extra: str) -> str:
+        """Return the label with ``extra`` facts (``2 workers``) after the options."""
         parts = [str(v) if k == "precision" else f"{k}={v}" for k, v in self.options.items()]
-        return f"{self.name} ({', '.join(parts)})"
+        parts += extra
+        return f"{self.name} ({', '.join(parts)})" if parts else self.name
 
 
 def _value(text: str):
@@ -424,6 +469,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         top = numba.config.NUMBA_NUM_THREADS
         if args.threads > top:
             parser.error(f"--threads {args.threads} exceeds numba's limit of {top} threads")
+    _mpi_threads(parser, args)
     args.selected, args.not_run = _select(parser, args)
     args.jobs = _jobs(parser, args)
     if not args.jobs:

@@ -68,6 +68,9 @@ class Row:
     tolerance: float | None = None
     tolerance_kind: str | None = None  # "max" or "rms": which error the bound applies to
     options: dict = field(default_factory=dict)
+    workers: int | None = None  # pool backends: processes or threads of the pool
+    ranks: int | None = None  # the mpiexec row: MPI ranks ...
+    threads_per_rank: int | None = None  # ... and Numba threads per rank
     message: str = ""
     mpi_run: dict | None = None  # the mpiexec row: mpi_run's own JSON object, verbatim
 
@@ -468,6 +471,9 @@ CSV_FIELDS = [
     "tolerance",
     "tolerance_kind",
     "options",
+    "workers",
+    "ranks",
+    "threads_per_rank",
     "message",
 ]
 

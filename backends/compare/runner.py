@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -103,6 +104,19 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _default_workers(module) -> int:
+    """Return the pool size a pool backend uses without ``n_workers``: the usable cores."""
+    own = getattr(module, "default_workers", None)
+    if callable(own):
+        return int(own())
+    try:
+        from backends._pools import usable_cores
+
+        return usable_cores()
+    except ImportError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 class Runner:
     """Runs the selected backends and collects :class:`Row` records."""
 
@@ -130,13 +144,14 @@ class Runner:
     def _run_backend(self, job: Job) -> None:
         """Open the job's backend on first need, measure it at every N, close it."""
         name, b, load_s, previous = job.name, None, 0.0, None
-        exact = backends.is_exact(name)
+        template = Row(name, job.label, 0, "ok", exact=backends.is_exact(name))
+        template.options = dict(job.options)
         try:
             for n in self.args.n:
                 if name == "python" and n > self.args.python_max_n and not job.options:
                     self._oracle_only(n)  # python's time there is extrapolated
                     continue
-                row = Row(name, job.label, n, "ok", exact=exact, options=dict(job.options))
+                row = replace(template, n=n, options=dict(template.options))
                 self.rows.append(row)
                 if self._skip(row, previous):
                     continue
@@ -144,11 +159,26 @@ class Runner:
                     b, load_s = self._open(name, row)
                     if b is None:
                         return
+                    self._describe(job, b, template)
+                    row.label, row.options = template.label, dict(template.options)
+                    row.workers = template.workers
                 self._measure(b, row, load_s)
                 load_s = 0.0
                 previous = row if row.status == "ok" else previous
         finally:
             self._close(name, b)
+
+    def _describe(self, job: Job, b, template: Row) -> None:
+        """Pool backends: pass ``--workers`` on and put the worker count in the label."""
+        params = inspect.signature(b._accel).parameters
+        if "n_workers" not in params:
+            return
+        if self.args.workers is not None and "n_workers" not in job.options:
+            template.options["n_workers"] = self.args.workers
+        workers = template.options.get("n_workers") or _default_workers(b.module)
+        template.workers = workers
+        if "n_workers" not in job.options:
+            template.label = job.describe(f"{workers} worker{'s' if workers != 1 else ''}")
 
     def _oracle_only(self, n: int) -> None:
         """Time the sampled oracle rows at ``n``: the fallback base for python's estimate."""
@@ -274,15 +304,23 @@ class Runner:
 
     def _run_mpi(self) -> None:
         """One ``mpiexec`` job per N (each job is its own first call)."""
-        label = f"mpi ({self.args.mpi_ranks} ranks)"
+        ranks, threads = self.args.mpi_ranks, self.args.mpi_threads_per_rank
         previous: Row | None = None
+        mine: list[Row] = []
         for n in self.args.n:
-            row = Row(MPI, label, n, "ok")
+            row = Row(MPI, mpi_label(ranks, threads), n, "ok", ranks=ranks)
+            row.threads_per_rank = threads or 1  # None: this mpi_run's ranks are serial
+            mine.append(row)
             self.rows.append(row)
             if self._skip(row, previous):
                 continue
             self._mpi_job(row, _predict(previous, n))
             previous = row if row.status == "ok" else previous
+        docs = [r.mpi_run for r in mine if r.mpi_run]
+        if docs:  # what the job reports it ran, the same for every N
+            for r in mine:
+                r.threads_per_rank = _reported_threads(docs[-1]) or r.threads_per_rank
+                r.label = mpi_label(ranks, r.threads_per_rank, docs[-1].get("algorithm"))
 
     def _mpi_job(self, row: Row, guess: float | None) -> None:
         """Run the job for ``row`` and fill it from mpi_run's JSON."""
@@ -292,7 +330,12 @@ class Runner:
         reps = max(reps, 1)
         self.progress.step(f"{row.label} N={row.n:,}: mpiexec")
         try:
-            doc, wall = _mpi_launch.run(args.mpi_ranks, row.n, args.seed, reps, args.mpi_timeout)
+            extra = {}
+            if args.mpi_threads_per_rank is not None:  # only where mpi_run has the option
+                extra["threads_per_rank"] = args.mpi_threads_per_rank
+            doc, wall = _mpi_launch.run(
+                args.mpi_ranks, row.n, args.seed, reps, args.mpi_timeout, **extra
+            )
             row.times_s = [float(t) for t in doc["seconds_all"]]
             row.best_s = float(doc["seconds"])
             row.median_s = float(doc["seconds_median"])
@@ -311,6 +354,22 @@ class Runner:
             row.error = float(doc["error"])
             row.tolerance_kind, row.tolerance = "max", args.rtol
             row.error_ok = bool(row.error <= args.rtol)
+
+
+def mpi_label(ranks: int, threads: int | None, algorithm: str | None = None) -> str:
+    """``mpi ring (2 ranks x 1 thread)``: what the mpiexec row ran."""
+    t = threads or 1
+    head = f"mpi {algorithm}" if algorithm else "mpi"
+    return f"{head} ({ranks} rank{'s' if ranks != 1 else ''} x {t} thread{'s' if t != 1 else ''})"
+
+
+def _reported_threads(doc: dict) -> int | None:
+    """Threads per rank as mpi_run's JSON reports them, if it does."""
+    for key in ("threads_per_rank", "threads"):
+        value = doc.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------- derived columns
