@@ -151,7 +151,7 @@ class Runner:
                 if name == "python" and n > self.args.python_max_n and not job.options:
                     self._oracle_only(n)  # python's time there is extrapolated
                     continue
-                row = replace(template, n=n, options=dict(template.options))
+                row = replace(template, n=n, options=dict(template.options), times_s=[])
                 self.rows.append(row)
                 if self._skip(row, previous):
                     continue
