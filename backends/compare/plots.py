@@ -10,6 +10,8 @@ drawn from the best to the median time.
 
 from __future__ import annotations
 
+import math
+
 from backends.compare.report import RMS_GOAL, Row, fmt_rate
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
@@ -109,20 +111,27 @@ def _speedups(ax, measured: list[Row]) -> None:
 
 def _error_vs_time(ax, measured: list[Row], styles: dict[str, dict]) -> None:
     """Plot the rms error against the best time at the largest N: the accuracy-speed frontier."""
+    from matplotlib.ticker import NullFormatter
+
     n_max = max(r.n for r in measured)
-    for r in measured:
-        if r.n != n_max or not r.error_rms:
-            continue
+    shown = [r for r in measured if r.n == n_max and (r.error_rms or r.error)]
+    for r in shown:
         st = styles[r.label]
         hollow = not r.exact
-        ax.plot([r.best_s], [r.error_rms], ls="none", marker=st["marker"], ms=9,
+        err = r.error_rms or r.error  # the mpiexec row reports its max error only
+        ax.plot([r.best_s], [err], ls="none", marker=st["marker"], ms=9,
                 color=st["color"], markerfacecolor="white" if hollow else st["color"],
                 markeredgewidth=1.8, label=r.label)  # fmt: skip
     ax.axhline(RMS_GOAL, color="0.5", lw=1.0, ls="--", label=f"rms {RMS_GOAL:g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if shown:  # at least a decade wide, so that the major ticks are labelled
+        lo, hi = min(r.best_s for r in shown), max(r.best_s for r in shown)
+        mid, half = math.sqrt(lo * hi), max(math.sqrt(hi / lo) * 1.5, math.sqrt(10.0))
+        ax.set_xlim(mid / half, mid * half)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("best time per evaluation (s)")
-    ax.set_ylabel("rms relative error per particle")
+    ax.set_ylabel("rms relative error per particle (mpi: max)")
     sampled = any(r.error_rows and r.error_rows < r.n for r in measured if r.n == n_max)
     ax.set_title(f"error vs time at N = {n_max:,}" + (" (sampled rows)" if sampled else ""))
     ax.grid(True, which="both", alpha=0.3)
