@@ -23,8 +23,16 @@ Rules, all documented in the output and in ``docs/compare.md``:
 * The oracle runs in full at N <= ``--python-max-n``; above, on ``--sample-rows`` random rows
   computed exactly by :func:`backends.reference.accel_rows`.
 * ``mpi`` is run as ``mpiexec -n P python -m backends.mpi_run --check --json`` (one row
-  ``mpi (P ranks)`` per N; its error is rank 0's check against ``numba_parallel``); the
+  per N; its error is rank 0's check against ``numba_parallel``); the
   in-process single-rank ``mpi`` backend is not timed, as it adds nothing to the serial rows.
+* Checks: exact backends in float64 pass at max error <= ``--rtol``; in float32
+  (``--precision``) at max error <= ``FLOAT32_TOLERANCE``; approximate backends
+  (``backends.is_exact`` False) at rms error <= their module's ``tolerance(**options)``.
+  Approximate backends' times are predicted by N log N scaling for the ``--max-call`` rule.
+* Availability is checked before any work with :func:`backends.unavailable_reason` (the
+  hardware probe included); a backend named in ``--backends`` that cannot run exits 2.
+* Labels say what ran: ``multiprocessing (2 workers)``, ``mpi ring (2 ranks x 1 thread)``,
+  ``tree (theta=0.5)`` (a ``--setting`` row), ``numba_parallel (float32)``.
 * ``--threads T`` calls ``numba.set_num_threads(T)``: it bounds ``numba_parallel`` and every
   Numba-parallel kernel run in this process; process pools (joblib, multiprocessing), MPI ranks
   and JAX/XLA size themselves and are not affected.

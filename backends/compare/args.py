@@ -25,7 +25,9 @@ _EPILOG = """\
 budget: the first call (imports, compilation, pool start-up) is not counted; after it,
 steady-state calls stop at --repeat or once they have taken --budget seconds (at least one);
 a backend predicted (N(N-1) scaling from its previous N) to need more than --max-call seconds
-per call is skipped at that N. python is timed only at N <= --python-max-n
+per call is skipped at that N (N log N scaling for approximate backends). Checks: exact
+backends at max error <= --rtol (float64) or the float32 bound; approximate backends at rms
+error <= the bound they declare for their settings. python is timed only at N <= --python-max-n
 and extrapolated above (marked ~). --threads bounds Numba's parallel kernels in this process
 only (not process pools, MPI ranks or JAX).
 
