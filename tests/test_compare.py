@@ -440,6 +440,9 @@ def test_list_shows_every_backend_and_why_not():
     for name in backends.names():
         avail = backends.unavailable_reason(name) is None
         assert lines[name].split()[1] == ("yes" if avail else "no")
+        kind = lines[name].split()[2]
+        assert kind.startswith("exact" if backends.is_exact(name) else "approximate")
+        assert ("+float32" in kind) == ("float32" in backends.precisions(name))
     assert lines["ghost"].split()[1] == "no"
     assert "no_such_module_xyz" in lines["ghost"] and "nbody-backends[ghostly]" in lines["ghost"]
     assert "mpiexec:" in r.stdout

@@ -62,7 +62,7 @@ __all__ = ["main", "compare", "list_backends"]
 def list_backends(out=None) -> int:
     """Print every registered backend, whether it runs here, and why not."""
     out = sys.stdout if out is None else out
-    table = [("backend", "available", "description / why not")]
+    table = [("backend", "available", "kind", "description / why not")]
     for name in backends.names():
         try:
             reason = backends.unavailable_reason(name)
@@ -72,11 +72,14 @@ def list_backends(out=None) -> int:
             launcher = _mpi_launch.unavailable_reason()
             reason = None if launcher is None else f"in-process only; compare's mpi row: {launcher}"
         desc = backends._REGISTRY[name].description
-        table.append((name, "yes" if reason is None else "no", desc if reason is None else reason))
-    w0 = max(len(r[0]) for r in table)
-    w1 = max(len(r[1]) for r in table)
+        kind = "exact" if backends.is_exact(name) else "approximate"
+        kind += "".join(f"+{p}" for p in backends.precisions(name) if p != "float64")
+        ok = reason is None
+        table.append((name, "yes" if ok else "no", kind, desc if ok else reason))
+    widths = [max(len(r[k]) for r in table) for k in range(3)]
     for r in table:
-        out.write(f"{r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]}\n")
+        cells = [c.ljust(w) for c, w in zip(r[:3], widths, strict=True)]
+        out.write("  ".join([*cells, r[3]]) + "\n")
     mpiexec = _mpi_launch.find_mpiexec()
     out.write(f"mpiexec: {mpiexec or 'not found'}\n")
     return 0
