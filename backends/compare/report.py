@@ -429,7 +429,7 @@ def verdict(rows: list[Row]) -> list[str]:
 def to_json(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]) -> dict:
     """Return the whole run as one JSON-serializable object."""
     return {
-        "schema": 1,
+        "schema": 2,  # 2: labels with workers/ranks x threads; error_rms, tolerance, options
         **meta,
         "settings": settings,
         "results": [asdict(r) for r in rows],

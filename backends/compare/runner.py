@@ -170,7 +170,10 @@ class Runner:
 
     def _describe(self, job: Job, b, template: Row) -> None:
         """Pool backends: pass ``--workers`` on and put the worker count in the label."""
-        params = inspect.signature(b._accel).parameters
+        try:
+            params = inspect.signature(b._accel).parameters
+        except (TypeError, ValueError):  # a callable without a Python signature: no pool knob
+            return
         if "n_workers" not in params:
             return
         if self.args.workers is not None and "n_workers" not in job.options:
