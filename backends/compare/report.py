@@ -1,6 +1,6 @@
-"""Reporting for ``python -m backends compare``: progress, metadata, table, JSON, CSV, figure.
+"""Reporting for ``python -m backends compare``: progress, metadata, table, JSON and CSV.
 
-Nothing here measures; matplotlib is imported only by :func:`write_plot`.
+Nothing here measures; the figure is drawn by :mod:`backends.compare.plots`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _LIBRARIES = (
     "mpich",
     "numba-cuda",
     "matplotlib",
+    "pytreegrav",
+    "fmm3dpy",
     "nbody-backends",
 )
 
@@ -40,7 +42,10 @@ class Row:
     ``"skipped"`` (not run at this N, see ``message``) or ``"extrapolated"`` (the pure-Python
     time estimated from N(N-1) scaling). Times are in seconds; ``error_rows`` is the number of
     rows checked against the oracle (N when the oracle ran in full, None when the backend
-    checked itself, as ``mpi_run`` does).
+    checked itself, as ``mpi_run`` does). ``error`` is the max and ``error_rms`` the rms of the
+    per-particle relative errors over those rows; ``tolerance`` is the bound that applied, to
+    the max for exact backends (``--rtol``) and to the rms for approximate ones (their
+    module's ``tolerance(**options)``). ``options`` are the keyword options of the calls.
     """
 
     backend: str
@@ -56,8 +61,16 @@ class Row:
     speedup_vs_numpy: float | None = None
     python_extrapolated: bool = False
     error: float | None = None
+    error_rms: float | None = None
     error_rows: int | None = None
     error_ok: bool | None = None
+    exact: bool = True
+    tolerance: float | None = None
+    tolerance_kind: str | None = None  # "max" or "rms": which error the bound applies to
+    options: dict = field(default_factory=dict)
+    workers: int | None = None  # pool backends: processes or threads of the pool
+    ranks: int | None = None  # the mpiexec row: MPI ranks ...
+    threads_per_rank: int | None = None  # ... and Numba threads per rank
     message: str = ""
     mpi_run: dict | None = None  # the mpiexec row: mpi_run's own JSON object, verbatim
 
@@ -125,6 +138,43 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+_SIMD = (  # (feature flag, name, vector width in bits), widest first
+    ("avx512f", "AVX-512", 512),
+    ("avx2", "AVX2", 256),
+    ("avx", "AVX", 256),
+    ("sse2", "SSE2", 128),
+    ("neon", "NEON", 128),
+    ("asimd", "NEON", 128),
+)
+
+
+def _cpu_flags() -> set[str]:
+    """Return the host CPU's features: LLVM's view (what Numba compiles for), else cpuinfo."""
+    try:
+        from llvmlite import binding
+
+        return {k for k, v in binding.get_host_cpu_features().items() if v}
+    except Exception:  # llvmlite missing or too old: the kernel's own list
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def simd() -> dict:
+    """Return the widest SIMD instruction set here, e.g. ``{"isa": "AVX2", "bits": 256}``."""
+    flags = _cpu_flags()
+    for flag, isa, bits in _SIMD:
+        if flag in flags:
+            return {"isa": isa, "bits": bits}
+    return {"isa": "unknown", "bits": None}
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that matter here (by metadata, never imported)."""
     found = {}
@@ -146,6 +196,7 @@ def metadata() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpu": _cpu_model(),
+            "simd": simd(),
             "logical_cpus": os.cpu_count(),
             "usable_cpus": usable,
             "platform": platform.platform(),
@@ -201,9 +252,18 @@ _HEAD = (
     "vs python",
     "vs numpy",
     "error",
+    "rms",
+    "bound",
     "check",
 )
-_LEFT = {0, 10}  # left-aligned columns: backend, check
+_LEFT = {0, 11, 12}  # left-aligned columns: backend, bound, check
+
+
+def _bound(row: Row) -> str:
+    """Format the tolerance that applied: ``max 1e-12`` (exact), ``rms 0.002`` (approximate)."""
+    if row.tolerance is None:
+        return "-"
+    return f"{row.tolerance_kind} {row.tolerance:.3g}"
 
 
 def _cells(row: Row, note: str, rtol: float) -> list[str]:
@@ -212,19 +272,21 @@ def _cells(row: Row, note: str, rtol: float) -> list[str]:
         vs_np = ("~" + fmt_speedup(row.speedup_vs_numpy)) if row.speedup_vs_numpy else "-"
         rate = "~" + fmt_rate(row.interactions_per_second)
         best = "~" + fmt_time(row.best_s)
-        return [row.label, f"{row.n:,}", "-", best, "-", "-", rate, "1x", vs_np, "-", "est." + note]
+        head = [row.label, f"{row.n:,}", "-", best, "-", "-", rate, "1x", vs_np]
+        return head + ["-", "-", "-", "est." + note]
     if row.status in ("failed", "skipped"):
         word = "FAILED" if row.status == "failed" else "skipped"
-        return [row.label, f"{row.n:,}"] + ["-"] * 8 + [word + note]
+        return [row.label, f"{row.n:,}"] + ["-"] * 10 + [word + note]
+    rms, bound = "-", _bound(row)
     if row.backend == "python" and row.error_rows is not None and row.error == 0.0:
-        err, check = "(oracle)", ""
+        err, check, bound = "(oracle)", "", "-"
     elif row.error is None:
         err, check = "-", "n/a"
     else:
-        err = f"{row.error:.1e}"
+        star = "*" if row.error_rows is not None and row.error_rows < row.n else ""
+        err = f"{row.error:.1e}{star}"
+        rms = "-" if row.error_rms is None else f"{row.error_rms:.1e}{star}"
         check = "ok" if row.error_ok else "FAIL"
-        if row.error_rows is not None and row.error_rows < row.n:
-            err += "*"
     vs_py = (tilde + fmt_speedup(row.speedup_vs_python)) if row.speedup_vs_python else "-"
     return [
         row.label,
@@ -237,6 +299,8 @@ def _cells(row: Row, note: str, rtol: float) -> list[str]:
         vs_py,
         fmt_speedup(row.speedup_vs_numpy),
         err,
+        rms,
+        bound,
         check + note,
     ]
 
@@ -247,9 +311,9 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     libs = ", ".join(f"{k} {v}" for k, v in meta["libraries"].items())
     threads = settings["threads"] if settings["threads"] else "numba default"
     lines = [
-        "nbody-backends compare: direct-summation N-body accelerations, float64, G=1, eps=0",
-        f"machine : {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"{m['platform']}",
+        f"nbody-backends compare: N-body accelerations, {_precision(settings)}, G=1, eps=0",
+        f"machine : {m['cpu']}, {m['simd']['isa']}, {m['logical_cpus']} logical CPUs "
+        f"({m['usable_cpus']} usable), {m['platform']}",
         f"python  : {meta['python']['version']} ({meta['python']['implementation']}); {libs}",
         f"settings: repeat {settings['repeat']}, budget {settings['budget_s']:g} s per backend "
         f"and N, threads {threads}, seed {settings['seed']}, rtol {settings['rtol']:g}, "
@@ -276,11 +340,16 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
     lines += [
         "",
         "first call: the first call in this process (imports not done by an earlier row, "
-        "compilation or cache load, pool start-up); best/median of the 'reps' calls after it.",
+        "compilation or cache load, pool start-up; not counted in --budget); best/median of "
+        "the 'reps' calls after it.",
         "interactions: N(N-1)/best per second.  vs python/numpy: their best time / this best time "
         "at the same N.",
-        f"error: max relative error per particle against the pure-Python oracle (ok: <= "
-        f"{settings['rtol']:g}); * = on a random sample of rows, computed exactly by the oracle.",
+        "error, rms: max and rms of the per-particle relative errors against the pure-Python "
+        "oracle; * = on a random sample of rows, computed exactly by the oracle.",
+        f"bound: the tolerance that applied: max error <= --rtol ({settings['rtol']:g}) for "
+        "exact backends in float64, max error <= the float32 bound in float32, rms error <= "
+        "the bound an approximate backend declares for its "
+        "settings (its module's tolerance(**options)).",
         "~: pure-Python time extrapolated from N(N-1) scaling (not measured at this N).",
     ]
     lines += notes
@@ -291,8 +360,67 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
         which = ", ".join(f"{r.label} (N={r.n:,})" for r in bad)
         lines.append(f"FAILED: {which}")
     else:
-        lines.append("all measured backends agree with the oracle")
+        lines.append("all measured backends agree with the oracle (each within its bound)")
+    lines += verdict(rows)
     return "\n".join(lines) + "\n"
+
+
+def _precision(settings: dict) -> str:
+    """Return ``float64``, or the precisions and the float32 bound that applies."""
+    wanted = settings.get("precision") or ["float64"]
+    if wanted == ["float64"]:
+        return "float64"
+    bound = settings.get("float32_tolerance")
+    return f"{' and '.join(wanted)} (float32 passes at max error <= {bound:g}; oracle float64)"
+
+
+RMS_GOAL = 1e-3  # the accuracy a collisionless simulation typically accepts
+
+
+def fastest(rows: list[Row]) -> dict:
+    """Find the fastest passing backend at the largest measured N: exact, and rms <= 1e-3.
+
+    "Exact" means direct summation in float64; float32 rows qualify for the rms goal only.
+
+    Returns ``{"n": N, "exact": row or None, "rms<=1e-3": row or None}`` (``{}`` when nothing
+    was measured). A backend qualifies only with a passing check.
+    """
+    ok = [r for r in rows if r.status == "ok" and r.best_s and r.error_ok]
+    if not ok:
+        return {}
+    n = max(r.n for r in ok)
+    at = sorted((r for r in ok if r.n == n), key=lambda r: r.best_s)
+
+    def rms(r: Row) -> float:
+        return r.error_rms if r.error_rms is not None else r.error
+
+    return {
+        "n": n,
+        "exact": next((r for r in at if r.exact and _float64(r)), None),
+        f"rms<={RMS_GOAL:g}": next((r for r in at if rms(r) <= RMS_GOAL), None),
+    }
+
+
+def _float64(row: Row) -> bool:
+    return row.options.get("precision", "float64") == "float64"
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """One line naming the fastest exact backend and the fastest with rms error <= 1e-3."""
+    best = fastest(rows)
+    if not best:
+        return []
+
+    def name(r: Row | None) -> str:
+        if r is None:
+            return "none passed"
+        rms = "" if r.error_rms is None else f", rms {r.error_rms:.1e}"
+        return f"{r.label} ({fmt_time(r.best_s)}{rms})"
+
+    return [
+        f"fastest at N={best['n']:,}: exact: {name(best['exact'])}; "
+        f"rms error <= {RMS_GOAL:g}: {name(best[f'rms<={RMS_GOAL:g}'])}"
+    ]
 
 
 # --------------------------------------------------------------------------- files
@@ -301,12 +429,16 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
 def to_json(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]) -> dict:
     """Return the whole run as one JSON-serializable object."""
     return {
-        "schema": 1,
+        "schema": 2,  # 2: labels with workers/ranks x threads; error_rms, tolerance, options
         **meta,
         "settings": settings,
         "results": [asdict(r) for r in rows],
         "not_run": not_run,
         "failed": any(r.bad for r in rows),
+        "fastest": {
+            k: (v if k == "n" or v is None else {"label": v.label, "best_s": v.best_s})
+            for k, v in fastest(rows).items()
+        },
     }
 
 
@@ -332,8 +464,16 @@ CSV_FIELDS = [
     "speedup_vs_numpy",
     "python_extrapolated",
     "error",
+    "error_rms",
     "error_rows",
     "error_ok",
+    "exact",
+    "tolerance",
+    "tolerance_kind",
+    "options",
+    "workers",
+    "ranks",
+    "threads_per_rank",
     "message",
 ]
 
@@ -347,62 +487,5 @@ def write_csv(path: str, rows: list[Row]) -> None:
             d = asdict(r)
             d["repeats"] = len(r.times_s)
             d["times_s"] = " ".join(repr(t) for t in r.times_s)
+            d["options"] = json.dumps(r.options, sort_keys=True) if r.options else ""
             w.writerow({k: ("" if d[k] is None else d[k]) for k in CSV_FIELDS})
-
-
-def write_plot(path: str, rows: list[Row], title: str) -> None:
-    """Time vs N (log-log) for every backend, and speedup bars at the largest N.
-
-    Measured points are solid; the extrapolated pure-Python times are hollow and dashed.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_t, ax_s = fig.subplots(1, 2, width_ratios=(1.1, 1))
-    timed = [r for r in rows if r.best_s and r.status in ("ok", "extrapolated")]
-    labels = list(dict.fromkeys(r.label for r in timed))
-    for k, label in enumerate(labels):
-        color = f"C{k % 10}"
-        pts = sorted((r.n, r.best_s, r.status) for r in timed if r.label == label)
-        solid = [p for p in pts if p[2] == "ok"]
-        guess = [p for p in pts if p[2] == "extrapolated"]
-        if solid:
-            ax_t.plot([p[0] for p in solid], [p[1] for p in solid], "o-", color=color, label=label)
-        if guess:
-            link = solid[-1:] + guess
-            ax_t.plot([p[0] for p in link], [p[1] for p in link], "--", color=color,
-                      label=None if solid else label)  # fmt: skip
-            ax_t.plot([p[0] for p in guess], [p[1] for p in guess], "o", color=color,
-                      markerfacecolor="none")  # fmt: skip
-    ax_t.set_xscale("log")
-    ax_t.set_yscale("log")
-    ax_t.set_xlabel("N (particles)")
-    ax_t.set_ylabel("best time per evaluation (s)")
-    ax_t.set_title("time vs N (dashed, hollow: python extrapolated)")
-    ax_t.grid(True, which="both", alpha=0.3)
-    if labels:
-        ax_t.legend(fontsize="small")
-
-    measured = [r for r in timed if r.status == "ok"]
-    if measured:
-        n_max = max(r.n for r in measured)
-        at = [r for r in measured if r.n == n_max]
-        xs = range(len(at))
-        vs_py = [r.speedup_vs_python or 0.0 for r in at]
-        vs_np = [r.speedup_vs_numpy or 0.0 for r in at]
-        ax_s.bar([x - 0.2 for x in xs], vs_py, width=0.4, label="vs python")
-        ax_s.bar([x + 0.2 for x in xs], vs_np, width=0.4, label="vs numpy")
-        ax_s.set_xticks(list(xs), [r.label for r in at], rotation=30, ha="right")
-        ax_s.set_yscale("log")
-        ax_s.axhline(1.0, color="k", lw=0.8)
-        ax_s.set_ylabel("speedup (x)")
-        guessed = any(r.python_extrapolated for r in at)
-        ax_s.set_title(
-            f"speedup at N = {n_max:,}" + (" (vs python: extrapolated)" if guessed else "")
-        )
-        ax_s.legend(fontsize="small")
-        ax_s.grid(True, axis="y", which="both", alpha=0.3)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=110)
