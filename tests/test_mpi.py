@@ -282,10 +282,11 @@ def test_generated_system_on_four_ranks(tmp_path, algorithm):
 
 
 def test_text_report_from_rank_zero_only():
-    proc = mpiexec(2, "--n", 300, "--repeat", 2, "--check", "--algorithm", "ring")
+    proc = mpiexec(2, "--n", 300, "--repeat", 2, "--check", "--algorithm", "ring",
+                   "--threads-per-rank", 1)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("mpi_run: 2 rank(s), N = 300, algorithm ring")
+    assert lines[0].startswith("mpi_run: 2 rank(s) x 1 thread(s), N = 300, algorithm ring")
     assert sum(line.startswith("mpi_run:") for line in lines) == 1  # printed once
     for part in ("seconds per evaluation: best", "interactions per second", "peak RSS"):
         assert part in proc.stdout
