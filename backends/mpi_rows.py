@@ -416,7 +416,8 @@ def _allgather(m, x, G, softening, comm, threads):
             _count_collective(size, partial.nbytes)
         else:
             local = partial
-        local = (local * (G * s)) * s
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked below
+            local = (local * (G * s)) * s
         out = np.empty((n, 3))
         comm.Allgatherv(local, [out, counts * 3, displs * 3, MPI.DOUBLE])
         _count_collective(size, out.nbytes)
@@ -525,7 +526,8 @@ def _ring_local(m, x, G, softening, comm, counts, threads):
         acc = np.zeros((3, m.shape[0]))
         eps = softening * s
         _half_ring(p, acc, counts, eps * eps, comm, threads)
-        out = (acc.T * (G * s)) * s
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked below
+            out = (acc.T * (G * s)) * s
         if not comm.allreduce(not bool(np.isfinite(out).all()), op=MPI.LOR):
             return np.ascontiguousarray(out)
     return _ring_rows(m, x, G, softening, comm, counts)
