@@ -6,10 +6,18 @@ Gaussian positions, the benchmark distribution) or of a system read from ``--inp
 ``MPI.COMM_WORLD``, times ``--repeat`` evaluations after a warm-up one (``MPI.Wtime``, the
 slowest rank's time, all ranks starting together after a barrier) and prints, on rank 0 only:
 ranks, N, algorithm, seconds per evaluation (best and median), interactions per second and,
-with ``--check``, the error against ``numba_parallel`` by the project's metric. ``--json``
+with ``--check``, the error against ``numba_parallel`` by the project's metric. Each rank
+runs ``--threads-per-rank T`` Numba threads (default: the cores the rank may use, split evenly
+among the ranks on its node, at least 1, see
+:func:`backends.mpi_rows.default_threads_per_rank`; a T above Numba's default pool sets
+``NUMBA_NUM_THREADS`` before Numba starts). ``--json``
 prints exactly one JSON object on stdout instead (keys ``ranks``, ``n``, ``algorithm``,
 ``seconds``, ``seconds_median``, ``seconds_all``, ``interactions_per_second``, ``error``,
-``G``, ``softening``, ``seed``, ``peak_rss_bytes`` and a few more, such as ``cpu_seconds``:
+``G``, ``softening``, ``seed``, ``peak_rss_bytes``, ``threads_per_rank`` (rank 0's Numba
+threads), ``threads_per_rank_all`` (one per rank), ``threads_per_rank_default`` (true without
+``--threads-per-rank``), ``messages_per_rank`` and ``bytes_per_rank`` (sent in one
+evaluation, max over ranks, see :data:`backends.mpi_rows.last_traffic`) and a few more, such
+as ``cpu_seconds``:
 the busiest rank's process CPU time per evaluation, best of the repeats, which on a machine
 loaded by other work shows the split of the work better than wall time; time spent
 busy-waiting in MPI counts as CPU time); ``--output FILE.npz``
