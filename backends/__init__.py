@@ -98,7 +98,8 @@ _REGISTRY: dict[str, _Spec] = {
     ),
     "mpi": _Spec(
         "backends.mpi_rows:accel",
-        "mpi4py: row blocks over MPI ranks, Allgatherv (or a ring of source blocks)",
+        "mpi4py: each pair once over MPI ranks x Numba threads; triangle shares + "
+        "Reduce_scatter, or a symmetric half-ring with algorithm=ring",
         requires=("mpi4py",),
         extra="mpi",
     ),

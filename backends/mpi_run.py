@@ -6,10 +6,18 @@ Gaussian positions, the benchmark distribution) or of a system read from ``--inp
 ``MPI.COMM_WORLD``, times ``--repeat`` evaluations after a warm-up one (``MPI.Wtime``, the
 slowest rank's time, all ranks starting together after a barrier) and prints, on rank 0 only:
 ranks, N, algorithm, seconds per evaluation (best and median), interactions per second and,
-with ``--check``, the error against ``numba_parallel`` by the project's metric. ``--json``
+with ``--check``, the error against ``numba_parallel`` by the project's metric. Each rank
+runs ``--threads-per-rank T`` Numba threads (default: the cores the rank may use, split evenly
+among the ranks on its node, at least 1, see
+:func:`backends.mpi_rows.default_threads_per_rank`; a T above Numba's default pool sets
+``NUMBA_NUM_THREADS`` before Numba starts). ``--json``
 prints exactly one JSON object on stdout instead (keys ``ranks``, ``n``, ``algorithm``,
 ``seconds``, ``seconds_median``, ``seconds_all``, ``interactions_per_second``, ``error``,
-``G``, ``softening``, ``seed``, ``peak_rss_bytes`` and a few more, such as ``cpu_seconds``:
+``G``, ``softening``, ``seed``, ``peak_rss_bytes``, ``threads_per_rank`` (rank 0's Numba
+threads), ``threads_per_rank_all`` (one per rank), ``threads_per_rank_default`` (true without
+``--threads-per-rank``), ``messages_per_rank`` and ``bytes_per_rank`` (sent in one
+evaluation, max over ranks, see :data:`backends.mpi_rows.last_traffic`) and a few more, such
+as ``cpu_seconds``:
 the busiest rank's process CPU time per evaluation, best of the repeats, which on a machine
 loaded by other work shows the split of the work better than wall time; time spent
 busy-waiting in MPI counts as CPU time); ``--output FILE.npz``
@@ -60,20 +68,47 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: ...)`` after each option's help, except for flags and unset ones."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="mpiexec -n P python -m backends.mpi_run",
         description="N-body accelerations on MPI ranks; timing and check on rank 0.",
         add_help=False,
+        formatter_class=_Formatter,
     )
     p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    p.add_argument("--n", type=int, help="particles of a random system (default 10000)")
+    p.add_argument(
+        "--n", type=int, help="particles of a random system (default: 10000 unless --input)"
+    )
     p.add_argument("--seed", type=int, default=42, help="seed of the random system")
     p.add_argument("--input", metavar="FILE.npz", help="read arrays masses and positions")
     p.add_argument("--output", metavar="FILE.npz", help="write masses, positions, accelerations")
     p.add_argument("--G", type=float, default=1.0, help="gravitational constant")
     p.add_argument("--softening", type=float, default=0.0, help="Plummer softening (>= 0)")
-    p.add_argument("--algorithm", choices=("allgather", "ring"), default="allgather")
+    p.add_argument(
+        "--algorithm",
+        choices=("allgather", "ring"),
+        default="allgather",
+        help="allgather: every rank holds all particles and computes a balanced share of the "
+        "pairs, partial forces summed with Reduce_scatter; ring: every rank holds only its "
+        "N/P particles, blocks travel half way round the ring carrying their forces (O(N/P) "
+        "memory per rank). Both compute each pair once",
+    )
+    p.add_argument(
+        "--threads-per-rank",
+        type=int,
+        metavar="T",
+        help="Numba threads per rank (default: the cores a rank may use, split evenly among "
+        "the ranks on its node, at least 1: never oversubscribed unless asked for)",
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed evaluations after a warm-up")
     p.add_argument("--check", action="store_true", help="error against numba_parallel")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -93,6 +128,8 @@ def _parse(argv) -> argparse.Namespace:
         raise UsageError(f"--n must be >= 0; got {args.n}")
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1; got {args.repeat}")
+    if args.threads_per_rank is not None and args.threads_per_rank < 1:
+        raise UsageError(f"--threads-per-rank must be >= 1; got {args.threads_per_rank}")
     try:
         validate(np.empty(0), np.empty((0, 3)), args.G, args.softening)
     except (TypeError, ValueError) as exc:
@@ -196,7 +233,13 @@ def _run(args, comm) -> dict:
     from backends.numba_parallel import accel_block
 
     rank, ring = comm.Get_rank(), args.algorithm == "ring"
-    accel_block(np.zeros((1, 3)), np.ones(2), np.eye(2, 3), 1.0, 0.0)  # compile before tracing
+    default_threads = args.threads_per_rank is None
+    threads = mpi_rows.default_threads_per_rank(comm) if default_threads else args.threads_per_rank
+    # compile (or load from the cache) before tracing: the row kernel of the exact path and
+    # the task runner of this thread count
+    accel_block(np.zeros((1, 3)), np.ones(2), np.eye(2, 3), 1.0, 0.0)
+    tiny_m, tiny_x = np.ones(8), np.arange(24.0).reshape(8, 3)
+    mpi_rows.accel(tiny_m, tiny_x, comm=MPI.COMM_SELF, algorithm="ring", threads_per_rank=threads)
 
     tracemalloc.start()
     problem = _check_output_path(args.output) if rank == 0 else None
@@ -209,8 +252,12 @@ def _run(args, comm) -> dict:
 
     def evaluate():
         if ring:
-            return mpi_rows.accel_local(m, x, args.G, softening=args.softening, comm=comm)
-        return mpi_rows.accel(m, x, args.G, softening=args.softening, comm=comm)
+            return mpi_rows.accel_local(
+                m, x, args.G, softening=args.softening, comm=comm, threads_per_rank=threads
+            )
+        return mpi_rows.accel(
+            m, x, args.G, softening=args.softening, comm=comm, threads_per_rank=threads
+        )
 
     if args.fail_rank == rank:
         raise RuntimeError(f"--fail-rank {rank}: this rank fails on purpose (test hook)")
@@ -235,10 +282,22 @@ def _run(args, comm) -> dict:
         full = np.empty((n, 3)) if rank == 0 else None
         comm.Gatherv(result, [full, counts * 3, displs * 3, MPI.DOUBLE], root=0)
         result = full
-    gathered = comm.gather((_peak_rss_bytes(), particle_bytes, array_peak_bytes), root=0)
+    traffic = mpi_rows.last_traffic  # of the last timed evaluation
+    gathered = comm.gather(
+        (
+            _peak_rss_bytes(),
+            particle_bytes,
+            array_peak_bytes,
+            traffic["messages"],
+            traffic["bytes"],
+            threads,
+        ),
+        root=0,
+    )
     if rank != 0:
         return {}
     peaks = [max(column) for column in zip(*gathered, strict=True)]
+    threads_all = [row[5] for row in gathered]
 
     error = None
     if args.check or args.output:
@@ -268,6 +327,11 @@ def _run(args, comm) -> dict:
         "peak_rss_bytes": peaks[0],
         "particle_bytes": peaks[1],
         "array_peak_bytes": peaks[2],
+        "threads_per_rank": threads_all[0],
+        "threads_per_rank_all": threads_all,
+        "threads_per_rank_default": default_threads,
+        "messages_per_rank": peaks[3],
+        "bytes_per_rank": peaks[4],
         "repeat": args.repeat,
         "input": args.input,
     }
@@ -276,8 +340,8 @@ def _run(args, comm) -> dict:
 def _print_report(r: dict) -> None:
     mib = 2.0**20
     print(
-        f"mpi_run: {r['ranks']} rank(s), N = {r['n']}, algorithm {r['algorithm']}, "
-        f"G = {r['G']:g}, softening = {r['softening']:g}"
+        f"mpi_run: {r['ranks']} rank(s) x {r['threads_per_rank']} thread(s), N = {r['n']}, "
+        f"algorithm {r['algorithm']}, G = {r['G']:g}, softening = {r['softening']:g}"
     )
     print(
         f"seconds per evaluation: best {r['seconds']:.6f}, median {r['seconds_median']:.6f} "
@@ -289,8 +353,24 @@ def _print_report(r: dict) -> None:
         f"traced allocation peak {r['array_peak_bytes'] / mib:.3f} MiB, "
         f"peak RSS {r['peak_rss_bytes'] / mib:.1f} MiB"
     )
+    print(
+        f"communication per rank and evaluation (max over ranks): {r['messages_per_rank']} "
+        f"messages, {r['bytes_per_rank'] / mib:.3f} MiB"
+    )
     if r["error"] is not None:
         print(f"error vs numba_parallel: {r['error']:.3e} (max_i |a_i - ref_i| / |ref_i|)")
+
+
+def _size_numba_pool(threads: int | None) -> None:
+    """Let Numba's pool hold ``threads`` threads if asked for more than it would by default.
+
+    Only possible before numba is first imported (``NUMBA_NUM_THREADS`` is read then).
+    """
+    if threads is None or "numba" in sys.modules:
+        return
+    current = int(os.environ.get("NUMBA_NUM_THREADS") or 0) or (os.cpu_count() or 1)
+    if threads > current:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
+        _size_numba_pool(args.threads_per_rank)
         if args.help:
             if comm.Get_rank() == 0:
                 _parser().print_help()

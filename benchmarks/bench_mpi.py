@@ -1,13 +1,20 @@
-"""MPI: ``mpiexec -n P python -m backends.mpi_run --json`` for P in {1, 2, 4}.
+"""MPI: ``mpiexec -n P python -m backends.mpi_run --json``, P ranks x T threads.
 
 Each measurement is a real MPI job in a subprocess; the number tracked is rank 0's
 measured seconds per evaluation (``MPI.Wtime``, the ``"seconds"`` field of the JSON line that
 ``backends.mpi_run --json`` prints), so interpreter and MPI start-up are not included. Skipped
 where the ``mpi`` extra (mpi4py, mpiexec) or :mod:`backends.mpi_run` is missing. More ranks
 than cores oversubscribe the machine: that is measured too, not hidden.
+
+``MpiRun`` runs one thread per rank (what every rank did before threads per rank existed, so
+its history stays comparable); ``MpiHybrid`` compares the two layouts of a 2-core machine,
+2 ranks x 1 thread and 1 rank x 2 threads, for both algorithms (skipped at commits whose
+launcher has no ``threads_per_rank``).
 """
 
 from __future__ import annotations
+
+import inspect
 
 from benchmarks import _common as c
 
@@ -29,8 +36,14 @@ def _launcher():
     return _mpi_launch
 
 
-def run_job(ranks: int, n: int = N, repeat: int = REPEAT) -> dict:
+def _has_threads(launch) -> bool:
+    return "threads_per_rank" in inspect.signature(launch.run).parameters
+
+
+def run_job(ranks: int, n: int = N, repeat: int = REPEAT, **options) -> dict:
     """Run ``backends.mpi_run --json`` on ``ranks`` ranks; return its JSON record.
+
+    ``options`` (``threads_per_rank``, ``algorithm``) are passed where the launcher has them.
 
     Raises
     ------
@@ -38,14 +51,16 @@ def run_job(ranks: int, n: int = N, repeat: int = REPEAT) -> dict:
         The job failed, timed out (and was killed), or printed no valid JSON record.
     """
     launch = _launcher()
-    record, _wall = launch.run(ranks, n, SEED, repeat, TIMEOUT)
+    if not _has_threads(launch):
+        options = {}
+    record, _wall = launch.run(ranks, n, SEED, repeat, TIMEOUT, **options)
     if record.get("ranks") != ranks or record.get("n") != n:
         raise launch.MPIRunError(f"unexpected record for {ranks} ranks, N = {n}: {record}")
     return record
 
 
 class MpiRun:
-    """Rank 0's seconds per evaluation at N = 10 000 on P ranks."""
+    """Rank 0's seconds per evaluation at N = 10 000 on P ranks, one thread each."""
 
     params = ([1, 2, 4],)
     param_names = ["ranks"]
@@ -56,6 +71,26 @@ class MpiRun:
         _launcher()
 
     def track_seconds(self, ranks):
-        return float(run_job(ranks)["seconds"])
+        return float(run_job(ranks, threads_per_rank=1)["seconds"])
+
+    track_seconds.unit = "seconds"
+
+
+class MpiHybrid:
+    """Rank 0's seconds per evaluation at N = 10 000: ranks x threads layouts of 2 cores."""
+
+    params = (["2x1", "1x2"], ["allgather", "ring"])
+    param_names = ["ranks_x_threads", "algorithm"]
+    rounds = 1
+    timeout = TIMEOUT + 60
+
+    def setup(self, layout, algorithm):
+        if not _has_threads(_launcher()):
+            raise NotImplementedError("no threads per rank at this commit")
+
+    def track_seconds(self, layout, algorithm):
+        ranks, threads = map(int, layout.split("x"))
+        record = run_job(ranks, threads_per_rank=threads, algorithm=algorithm)
+        return float(record["seconds"])
 
     track_seconds.unit = "seconds"

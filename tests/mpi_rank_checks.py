@@ -12,7 +12,7 @@ import traceback
 import numpy as np
 from mpi4py import MPI
 
-from backends import benchmark_system, mpi_rows, reference, relative_error
+from backends import benchmark_system, mpi_rows, numba_parallel, reference, relative_error
 
 TOL = 1e-12
 
@@ -52,6 +52,31 @@ def main():
         local = mpi_rows.accel_local(m[lo:hi], x[lo:hi], 1.5)
         assert local.shape == (hi - lo, 3)
         assert relative_error(local, ref[lo:hi]) <= TOL if hi > lo else True
+
+    # each pair once, hybrid threads, fallback, determinism (N = 4 * 1024 + 7: uneven blocks)
+    m, x = system(4 * 1024 + 7, seed=9)
+    ref = numba_parallel.accel(m, x, 0.5, softening=0.003)
+    for algorithm in mpi_rows.ALGORITHMS:
+        runs = [
+            mpi_rows.accel(m, x, 0.5, softening=0.003, algorithm=algorithm, threads_per_rank=t)
+            for t in (1, 2, 1)
+        ]
+        for out in runs:
+            assert relative_error(out, ref) <= 1e-13, (algorithm, relative_error(out, ref))
+        assert np.array_equal(runs[0], runs[2]), algorithm  # deterministic for given P, T
+        # every rank holds the same result
+        assert np.array_equal(comm.bcast(runs[1] if rank == 0 else None), runs[1])
+    # ring traffic: about P/2 + 1 messages per rank (none for P = 1), O(N/P) bytes
+    mpi_rows.accel_local(m[: 100 * (rank + 1)], x[: 100 * (rank + 1)], threads_per_rank=1)
+    traffic = mpi_rows.last_traffic
+    assert traffic["messages"] == size // 2 + 1, (traffic, size)
+    # a pair far below the float32 estimate's range: exact path on every rank, still right
+    xc = x.copy()
+    xc[5] = xc[4] + 1e-21
+    for algorithm in mpi_rows.ALGORITHMS:
+        out = mpi_rows.accel(m, xc, algorithm=algorithm)
+        assert relative_error(out, numba_parallel.accel(m, xc)) <= 1e-13, algorithm
+    assert mpi_rows.default_threads_per_rank(comm) >= 1
 
     # a subcommunicator: the even ranks only
     sub = comm.Split(rank % 2, rank)

@@ -17,7 +17,7 @@ from test_crossval import CASES, TOL, _case, _oracle
 
 import backends
 from backends import reference
-from backends._mpi_launch import find_mpiexec
+from backends._mpi_launch import find_mpiexec, launch
 
 ROOT = Path(__file__).resolve().parent.parent
 REASON = backends.unavailable_reason("mpi")
@@ -39,6 +39,11 @@ JSON_KEYS = {
     "softening",
     "seed",
     "peak_rss_bytes",
+    "threads_per_rank",
+    "threads_per_rank_all",
+    "threads_per_rank_default",
+    "messages_per_rank",
+    "bytes_per_rank",
 }
 
 
@@ -101,6 +106,48 @@ def test_bad_algorithm_and_comm_are_named(mpi, MPI):
             mpi.accel_local(m, x, comm=comm)
 
 
+@pytest.mark.parametrize("algorithm", ["allgather", "ring"])
+def test_threads_per_rank_agree_with_numba_parallel_and_repeat_bitwise(mpi, algorithm):
+    from backends import numba_parallel
+
+    m, x = random_system(3001, seed=4)
+    x[7] = x[3]  # coincident pair
+    ref = numba_parallel.accel(m, x, 0.8, softening=0.001)
+    for threads in (1, 2):
+        runs = [
+            mpi.accel(m, x, 0.8, softening=0.001, algorithm=algorithm, threads_per_rank=threads)
+            for _ in range(2)
+        ]
+        assert backends.relative_error(runs[0], ref) <= 1e-13
+        assert np.array_equal(runs[0], runs[1])
+
+
+def test_exact_path_for_pairs_below_the_estimate_range(mpi, MPI):
+    from backends import numba_parallel
+
+    m, x = random_system(300, seed=8)
+    x[9] = x[8] + 1e-21  # r2 * s**2 below 2**-120: the fast sum is NaN, the exact one is not
+    for algorithm in mpi.ALGORITHMS:
+        out = mpi.accel(m, x, algorithm=algorithm, comm=MPI.COMM_SELF)
+        assert backends.relative_error(out, numba_parallel.accel(m, x)) <= 1e-13
+    huge = x * 2.0**200  # extent beyond the rescaling: exact path from the start
+    assert backends.relative_error(mpi.accel(m, huge), reference.accel(m, huge)) <= TOL
+
+
+def test_bad_threads_per_rank_is_named(mpi):
+    m, x = random_system(4)
+    for bad, err in ((0, ValueError), (10**6, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="threads_per_rank must be"):
+            mpi.accel(m, x, threads_per_rank=bad)
+        with pytest.raises(err, match="threads_per_rank must be"):
+            mpi.accel_local(m, x, threads_per_rank=bad)
+
+
+def test_default_threads_never_oversubscribe(mpi, MPI):
+    threads = mpi.default_threads_per_rank(MPI.COMM_SELF)
+    assert 1 <= threads <= len(os.sched_getaffinity(0))
+
+
 def test_accel_local_validates_its_slice(mpi):
     with pytest.raises(ValueError, match="positions must have shape"):
         mpi.accel_local([1.0, 2.0], [[0.0, 0.0], [1.0, 0.0]])
@@ -133,21 +180,61 @@ def test_generated_block_equals_the_whole_system():
 
 
 def mpiexec(ranks, *args, timeout=180, module="backends.mpi_run"):
-    """Run ``mpiexec -n ranks python -m module args`` from the repository root."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    """Run ``mpiexec -n ranks python -m module args`` from the repository root.
+
+    Through the project's launcher: it ends the job's whole process tree and removes the MPI
+    runtime's files the job leaves behind (a rank calling ``MPI_Abort``, a timeout).
+    """
     target = ["-m", module] if module else []
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, *target, *map(str, args)]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return launch(cmd, timeout=timeout, cwd=ROOT)
 
 
-def test_every_rank_checks_the_collective_api():
+@pytest.mark.parametrize("ranks", [2, 3, 4])
+def test_every_rank_checks_the_collective_api(ranks):
     # tests/mpi_rank_checks.py: both algorithms, accel_local on uneven and empty slices, a
-    # subcommunicator, invalid input or disagreeing G/N on some ranks (raised everywhere)
-    proc = mpiexec(3, "tests/mpi_rank_checks.py", module=None)
+    # subcommunicator, invalid input or disagreeing G/N on some ranks (raised everywhere),
+    # threads per rank, determinism, the exact path, the half-ring's message count
+    proc = mpiexec(ranks, "tests/mpi_rank_checks.py", module=None, timeout=300)
     assert proc.returncode == 0, proc.stderr
     # ranks' lines reach mpiexec's stdout independently: count them, not their layout
-    assert sorted(re.findall(r"OK rank (\d+) of 3", proc.stdout)) == ["0", "1", "2"], proc.stdout
+    found = sorted(re.findall(rf"OK rank (\d+) of {ranks}", proc.stdout))
+    assert found == [str(r) for r in range(ranks)], proc.stdout
+
+
+@pytest.mark.parametrize(("ranks", "threads"), [(1, 2), (2, 1)])
+@pytest.mark.parametrize("algorithm", ["allgather", "ring"])
+def test_hybrid_layouts_report_threads_and_agree(ranks, threads, algorithm):
+    proc = mpiexec(ranks, "--n", 2501, "--algorithm", algorithm, "--threads-per-rank", threads,
+                   "--softening", 0.01, "--G", 2.0, "--repeat", 1, "--check", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["threads_per_rank"] == threads and report["threads_per_rank_default"] is False
+    assert report["threads_per_rank_all"] == [threads] * ranks
+    assert report["error"] <= 1e-13
+    if algorithm == "ring" and ranks == 2:  # first hop, return: 2 messages of 32n and 24n bytes
+        assert report["messages_per_rank"] == 2
+        assert report["bytes_per_rank"] == 32 * 1251 + 24 * 1250  # max over the ranks
+
+
+def test_default_threads_split_the_cores_among_the_ranks():
+    proc = mpiexec(2, "--n", 300, "--repeat", 1, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["threads_per_rank_default"] is True
+    cores = len(os.sched_getaffinity(0))
+    assert report["threads_per_rank_all"] == [max(1, min(cores // 2, cores))] * 2
+
+
+def test_help_shows_defaults():
+    proc = subprocess.run(
+        [sys.executable, "-m", "backends.mpi_run", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "(default: allgather)" in text and "(default: 42)" in text
+    assert "--threads-per-rank T" in text and "each pair once" in text
 
 
 @pytest.mark.parametrize(
@@ -195,10 +282,11 @@ def test_generated_system_on_four_ranks(tmp_path, algorithm):
 
 
 def test_text_report_from_rank_zero_only():
-    proc = mpiexec(2, "--n", 300, "--repeat", 2, "--check", "--algorithm", "ring")
+    proc = mpiexec(2, "--n", 300, "--repeat", 2, "--check", "--algorithm", "ring",
+                   "--threads-per-rank", 1)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("mpi_run: 2 rank(s), N = 300, algorithm ring")
+    assert lines[0].startswith("mpi_run: 2 rank(s) x 1 thread(s), N = 300, algorithm ring")
     assert sum(line.startswith("mpi_run:") for line in lines) == 1  # printed once
     for part in ("seconds per evaluation: best", "interactions per second", "peak RSS"):
         assert part in proc.stdout
@@ -206,13 +294,39 @@ def test_text_report_from_rank_zero_only():
     assert float(lines[-1].split(":")[1].split()[0]) <= TOL
 
 
-def test_one_failing_rank_ends_the_job_fast():
+def _alive(pattern):
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if pattern in line]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_one_failing_rank_ends_the_job_fast_and_leaves_nothing(ranks):
     t0 = time.monotonic()
-    proc = mpiexec(4, "--n", 4000, "--fail-rank", 1, timeout=30)  # TimeoutExpired = a hang
+    proc = mpiexec(ranks, "--n", 4000, "--fail-rank", 1, timeout=30)  # MPIRunError = a hang
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 30
     assert "RuntimeError: --fail-rank 1: this rank fails on purpose" in proc.stderr
-    assert "mpi_run: rank 1 of 4 failed; aborting the job" in proc.stderr
+    assert f"mpi_run: rank 1 of {ranks} failed; aborting the job" in proc.stderr
+    # MPICH's shared memory and hydra's topology file were seen, and none is left
+    assert any(p.startswith("/dev/shm/mpich_") for p in proc.runtime_files), proc
+    assert [p for p in proc.runtime_files if os.path.exists(p)] == []
+
+
+def test_killed_job_leaves_no_process_and_no_file():
+    # what the launcher does on a timeout or Ctrl-C: end the tree, remove the job's files
+    from backends._mpi_launch import Job
+
+    marker = f"sleeping-job-{os.getpid()}-{time.monotonic_ns()}"
+    code = "from mpi4py import MPI; import time; MPI.COMM_WORLD.Barrier(); time.sleep(600)"
+    job = Job([MPIEXEC, "-n", 2, sys.executable, "-c", code, marker], cwd=ROOT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        job.wait(8)
+    assert len(_alive(marker)) >= 2  # both ranks were running
+    job.cleanup()
+    job.proc.communicate()
+    assert _alive(marker) == []
+    assert any(path.startswith("/dev/shm/mpich_") for path, _ in job.files), job.files
+    assert [path for path, _ in job.files if os.path.exists(path)] == []
 
 
 @pytest.mark.parametrize(
