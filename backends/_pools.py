@@ -95,7 +95,7 @@ def lane_count(n: int, chunks: int) -> int:
 
 
 def lane_tasks(n: int, lanes: int, lane: int) -> np.ndarray:
-    """The block pairs of lane ``lane`` of ``lanes`` (module docstring), for ``pair_blocks``.
+    """Return the block pairs of lane ``lane`` of ``lanes`` (module docstring).
 
     Returns
     -------
@@ -155,7 +155,7 @@ def maybe_inject_fault() -> None:
 
 
 def prepare(m: np.ndarray, x: np.ndarray, softening: float) -> tuple[np.ndarray, float]:
-    """The scaled ``(4, N)`` copy and its scale ``s`` (0: extreme extent, use the exact path)."""
+    """Return the scaled ``(4, N)`` copy and its scale ``s`` (0: use the exact path)."""
     from backends.numba_parallel import _prepare
 
     p, s = _prepare(m, x, float(softening))
@@ -221,7 +221,7 @@ def bootstrapping() -> bool:
 
 
 def _main_reimported_by_spawn(main) -> str | None:
-    """The main module's file if spawned workers re-run it (as ``spawn`` decides), else None."""
+    """Return the main module's file if spawned workers re-run it (as spawn decides)."""
     path = getattr(main, "__file__", None)
     spec_name = getattr(getattr(main, "__spec__", None), "name", None)
     if path is None:
@@ -269,7 +269,7 @@ def check_main_guard(name: str) -> None:
     if bootstrapping():
         raise SystemExit(
             f"backend {name!r} was called while a worker process imported the main module: "
-            "put the script's code under `if __name__ == \"__main__\":`"
+            'put the script\'s code under `if __name__ == "__main__":`'
         )
     main = sys.modules.get("__main__")
     path = _main_reimported_by_spawn(main)
@@ -291,6 +291,6 @@ def check_main_guard(name: str) -> None:
         return
     raise RuntimeError(
         f"backend {name!r} called at the top level of {os.path.basename(path)} (line {line}), "
-        "outside `if __name__ == \"__main__\":`. Its worker processes import that script and "
+        'outside `if __name__ == "__main__":`. Its worker processes import that script and '
         "would run the call again: move the script's code under the guard."
     )

@@ -204,7 +204,7 @@ class _Pool:
         return self.segment.name
 
     def view(self, shape: tuple[int, ...], offset: int) -> np.ndarray:
-        """A float64 view of the segment; no view may outlive the call (close would fail)."""
+        """Return a float64 view of the segment (none may outlive the call: close would fail)."""
         return np.ndarray(shape, np.float64, self.segment.buf, offset=offset)
 
     def _unlink(self) -> None:
@@ -247,7 +247,7 @@ def _discard(kill: bool = False) -> None:
 
 
 def _start_cause(futures, exc: BaseException) -> BaseException | str:
-    """The most telling start-up failure: a worker's own exception before a broken barrier."""
+    """Return the most telling start-up failure: a worker's own exception comes first."""
     errors = [f.exception(timeout=0) for f in futures if f.done() and not f.cancelled()]
     for err in errors:
         if isinstance(err, WorkerStartError):
@@ -281,7 +281,9 @@ def _submit_all(pool: _Pool, fn, args_list: list[tuple]) -> list:
         for fut in futures:
             fut.cancel()
         wait(futures)  # tasks already running finish; none may outlive the call
-        raise RuntimeError(f"backend {NAME!r}: a worker raised {type(exc).__name__}: {exc}") from exc
+        raise RuntimeError(
+            f"backend {NAME!r}: a worker raised {type(exc).__name__}: {exc}"
+        ) from exc
     except BaseException:  # KeyboardInterrupt and the like: stop everything now
         _discard(kill=True)
         raise
@@ -323,7 +325,7 @@ def start(*, n_workers=None) -> tuple[int, ...]:
 
 
 def workers(n_workers=None) -> int:
-    """Number of worker processes a call with this ``n_workers=`` uses (None: usable cores)."""
+    """Return the number of worker processes a call with this ``n_workers=`` uses."""
     return _workers(n_workers)
 
 
