@@ -202,7 +202,14 @@ def warm_parent() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# start-up failures
+# failures
+
+
+class WorkerTraceback(Exception):
+    """The traceback text of an exception raised in a worker, chained as that one's cause."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0]) if self.args else ""
 
 
 def startup_failure(exc: BaseException) -> str:
@@ -233,14 +240,19 @@ def _main_reimported_by_spawn(main) -> str | None:
     return path
 
 
+def _is_eq(ops: list) -> bool:
+    return len(ops) == 1 and isinstance(ops[0], ast.Eq)
+
+
 def _guarded_lines(path: str) -> list[tuple[int, int]]:
     """Line ranges of the bodies of ``if __name__ == "__main__":`` blocks in ``path``."""
     with tokenize.open(path) as f:
         tree = ast.parse(f.read(), path)
     ranges = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
-            names = [node.test.left, *node.test.comparators]
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and isinstance(test, ast.Compare) and _is_eq(test.ops):
+            names = [test.left, *test.comparators]
             has_name = any(isinstance(e, ast.Name) and e.id == "__name__" for e in names)
             has_main = any(isinstance(e, ast.Constant) and e.value == "__main__" for e in names)
             if has_name and has_main and node.body:

@@ -59,6 +59,7 @@ import numpy as np
 
 from backends._contract import evaluate, validate
 from backends._pools import (
+    WorkerTraceback,
     check_knobs,
     check_main_guard,
     lane_count,
@@ -66,6 +67,7 @@ from backends._pools import (
     maybe_inject_fault,
     prepare,
     row_bounds,
+    startup_failure,
     sum_lanes,
     warm_parent,
     warm_worker,
@@ -92,13 +94,6 @@ class _WorkerRaised(Exception):
         super().__init__(exc, text)
         self.exc = exc
         self.text = text
-
-
-class WorkerTraceback(Exception):
-    """The traceback of an exception raised in a worker (chained as its cause)."""
-
-    def __str__(self) -> str:
-        return "\n" + self.args[0]
 
 
 def _guarded(fn, *args):
@@ -320,7 +315,9 @@ def start(*, n_workers=None, prefer="processes") -> tuple[int, ...]:
             return runner.warm()
         except Exception as exc:
             _discard(prefer)
-            raise RuntimeError(f"backend {NAME!r}: the worker pool failed to start: {exc}") from exc
+            raise RuntimeError(
+                f"backend {NAME!r}: a worker failed to start: {startup_failure(exc)}"
+            ) from exc
 
 
 def workers(n_workers=None, prefer="processes") -> int:

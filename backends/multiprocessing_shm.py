@@ -54,6 +54,7 @@ import numpy as np
 
 from backends._contract import evaluate, validate
 from backends._pools import (
+    WorkerTraceback,
     check_knobs,
     check_main_guard,
     lane_count,
@@ -177,20 +178,14 @@ class _Pool:
             self.pids = tuple(f.result(timeout=0) for f in futures)
         except Exception as exc:
             cause = _start_cause(futures, exc)
-            codes = self.exit_codes()
             self.shutdown(kill=True)
-            raise RuntimeError(f"backend {NAME!r}: a worker failed to start: {cause}{codes}") from (
-                cause if isinstance(cause, BaseException) else exc
-            )
+            message = f"backend {NAME!r}: a worker failed to start: {cause}"
+            if isinstance(cause, BaseException):
+                raise RuntimeError(message) from cause
+            raise RuntimeError(message) from None  # the message says all the parent knows
         except BaseException:
             self.shutdown(kill=True)
             raise
-
-    def exit_codes(self) -> str:
-        """``" (worker exit codes: ...)"`` for workers that have exited, else ``""``."""
-        procs = (getattr(self.executor, "_processes", None) or {}).values()
-        codes = sorted({p.exitcode for p in procs if p.exitcode is not None})
-        return f" (worker exit codes {', '.join(map(str, codes))})" if codes else ""
 
     def reserve(self, n: int, lanes: int) -> str:
         """Make the segment hold ``[m | x | p | lanes accumulators]`` for N; return its name."""
@@ -251,6 +246,7 @@ def _start_cause(futures, exc: BaseException) -> BaseException | str:
     errors = [f.exception(timeout=0) for f in futures if f.done() and not f.cancelled()]
     for err in errors:
         if isinstance(err, WorkerStartError):
+            err.__cause__ = WorkerTraceback(err.text)
             return err
     if isinstance(exc, BrokenProcessPool):
         return (
