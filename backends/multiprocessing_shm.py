@@ -4,14 +4,16 @@ Strategy: each pair is computed once (Newton's third law). The parent makes the 
 ``(4, N)`` copy of the particles (:func:`backends.numba_parallel._prepare`) in one
 :mod:`multiprocessing.shared_memory` segment; the pair triangle is cut into ``chunks``
 *lanes* of equal pair counts (:mod:`backends._pools`: lane ``c`` owns the rows of row blocks
-``c`` and ``2 chunks - 1 - c``). Each lane is one task for a
-:class:`concurrent.futures.ProcessPoolExecutor` of ``n_workers`` processes started with the
-``spawn`` method (safe after Numba or JAX threads exist in the parent); a worker runs the
-lane's block pairs with :func:`backends._pair_kernel.pair_blocks` into the lane's own
-``(3, N)`` accumulator in the segment. The parent sums the lanes in lane order and
-multiplies by ``G s**2``. Lanes are handed out as workers free up (a worker slowed by
-another program takes fewer), yet the sum does not depend on which worker ran a lane: the
-result is the same bit for bit for a given ``chunks`` (default ``4 * n_workers``). If the
+``c`` and ``2 chunks - 1 - c``). A :class:`concurrent.futures.ProcessPoolExecutor` of
+``n_workers`` processes started with the ``spawn`` method (safe after Numba or JAX threads
+exist in the parent) gets one task per worker; each task takes lane numbers from a shared
+counter (:func:`_lanes`) until none is left and runs each lane's block pairs with
+:func:`backends._pair_kernel.pair_blocks` into the lane's own ``(3, N)`` accumulator in the
+segment. The parent sums the lanes in lane order and multiplies by ``G s**2``. Lanes go
+to whichever worker is free (a worker slowed by another program takes fewer), and a call
+costs one round trip per worker, not per lane; yet the sum does not depend on which worker
+ran a lane: the result is the same bit for bit for a given ``chunks`` (default
+``4 * n_workers``). If the
 sum is not finite (a pair closer than about 1e-18 of the system's extent) or the extent is
 extreme, the call is redone on the exact path: row chunks of the non-symmetric row kernel
 :func:`backends.numba_parallel.accel_block`, each returned as a small array.
@@ -83,18 +85,20 @@ _names = itertools.count()
 # worker side (runs in the spawned children)
 
 _barrier = None
+_next_lane = None  # shared counter: the next lane of the current call a worker may take
 _segment: shared_memory.SharedMemory | None = None
 _startup_error: tuple[str, str] | None = None  # (last traceback line, traceback)
 
 
-def _init_worker(barrier) -> None:
+def _init_worker(barrier, next_lane) -> None:
     """Keep the start-up barrier and load (compile or read from cache) the kernels.
 
     An exception is kept for :func:`_ready` to report: raised here, it would only break the
     pool, and the parent would never learn what it was.
     """
-    global _barrier, _startup_error
+    global _barrier, _next_lane, _startup_error
     _barrier = barrier
+    _next_lane = next_lane
     try:
         warm_kernel()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent by _ready
@@ -145,6 +149,22 @@ def _lane(name: str, n: int, lanes: int, lane: int, eps2: float) -> int:
     return lane
 
 
+def _lanes(name: str, n: int, lanes: int, eps2: float) -> list[int]:
+    """Take lanes from the shared counter until none is left; return those computed.
+
+    One such task per worker and call: a worker slowed by another program takes fewer lanes,
+    and a call costs one round trip per worker, not one per lane.
+    """
+    done = []
+    while True:
+        with _next_lane.get_lock():
+            lane = _next_lane.value
+            _next_lane.value = lane + 1
+        if lane >= lanes:
+            return done
+        done.append(_lane(name, n, lanes, lane, eps2))
+
+
 def _chunk(name: str, n: int, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
     """Rows ``lo:hi`` of the accelerations on the exact path (segment ``name``: m, x)."""
     from backends.numba_parallel import accel_block
@@ -167,8 +187,12 @@ class _Pool:
         ctx = multiprocessing.get_context("spawn")
         self.n_workers = n_workers
         self.segment: shared_memory.SharedMemory | None = None
+        self.next_lane = ctx.Value("q", 0)
         self.executor = ProcessPoolExecutor(
-            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Barrier(n_workers),)
+            n_workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(ctx.Barrier(n_workers), self.next_lane),
         )
         # spawn every worker now (one task each, held at a barrier) so that calls find them warm
         futures = []
@@ -295,7 +319,10 @@ def _run(m, x, G, softening, n_workers, chunks) -> np.ndarray:
         if s > 0.0:
             pool.view((4, n), 32 * n)[...] = p
             eps = softening * s
-            _submit_all(pool, _lane, [(name, n, lanes, c, eps * eps) for c in range(lanes)])
+            pool.next_lane.value = 0
+            done = _submit_all(pool, _lanes, [(name, n, lanes, eps * eps)] * pool.n_workers)
+            if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
+                raise RuntimeError(f"backend {NAME!r}: lanes computed {done}, wanted {lanes}")
             out = sum_lanes(pool.view((lanes, 3, n), 64 * n), G, s)
             if out is not None:
                 return out
