@@ -22,6 +22,7 @@ or the schedule.
 from __future__ import annotations
 
 import ast
+import functools
 import multiprocessing
 import os
 import sys
@@ -247,6 +248,11 @@ def _is_eq(ops: list) -> bool:
 
 def _guarded_lines(path: str) -> list[tuple[int, int]]:
     """Line ranges of the bodies of ``if __name__ == "__main__":`` blocks in ``path``."""
+    return _guarded_lines_cached(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded_lines_cached(path: str, mtime_ns: int) -> list[tuple[int, int]]:
     with tokenize.open(path) as f:
         tree = ast.parse(f.read(), path)
     ranges = []
