@@ -4,9 +4,11 @@ Strategy: each pair is computed once (Newton's third law). The parent makes the 
 ``(4, N)`` copy of the particles (:func:`backends.numba_parallel._prepare`) in a buffer the
 workers share, and cuts the pair triangle into ``chunks`` *lanes* of equal pair counts
 (:mod:`backends._pools`: lane ``c`` owns the rows of row blocks ``c`` and
-``2 chunks - 1 - c``). Each lane is one ``joblib.delayed`` task running its block pairs with
+``2 chunks - 1 - c``). A lane's block pairs run with
 :func:`backends._pair_kernel.pair_blocks` into the lane's own ``(3, N)`` accumulator in the
-buffer; the parent sums the lanes in lane order and multiplies by ``G s**2``. The result
+buffer: with processes, one ``joblib.delayed`` task per worker takes lanes from a counter in
+the buffer (:func:`_lanes`) until none is left; with threads, each lane is one task. The
+parent sums the lanes in lane order and multiplies by ``G s**2``. The result
 is the same bit for bit for a given ``chunks`` (default ``4 * n_workers``), whichever worker
 ran which lane, with processes or threads. If the sum is not finite (a pair closer than
 about 1e-18 of the system's extent) or the extent is extreme, the call is redone on the
@@ -19,9 +21,10 @@ folder) mapped by :class:`numpy.memmap`; joblib hands a memory map to its worker
 name, so only names, lane numbers and scalars are pickled. With ``n_workers=1`` joblib runs
 the tasks in the calling process. ``prefer="threads"``: joblib's threading backend,
 ``n_workers`` threads of this process sharing an ordinary array; ``pair_blocks`` releases the
-GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N`` doubles in the buffer,
+GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N + 1`` doubles in the buffer,
 reused across calls and grown (doubling) when too small; the exact path also maps the
-inputs for the workers (arrays above :data:`MAX_NBYTES`).
+inputs for the workers (arrays above :data:`MAX_NBYTES`). The double after the
+accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file.
 
 joblib's result collection polls every 10 ms, which sets the floor of a call's time at small
 N (a call whose tasks all finish while they are being dispatched skips it).
@@ -84,6 +87,12 @@ BUFFER_PREFIX = "nbody-joblib-"  #: file names of the processes' shared buffers 
 
 _lock = threading.RLock()
 _runners: dict[str, _Runner] = {}  # prefer -> open pool: one of threads, one of processes
+try:
+    import fcntl  # noqa: F401 - POSIX: the lane counter of the process pool
+
+    _HAVE_FLOCK = True
+except ImportError:  # elsewhere each lane is one task
+    _HAVE_FLOCK = False
 _names = itertools.count()
 
 
@@ -127,7 +136,7 @@ def _results(outcomes) -> list:
 def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
     """Pairs of lane ``lane`` of ``lanes`` into its accumulator (a worker process or thread).
 
-    ``buf`` is the flat shared buffer ``[p (4, N) | lanes x (3, N)]``.
+    ``buf`` is the flat shared buffer ``[p (4, N) | lanes x (3, N) | lane counter]``.
     """
     from backends._pair_kernel import pair_blocks
 
@@ -138,6 +147,35 @@ def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
     acc[...] = 0.0
     pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
     return lane
+
+
+def _lanes(buf, path: str, n: int, lanes: int, eps2: float) -> list[int]:
+    """Take lanes from the counter in ``buf`` until none is left (a worker process).
+
+    The counter is the double after the accumulators; the buffer's file, locked with
+    ``fcntl.flock``, guards it. One such task per worker and call: lanes go to whichever
+    worker is free, and a call does not wait for the parent to hand out each lane (on a busy
+    machine the parent's dispatch threads may wait for a core).
+    """
+    import fcntl
+
+    slot = (4 + 3 * lanes) * n
+    counter = np.asarray(buf)[slot : slot + 1]
+    done = []
+    fd = os.open(path, os.O_RDWR)
+    try:
+        while True:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                lane = int(counter[0])
+                counter[0] = lane + 1
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            if lane >= lanes:
+                return done
+            done.append(_lane(buf, n, lanes, lane, eps2))
+    finally:
+        os.close(fd)
 
 
 def _chunk(masses, positions, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
@@ -198,11 +236,20 @@ class _Runner:
         lanes = lane_count(n, chunks)
         p, s = prepare(m, x, softening)
         if s > 0.0:
-            buf = self.buffer((4 + 3 * lanes) * n)
+            buf = self.buffer((4 + 3 * lanes) * n + 1)
             buf[: 4 * n] = p.reshape(-1)
             eps = softening * s
             task = delayed(_guarded)
-            _results(self.parallel(task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes)))
+            n_workers, prefer = self.key
+            if prefer == "processes" and n_workers > 1 and _HAVE_FLOCK:
+                buf[(4 + 3 * lanes) * n] = 0.0  # the lane counter
+                args = (_lanes, buf, self.path, n, lanes, eps * eps)
+                done = _results(self.parallel(task(*args) for _ in range(n_workers)))
+                if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
+                    raise RuntimeError(f"lanes computed {done}, wanted {lanes}")
+            else:  # threads (or this process): one task per lane, from an in-process queue
+                tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
+                _results(self.parallel(tasks))
             acc = np.asarray(buf[4 * n : (4 + 3 * lanes) * n]).reshape(lanes, 3, n)
             out = sum_lanes(acc, G, s)
             if out is not None:
