@@ -6,8 +6,8 @@ workers share, and cuts the pair triangle into ``chunks`` *lanes* of equal pair 
 (:mod:`backends._pools`: lane ``c`` owns the rows of row blocks ``c`` and
 ``2 chunks - 1 - c``). A lane's block pairs run with
 :func:`backends._pair_kernel.pair_blocks` into the lane's own ``(3, N)`` accumulator in the
-buffer: with processes, one ``joblib.delayed`` task per worker takes lanes from a counter in
-the buffer (:func:`_lanes`) until none is left; with threads, each lane is one task. The
+buffer: one ``joblib.delayed`` task per worker takes lanes from a counter in the buffer
+(:func:`_lanes`) until none is left, so lanes go to whichever worker is free. The
 parent sums the lanes in lane order and multiplies by ``G s**2``. The result
 is the same bit for bit for a given ``chunks`` (default ``4 * n_workers``), whichever worker
 ran which lane, with processes or threads. If the sum is not finite (a pair closer than
@@ -24,7 +24,8 @@ the tasks in the calling process. ``prefer="threads"``: joblib's threading backe
 GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N + 1`` doubles in the buffer,
 reused across calls and grown (doubling) when too small; the exact path also maps the
 inputs for the workers (arrays above :data:`MAX_NBYTES`). The double after the
-accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file.
+accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file
+(processes) or a lock (threads).
 
 joblib's result collection polls every 10 ms, which sets the floor of a call's time at small
 N (a call whose tasks all finish while they are being dispatched skips it).
@@ -49,6 +50,7 @@ the pool is discarded and the next call starts a new one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import multiprocessing.connection
 import os
@@ -149,31 +151,57 @@ def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
     return lane
 
 
-def _lanes(buf, path: str, n: int, lanes: int, eps2: float) -> list[int]:
-    """Take lanes from the counter in ``buf`` until none is left (a worker process).
+def _lanes(buf, path: str | None, n: int, lanes: int, eps2: float) -> list[int]:
+    """Take lanes from the counter in ``buf`` until none is left (a worker process or thread).
 
-    The counter is the double after the accumulators; the buffer's file, locked with
-    ``fcntl.flock``, guards it. One such task per worker and call: lanes go to whichever
-    worker is free, and a call does not wait for the parent to hand out each lane (on a busy
-    machine the parent's dispatch threads may wait for a core).
+    The counter is the double after the accumulators, guarded by ``fcntl.flock`` on the
+    buffer's file ``path`` (processes) or by a lock of this process (threads: ``path`` is
+    None). One such task per worker and call: lanes go to whichever worker is free, and a
+    call does not wait for the parent to hand out each lane (on a busy machine the parent's
+    dispatch threads may wait long for a core).
     """
-    import fcntl
-
     slot = (4 + 3 * lanes) * n
     counter = np.asarray(buf)[slot : slot + 1]
     done = []
-    fd = os.open(path, os.O_RDWR)
-    try:
+    with _counter_lock(path) as lock:
         while True:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
+            with lock:
                 lane = int(counter[0])
                 counter[0] = lane + 1
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
             if lane >= lanes:
                 return done
             done.append(_lane(buf, n, lanes, lane, eps2))
+
+
+_thread_lock = threading.Lock()  # the lane counter's lock in threads mode
+
+
+class _FileLock:
+    """An exclusive ``fcntl.flock`` on an open file, usable as ``with lock:`` many times."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __enter__(self):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _counter_lock(path: str | None):
+    """Yield the lane counter's lock (see :func:`_lanes`)."""
+    if path is None:
+        yield _thread_lock
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        yield _FileLock(fd)
     finally:
         os.close(fd)
 
@@ -241,13 +269,13 @@ class _Runner:
             eps = softening * s
             task = delayed(_guarded)
             n_workers, prefer = self.key
-            if prefer == "processes" and n_workers > 1 and _HAVE_FLOCK:
+            if n_workers > 1 and (prefer == "threads" or _HAVE_FLOCK):
                 buf[(4 + 3 * lanes) * n] = 0.0  # the lane counter
                 args = (_lanes, buf, self.path, n, lanes, eps * eps)
                 done = _results(self.parallel(task(*args) for _ in range(n_workers)))
                 if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
                     raise RuntimeError(f"lanes computed {done}, wanted {lanes}")
-            else:  # threads (or this process): one task per lane, from an in-process queue
+            else:  # one worker (joblib runs it here), or no flock: one task per lane
                 tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
                 _results(self.parallel(tasks))
             acc = np.asarray(buf[4 * n : (4 + 3 * lanes) * n]).reshape(lanes, 3, n)

@@ -405,7 +405,7 @@ def test_a_raising_worker_leaves_no_thread_exception_behind(tmp_path, monkeypatc
             mod.start(n_workers=2)
             fault.touch()
             with pytest.raises(RuntimeError, match="worker raised"):
-                mod.accel(m, x, n_workers=2, chunks=16)  # more tasks than loky's call queue
+                mod.accel(m, x, n_workers=2, chunks=16)
             fault.unlink()
             mod.accel(m, x, n_workers=2, chunks=16)
             mod.close()
