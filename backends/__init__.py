@@ -105,11 +105,11 @@ _REGISTRY: dict[str, _Spec] = {
     ),
     "multiprocessing": _Spec(
         "backends.multiprocessing_shm:accel",
-        "row chunks over a persistent spawn process pool, inputs in shared memory",
+        "spawn process pool, each pair once: lanes of the pair triangle in shared memory",
     ),
     "joblib": _Spec(
         "backends.joblib_chunks:accel",
-        "row chunks over a persistent joblib pool (loky processes or threads)",
+        "joblib pool (loky processes or threads), each pair once: lanes of the pair triangle",
         requires=("joblib",),
         extra="joblib",
     ),

@@ -1,55 +1,213 @@
-"""Backend ``joblib``: row chunks over a persistent :class:`joblib.Parallel` worker pool.
+"""Backend ``joblib``: the pair triangle over a persistent :class:`joblib.Parallel` pool.
 
-Strategy: the rows ``0..N`` are split into ``chunks`` contiguous ranges; each range is one
-``joblib.delayed`` task computing its rows against all N sources with the compiled serial row
-kernel :func:`backends.numba_parallel.accel_block`, which returns its ``(rows, 3)`` block.
+Strategy: each pair is computed once (Newton's third law). The parent makes the scaled
+``(4, N)`` copy of the particles (:func:`backends.numba_parallel._prepare`) in a buffer the
+workers share, and cuts the pair triangle into ``chunks`` *lanes* of equal pair counts
+(:mod:`backends._pools`: lane ``c`` owns the rows of row blocks ``c`` and
+``2 chunks - 1 - c``). A lane's block pairs run with
+:func:`backends._pair_kernel.pair_blocks` into the lane's own ``(3, N)`` accumulator in the
+buffer: one ``joblib.delayed`` task per worker takes lanes from a counter in the buffer
+(:func:`_lanes`) until none is left, so lanes go to whichever worker is free. The
+parent sums the lanes in lane order and multiplies by ``G s**2``. The result
+is the same bit for bit for a given ``chunks`` (default ``4 * n_workers``), whichever worker
+ran which lane, with processes or threads. If the sum is not finite (a pair closer than
+about 1e-18 of the system's extent) or the extent is extreme, the call is redone on the
+exact path: row chunks of :func:`backends.numba_parallel.accel_block`, each returned as a
+small array.
 
 ``prefer="processes"`` (default): joblib's loky backend, ``n_workers`` spawned worker
-processes; arrays larger than :data:`MAX_NBYTES` reach the workers as read-only memory maps
-in joblib's temporary folder (``/dev/shm`` where possible) instead of being pickled into
-every task. With ``n_workers=1`` joblib runs the chunks in the calling process.
-``prefer="threads"``: joblib's threading backend, ``n_workers`` threads of this process
-sharing the arrays; ``accel_block`` is compiled with ``nogil=True``, so the threads run in
-parallel. Memory: O(N) per worker for its block (processes: plus one mapped copy of the
-inputs per call).
+processes. The shared buffer is a file in ``/dev/shm`` (where it exists, else the temporary
+folder) mapped by :class:`numpy.memmap`; joblib hands a memory map to its workers by file
+name, so only names, lane numbers and scalars are pickled. With ``n_workers=1`` joblib runs
+the tasks in the calling process. ``prefer="threads"``: joblib's threading backend,
+``n_workers`` threads of this process sharing an ordinary array; ``pair_blocks`` releases the
+GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N + 1`` doubles in the buffer,
+reused across calls and grown (doubling) when too small; the exact path also maps the
+inputs for the workers (arrays above :data:`MAX_NBYTES`). The double after the
+accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file
+(processes) or a lock (threads).
+
+joblib's result collection polls every 10 ms, which sets the floor of a call's time at small
+N (a call whose tasks all finish while they are being dispatched skips it).
 
 Lifetime: one ``Parallel`` object per ``prefer`` is kept open (entered as a context
 manager) and reused across calls; a call with another ``n_workers`` replaces it, and so
-does a call that finds a worker process gone. :func:`close`,
-:class:`Session`, ``Backend.close()`` and interpreter exit (``atexit``) leave the context,
-shut the loky workers down (loky's executor is process-wide: any other joblib user gets a
-new one) and delete joblib's temporary memory maps. Calls are serialized by a module lock.
+does a call that finds a worker process gone. :func:`close`, :class:`Session`,
+``Backend.close()`` and interpreter exit (``atexit``) leave the context, shut the loky
+workers down (loky's executor is process-wide: any other joblib user gets a new one) and
+delete the shared buffer and joblib's temporary memory maps. Calls are serialized by a
+module lock.
 
-Failures: inputs are validated in the parent. A worker that raises, or dies, makes the call
-raise ``RuntimeError`` (the cause chained); the pool is discarded and the next call starts a
-new one.
+Failures: inputs are validated in the parent. With processes, a script that would make its
+workers re-run the call (no ``if __name__ == "__main__":`` guard) is refused before any
+worker starts (:func:`backends._pools.check_main_guard`). A task that raises returns its
+exception instead (:func:`_guarded`): the call's other tasks finish, then the call raises
+``RuntimeError`` with the worker's exception and traceback chained, and the pool stays
+usable. A worker that dies (killed, crashed) makes the call raise ``RuntimeError`` at once;
+the pool is discarded and the next call starts a new one.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import multiprocessing.connection
+import os
+import pickle
+import tempfile
 import threading
 import time
+import traceback
 
 import numpy as np
 
 from backends._contract import evaluate, validate
-from backends._pools import check_knobs, maybe_inject_fault, row_bounds, warm_worker
+from backends._pools import (
+    WorkerTraceback,
+    check_knobs,
+    check_main_guard,
+    lane_count,
+    lane_tasks,
+    maybe_inject_fault,
+    prepare,
+    row_bounds,
+    startup_failure,
+    sum_lanes,
+    warm_parent,
+    warm_worker,
+)
+from backends._pools import workers as _workers
 
-__all__ = ["MAX_NBYTES", "PREFER", "Session", "accel", "close", "start"]
+__all__ = ["MAX_NBYTES", "PREFER", "Session", "accel", "close", "start", "workers"]
 
 NAME = "joblib"
 PREFER = {"processes": "loky", "threads": "threading"}  #: ``prefer=`` -> joblib backend
 MAX_NBYTES = "64K"  #: arrays above this size are memory-mapped, not pickled (joblib syntax)
 START_TIMEOUT = 300.0  #: seconds for all workers to start and load the kernel
+BUFFER_PREFIX = "nbody-joblib-"  #: file names of the processes' shared buffers start with this
 
 _lock = threading.RLock()
 _runners: dict[str, _Runner] = {}  # prefer -> open pool: one of threads, one of processes
+try:
+    import fcntl  # noqa: F401 - POSIX: the lane counter of the process pool
+
+    _HAVE_FLOCK = True
+except ImportError:  # elsewhere each lane is one task
+    _HAVE_FLOCK = False
+_names = itertools.count()
+
+
+class _WorkerRaised(Exception):
+    """A task's exception, returned (not raised) by :func:`_guarded` and raised here."""
+
+    def __init__(self, exc: BaseException, text: str):
+        super().__init__(exc, text)
+        self.exc = exc
+        self.text = text
+
+
+def _guarded(fn, *args):
+    """Run ``fn(*args)`` in a worker; return ``(result, None)`` or ``(None, (exc, traceback))``.
+
+    An exception is returned, not raised: joblib answers a raised one by shutting the loky
+    executor down with ``kill_workers=True`` while the call's other tasks are still queued,
+    and loky's manager thread then looks up a queued task that shutdown already dropped and
+    dies with an unhandled ``KeyError`` (a race in joblib's vendored loky). A returned
+    failure lets every task finish; the parent raises it, and the pool stays usable.
+    """
+    try:
+        return fn(*args), None
+    except Exception as exc:  # noqa: BLE001 - handed to the parent
+        text = traceback.format_exc()
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot travel
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return None, (exc, text)
+
+
+def _results(outcomes) -> list:
+    """Return the results of :func:`_guarded` tasks; raise the first failure (in task order)."""
+    for _, failure in outcomes:
+        if failure is not None:
+            raise _WorkerRaised(*failure)
+    return [result for result, _ in outcomes]
+
+
+def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
+    """Pairs of lane ``lane`` of ``lanes`` into its accumulator (a worker process or thread).
+
+    ``buf`` is the flat shared buffer ``[p (4, N) | lanes x (3, N) | lane counter]``.
+    """
+    from backends._pair_kernel import pair_blocks
+
+    maybe_inject_fault()
+    buf = np.asarray(buf)  # a joblib memmap becomes a plain (writable) ndarray view
+    p = buf[: 4 * n].reshape(4, n)
+    acc = buf[(4 + 3 * lane) * n : (7 + 3 * lane) * n].reshape(3, n)
+    acc[...] = 0.0
+    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    return lane
+
+
+def _lanes(buf, path: str | None, n: int, lanes: int, eps2: float) -> list[int]:
+    """Take lanes from the counter in ``buf`` until none is left (a worker process or thread).
+
+    The counter is the double after the accumulators, guarded by ``fcntl.flock`` on the
+    buffer's file ``path`` (processes) or by a lock of this process (threads: ``path`` is
+    None). One such task per worker and call: lanes go to whichever worker is free, and a
+    call does not wait for the parent to hand out each lane (on a busy machine the parent's
+    dispatch threads may wait long for a core).
+    """
+    slot = (4 + 3 * lanes) * n
+    counter = np.asarray(buf)[slot : slot + 1]
+    done = []
+    with _counter_lock(path) as lock:
+        while True:
+            with lock:
+                lane = int(counter[0])
+                counter[0] = lane + 1
+            if lane >= lanes:
+                return done
+            done.append(_lane(buf, n, lanes, lane, eps2))
+
+
+_thread_lock = threading.Lock()  # the lane counter's lock in threads mode
+
+
+class _FileLock:
+    """An exclusive ``fcntl.flock`` on an open file, usable as ``with lock:`` many times."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __enter__(self):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info):
+        import fcntl
+
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _counter_lock(path: str | None):
+    """Yield the lane counter's lock (see :func:`_lanes`)."""
+    if path is None:
+        yield _thread_lock
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        yield _FileLock(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunk(masses, positions, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
-    """Rows ``lo:hi`` of the accelerations (runs in a worker process or thread)."""
+    """Rows ``lo:hi`` of the accelerations on the exact path (a worker process or thread)."""
     from backends.numba_parallel import accel_block
 
     maybe_inject_fault()
@@ -73,14 +231,62 @@ class _Runner:
             mmap_mode="r",
         )
         self.parallel.__enter__()
+        self.buf: np.ndarray | None = None  # the shared buffer (processes: a np.memmap)
+        self.path: str | None = None  # its file (processes only)
+
+    def buffer(self, size: int) -> np.ndarray:
+        """Return the shared buffer of at least ``size`` doubles (grown by doubling)."""
+        if self.buf is None or self.buf.shape[0] < size:
+            size = max(size, 2 * (0 if self.buf is None else self.buf.shape[0]), 1 << 13)
+            self.release()
+            if self.key[1] == "threads":
+                self.buf = np.empty(size)
+            else:
+                folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+                self.path = os.path.join(folder, f"{BUFFER_PREFIX}{os.getpid()}-{next(_names)}")
+                self.buf = np.memmap(self.path, np.float64, mode="w+", shape=(size,))
+        return self.buf
+
+    def release(self) -> None:
+        """Drop the shared buffer and delete its file."""
+        self.buf = None
+        path, self.path = self.path, None
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def run(self, m, x, G, softening, chunks) -> np.ndarray:
         from joblib import delayed
 
-        bounds = row_bounds(m.shape[0], chunks)
-        task = delayed(_chunk)
-        blocks = self.parallel(task(m, x, lo, hi, G, softening) for lo, hi in bounds)
-        return np.concatenate(blocks)
+        n = m.shape[0]
+        lanes = lane_count(n, chunks)
+        p, s = prepare(m, x, softening)
+        if s > 0.0:
+            buf = self.buffer((4 + 3 * lanes) * n + 1)
+            buf[: 4 * n] = p.reshape(-1)
+            eps = softening * s
+            task = delayed(_guarded)
+            n_workers, prefer = self.key
+            if n_workers > 1 and (prefer == "threads" or _HAVE_FLOCK):
+                buf[(4 + 3 * lanes) * n] = 0.0  # the lane counter
+                args = (_lanes, buf, self.path, n, lanes, eps * eps)
+                done = _results(self.parallel(task(*args) for _ in range(n_workers)))
+                if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
+                    raise RuntimeError(f"lanes computed {done}, wanted {lanes}")
+            else:  # one worker (joblib runs it here), or no flock: one task per lane
+                tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
+                _results(self.parallel(tasks))
+            acc = np.asarray(buf[4 * n : (4 + 3 * lanes) * n]).reshape(lanes, 3, n)
+            out = sum_lanes(acc, G, s)
+            if out is not None:
+                return out
+        # extreme extent, or a pair too close for the fast path: exact row kernel
+        task = delayed(_guarded)
+        bounds = row_bounds(n, chunks)
+        blocks = self.parallel(task(_chunk, m, x, lo, hi, G, softening) for lo, hi in bounds)
+        return np.concatenate(_results(blocks))
 
     def warm(self) -> tuple[int, ...]:
         """Run short warm-up tasks until every worker has answered (or a deadline passes)."""
@@ -114,6 +320,7 @@ class _Runner:
         self.parallel.__exit__(None, None, None)
         if executor is not None:
             executor.terminate(kill_workers=True)
+        self.release()
 
 
 def _get_runner(n_workers: int, prefer: str) -> _Runner:
@@ -149,9 +356,15 @@ def _run(m, x, G, softening, n_workers, chunks, prefer) -> np.ndarray:
         runner = _get_runner(n_workers, prefer)
         try:
             return runner.run(m, x, G, softening, chunks)
+        except _WorkerRaised as raised:  # every task has ended: the pool stays usable
+            exc = raised.exc
+            exc.__cause__ = WorkerTraceback(raised.text)
+            raise RuntimeError(
+                f"backend {NAME!r}: a worker raised {type(exc).__name__}: {exc}"
+            ) from exc
         except Exception as exc:
             _discard(prefer)
-            what = "died" if "Terminated" in type(exc).__name__ else "raised"
+            what = "died" if "Terminated" in type(exc).__name__ else "failed"
             raise RuntimeError(
                 f"backend {NAME!r}: a worker {what} during the call ({type(exc).__name__}: "
                 f"{exc}); the pool was shut down and the next call starts a new one"
@@ -168,13 +381,28 @@ def start(*, n_workers=None, prefer="processes") -> tuple[int, ...]:
     """
     n_workers, _ = check_knobs(n_workers, None)
     prefer = _check_prefer(prefer)
+    if prefer == "processes" and n_workers > 1:
+        check_main_guard(NAME)
+    warm_parent()
     with _lock:
         runner = _get_runner(n_workers, prefer)
         try:
             return runner.warm()
         except Exception as exc:
             _discard(prefer)
-            raise RuntimeError(f"backend {NAME!r}: the worker pool failed to start: {exc}") from exc
+            raise RuntimeError(
+                f"backend {NAME!r}: a worker failed to start: {startup_failure(exc)}"
+            ) from exc
+
+
+def workers(n_workers=None, prefer="processes") -> int:
+    """Return the number of workers (processes or threads) a call with these knobs uses.
+
+    ``n_workers=None`` means the usable cores. With ``n_workers=1`` joblib runs the tasks
+    in the calling process, which is still one worker.
+    """
+    _check_prefer(prefer)
+    return _workers(n_workers)
 
 
 def close() -> None:
@@ -194,7 +422,7 @@ def _close_at_exit() -> None:
 def accel(
     masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=None, prefer="processes"
 ) -> np.ndarray:
-    """Gravitational accelerations, row chunks over a persistent joblib pool.
+    """Gravitational accelerations, each pair once, lanes over a persistent joblib pool.
 
     Parameters
     ----------
@@ -207,7 +435,9 @@ def accel(
     n_workers : int, optional
         Worker processes or threads; default the number of usable cores.
     chunks : int, optional
-        Row chunks per call (tasks); default ``4 * n_workers``, at most N.
+        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
+        ``3 N`` doubles); default ``4 * n_workers``, at most ``N // 2``. The result depends
+        on ``chunks`` (the order of summation), never on ``n_workers`` or ``prefer``.
     prefer : {"processes", "threads"}, optional
         joblib's loky process backend (default) or its threading backend.
 
@@ -218,10 +448,13 @@ def accel(
     Raises
     ------
     RuntimeError
-        A worker raised or died during the call.
+        A worker raised or died during the call; or, with processes, the call comes from a
+        script's top level outside ``if __name__ == "__main__":``.
     """
     n_workers, chunks = check_knobs(n_workers, chunks)
     prefer = _check_prefer(prefer)
+    if prefer == "processes" and n_workers > 1:
+        check_main_guard(NAME)
     inp = validate(masses, positions, G, softening)
     return evaluate(NAME, inp, _run, n_workers, chunks, prefer)
 

@@ -1,16 +1,27 @@
-"""Backend ``multiprocessing``: row chunks over a persistent spawn-context process pool.
+"""Backend ``multiprocessing``: the pair triangle over a persistent spawn-context process pool.
 
-Strategy: the rows ``0..N`` are split into ``chunks`` contiguous ranges; each range is one
-task for a :class:`concurrent.futures.ProcessPoolExecutor` of ``n_workers`` processes started
-with the ``spawn`` method (safe after Numba or JAX threads exist in the parent). A task
-computes its rows against all N sources with the compiled serial row kernel
-:func:`backends.numba_parallel.accel_block` and returns its ``(rows, 3)`` block.
+Strategy: each pair is computed once (Newton's third law). The parent makes the scaled
+``(4, N)`` copy of the particles (:func:`backends.numba_parallel._prepare`) in one
+:mod:`multiprocessing.shared_memory` segment; the pair triangle is cut into ``chunks``
+*lanes* of equal pair counts (:mod:`backends._pools`: lane ``c`` owns the rows of row blocks
+``c`` and ``2 chunks - 1 - c``). A :class:`concurrent.futures.ProcessPoolExecutor` of
+``n_workers`` processes started with the ``spawn`` method (safe after Numba or JAX threads
+exist in the parent) gets one task per worker; each task takes lane numbers from a shared
+counter (:func:`_lanes`) until none is left and runs each lane's block pairs with
+:func:`backends._pair_kernel.pair_blocks` into the lane's own ``(3, N)`` accumulator in the
+segment. The parent sums the lanes in lane order and multiplies by ``G s**2``. Lanes go
+to whichever worker is free (a worker slowed by another program takes fewer), and a call
+costs one round trip per worker, not per lane; yet the sum does not depend on which worker
+ran a lane: the result is the same bit for bit for a given ``chunks`` (default
+``4 * n_workers``). If the
+sum is not finite (a pair closer than about 1e-18 of the system's extent) or the extent is
+extreme, the call is redone on the exact path: row chunks of the non-symmetric row kernel
+:func:`backends.numba_parallel.accel_block`, each returned as a small array.
 
-Data path: the parent copies ``masses`` and ``positions`` into one
-:mod:`multiprocessing.shared_memory` segment (``[m (N) | x (N, 3)]`` float64), reused across
-calls and grown (doubling) when N outgrows it; workers attach to it by name and keep the
-mapping. Only the segment name, row range and scalars travel through the task queue; results
-come back as small arrays. Memory: 32 N bytes shared, plus O(N) per worker for its block.
+Data path: only the segment name, N, lane numbers and scalars travel through the task
+queue. Memory: one segment of ``(8 + 3 chunks) N`` doubles (``[m | x | p | lanes]``, the
+masses and positions only written for the exact path), reused across calls and grown
+(doubling) when it is too small; workers attach by name and keep the mapping.
 
 Lifetime: the pool and the segment are created on first use and reused; a call with a
 different ``n_workers`` replaces the pool, and so does a call that finds a worker gone.
@@ -18,11 +29,14 @@ different ``n_workers`` replaces the pool, and so does a call that finds a worke
 exit (``atexit``) shut the workers down and unlink the segment. Calls are serialized by a
 module lock (one pool, one segment).
 
-Failures: inputs are validated in the parent. A worker that raises makes the call raise
-``RuntimeError`` (the worker's exception and traceback chained) once the chunks already
-running have finished; the pool stays usable. A worker that dies (killed, crashed) breaks
-the pool at once: the call raises ``RuntimeError`` within moments, the pool is discarded and
-the next call builds a new one.
+Failures: inputs are validated in the parent. A script that would make its workers re-run
+the call (no ``if __name__ == "__main__":`` guard) is refused before any worker starts
+(:func:`backends._pools.check_main_guard`). A worker whose start-up raises (say, Numba is
+missing) makes the start fail with that exception's last traceback line. A worker that
+raises during a call makes the call raise ``RuntimeError`` (the worker's exception and
+traceback chained) once the lanes already running have finished; the pool stays usable. A
+worker that dies (killed, crashed) breaks the pool at once: the call raises
+``RuntimeError`` within moments, the pool is discarded and the next call builds a new one.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import threading
+import traceback
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import shared_memory
@@ -40,9 +55,23 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from backends._contract import evaluate, validate
-from backends._pools import check_knobs, maybe_inject_fault, row_bounds, warm_kernel
+from backends._pools import (
+    WorkerTraceback,
+    check_knobs,
+    check_main_guard,
+    lane_count,
+    lane_tasks,
+    maybe_inject_fault,
+    prepare,
+    row_bounds,
+    startup_failure,
+    sum_lanes,
+    warm_kernel,
+    warm_parent,
+)
+from backends._pools import workers as _workers
 
-__all__ = ["Session", "accel", "close", "start"]
+__all__ = ["Session", "accel", "close", "start", "workers"]
 
 NAME = "multiprocessing"
 SEGMENT_PREFIX = "nbody-mp-"  #: /dev/shm names of this backend's segments start with this
@@ -56,20 +85,45 @@ _names = itertools.count()
 # worker side (runs in the spawned children)
 
 _barrier = None
+_next_lane = None  # shared counter: the next lane of the current call a worker may take
 _segment: shared_memory.SharedMemory | None = None
+_startup_error: tuple[str, str] | None = None  # (last traceback line, traceback)
 
 
-def _init_worker(barrier) -> None:
-    """Keep the start-up barrier and load (compile or read from cache) the row kernel."""
-    global _barrier
+def _init_worker(barrier, next_lane) -> None:
+    """Keep the start-up barrier and load (compile or read from cache) the kernels.
+
+    An exception is kept for :func:`_ready` to report: raised here, it would only break the
+    pool, and the parent would never learn what it was.
+    """
+    global _barrier, _next_lane, _startup_error
     _barrier = barrier
-    warm_kernel()
+    _next_lane = next_lane
+    try:
+        warm_kernel()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent by _ready
+        _startup_error = (startup_failure(exc), traceback.format_exc())
 
 
 def _ready(timeout: float) -> int:
     """Wait until every worker is up (one task per worker), return this worker's pid."""
+    if _startup_error is not None:
+        _barrier.abort()  # the other workers stop waiting for this one
+        raise WorkerStartError(*_startup_error)
     _barrier.wait(timeout)
     return os.getpid()
+
+
+class WorkerStartError(RuntimeError):
+    """A worker's start-up raised: ``line`` is its traceback's last line."""
+
+    def __init__(self, line: str, text: str = ""):
+        super().__init__(line, text)
+        self.line = line
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.line
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -82,8 +136,37 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     return _segment
 
 
+def _lane(name: str, n: int, lanes: int, lane: int, eps2: float) -> int:
+    """Pairs of lane ``lane`` of ``lanes`` into its accumulator in segment ``name``."""
+    from backends._pair_kernel import pair_blocks
+
+    maybe_inject_fault()
+    buf = _attach(name).buf
+    p = np.ndarray((4, n), np.float64, buf, offset=32 * n)
+    acc = np.ndarray((3, n), np.float64, buf, offset=(64 + 24 * lane) * n)
+    acc[...] = 0.0
+    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    return lane
+
+
+def _lanes(name: str, n: int, lanes: int, eps2: float) -> list[int]:
+    """Take lanes from the shared counter until none is left; return those computed.
+
+    One such task per worker and call: a worker slowed by another program takes fewer lanes,
+    and a call costs one round trip per worker, not one per lane.
+    """
+    done = []
+    while True:
+        with _next_lane.get_lock():
+            lane = _next_lane.value
+            _next_lane.value = lane + 1
+        if lane >= lanes:
+            return done
+        done.append(_lane(name, n, lanes, lane, eps2))
+
+
 def _chunk(name: str, n: int, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
-    """Rows ``lo:hi`` of the accelerations of the N particles held in segment ``name``."""
+    """Rows ``lo:hi`` of the accelerations on the exact path (segment ``name``: m, x)."""
     from backends.numba_parallel import accel_block
 
     maybe_inject_fault()
@@ -104,38 +187,44 @@ class _Pool:
         ctx = multiprocessing.get_context("spawn")
         self.n_workers = n_workers
         self.segment: shared_memory.SharedMemory | None = None
+        self.next_lane = ctx.Value("q", 0)
         self.executor = ProcessPoolExecutor(
-            n_workers, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Barrier(n_workers),)
+            n_workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(ctx.Barrier(n_workers), self.next_lane),
         )
         # spawn every worker now (one task each, held at a barrier) so that calls find them warm
+        futures = []
         try:
             futures = [self.executor.submit(_ready, START_TIMEOUT) for _ in range(n_workers)]
-            self.pids = tuple(f.result(timeout=START_TIMEOUT + 10) for f in futures)
+            wait(futures, timeout=START_TIMEOUT + 10)
+            self.pids = tuple(f.result(timeout=0) for f in futures)
         except Exception as exc:
+            cause = _start_cause(futures, exc)
             self.shutdown(kill=True)
-            raise RuntimeError(
-                f"backend {NAME!r}: the worker pool failed to start ({exc}); spawned workers "
-                "import the main module, so scripts need the `if __name__ == '__main__':` guard"
-            ) from exc
+            message = f"backend {NAME!r}: a worker failed to start: {cause}"
+            if isinstance(cause, BaseException):
+                raise RuntimeError(message) from cause
+            raise RuntimeError(message) from None  # the message says all the parent knows
         except BaseException:
             self.shutdown(kill=True)
             raise
 
-    def load(self, m: np.ndarray, x: np.ndarray) -> str:
-        """Copy the particles into the shared segment (grown if needed); return its name."""
-        n = m.shape[0]
-        need = 32 * n
+    def reserve(self, n: int, lanes: int) -> str:
+        """Make the segment hold ``[m | x | p | lanes accumulators]`` for N; return its name."""
+        need = (64 + 24 * lanes) * n
         if self.segment is None or self.segment.size < need:
             old = 0 if self.segment is None else self.segment.size
             self._unlink()
             name = f"{SEGMENT_PREFIX}{os.getpid()}-{next(_names)}"
             size = max(need, 2 * old, 1 << 16)
             self.segment = shared_memory.SharedMemory(name=name, create=True, size=size)
-        flat = np.ndarray((4 * n,), np.float64, self.segment.buf)
-        flat[:n] = m
-        flat[n:] = x.reshape(-1)
-        del flat  # no view may outlive the call, or the segment could not be closed
         return self.segment.name
+
+    def view(self, shape: tuple[int, ...], offset: int) -> np.ndarray:
+        """Return a float64 view of the segment (none may outlive the call: close would fail)."""
+        return np.ndarray(shape, np.float64, self.segment.buf, offset=offset)
 
     def _unlink(self) -> None:
         if self.segment is not None:
@@ -176,38 +265,73 @@ def _discard(kill: bool = False) -> None:
         pool.shutdown(kill=kill)
 
 
+def _start_cause(futures, exc: BaseException) -> BaseException | str:
+    """Return the most telling start-up failure: a worker's own exception comes first."""
+    errors = [f.exception(timeout=0) for f in futures if f.done() and not f.cancelled()]
+    for err in errors:
+        if isinstance(err, WorkerStartError):
+            err.__cause__ = WorkerTraceback(err.text)
+            return err
+    if isinstance(exc, BrokenProcessPool):
+        return (
+            "a worker process exited before it was ready (its own error, if any, was printed "
+            "on standard error above)"
+        )
+    return exc
+
+
+def _submit_all(pool: _Pool, fn, args_list: list[tuple]) -> list:
+    """Run ``fn(*args)`` for each args on the pool; return the results in order.
+
+    A worker that raises: the call raises ``RuntimeError`` after the running tasks ended.
+    A worker that dies: the pool is discarded and the call raises ``RuntimeError``.
+    """
+    futures = []
+    try:
+        futures = [pool.executor.submit(fn, *args) for args in args_list]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        return [fut.result() for fut in futures]
+    except BrokenProcessPool as exc:
+        _discard(kill=True)
+        raise RuntimeError(
+            f"backend {NAME!r}: a worker process died during the call (killed or crashed); "
+            "the pool was shut down and the next call starts a new one"
+        ) from exc
+    except Exception as exc:
+        for fut in futures:
+            fut.cancel()
+        wait(futures)  # tasks already running finish; none may outlive the call
+        raise RuntimeError(
+            f"backend {NAME!r}: a worker raised {type(exc).__name__}: {exc}"
+        ) from exc
+    except BaseException:  # KeyboardInterrupt and the like: stop everything now
+        _discard(kill=True)
+        raise
+
+
 def _run(m, x, G, softening, n_workers, chunks) -> np.ndarray:
     n = m.shape[0]
+    lanes = lane_count(n, chunks)
+    p, s = prepare(m, x, softening)
     with _lock:
         pool = _get_pool(n_workers)
-        name = pool.load(m, x)
+        name = pool.reserve(n, lanes)
+        if s > 0.0:
+            pool.view((4, n), 32 * n)[...] = p
+            eps = softening * s
+            pool.next_lane.value = 0
+            done = _submit_all(pool, _lanes, [(name, n, lanes, eps * eps)] * pool.n_workers)
+            if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
+                raise RuntimeError(f"backend {NAME!r}: lanes computed {done}, wanted {lanes}")
+            out = sum_lanes(pool.view((lanes, 3, n), 64 * n), G, s)
+            if out is not None:
+                return out
+        # extreme extent, or a pair too close for the fast path: exact row kernel
+        pool.view((n,), 0)[...] = m
+        pool.view((n, 3), 8 * n)[...] = x
         bounds = row_bounds(n, chunks)
-        futures = []
-        try:
-            futures = [
-                pool.executor.submit(_chunk, name, n, lo, hi, G, softening) for lo, hi in bounds
-            ]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            out = np.empty((n, 3))
-            for (lo, hi), fut in zip(bounds, futures, strict=True):
-                out[lo:hi] = fut.result()
-            return out
-        except BrokenProcessPool as exc:
-            _discard(kill=True)
-            raise RuntimeError(
-                f"backend {NAME!r}: a worker process died during the call (killed or crashed); "
-                "the pool was shut down and the next call starts a new one"
-            ) from exc
-        except Exception as exc:
-            for fut in futures:
-                fut.cancel()
-            wait(futures)  # chunks already running finish; none may outlive the call
-            raise RuntimeError(
-                f"backend {NAME!r}: a worker raised {type(exc).__name__}: {exc}"
-            ) from exc
-        except BaseException:  # KeyboardInterrupt and the like: stop everything now
-            _discard(kill=True)
-            raise
+        blocks = _submit_all(pool, _chunk, [(name, n, lo, hi, G, softening) for lo, hi in bounds])
+        return np.concatenate(blocks)
 
 
 def start(*, n_workers=None) -> tuple[int, ...]:
@@ -217,8 +341,15 @@ def start(*, n_workers=None) -> tuple[int, ...]:
     start-up cost. ``n_workers`` as in :func:`accel`.
     """
     n_workers, _ = check_knobs(n_workers, None)
+    check_main_guard(NAME)
+    warm_parent()
     with _lock:
         return _get_pool(n_workers).pids
+
+
+def workers(n_workers=None) -> int:
+    """Return the number of worker processes a call with this ``n_workers=`` uses."""
+    return _workers(n_workers)
 
 
 def close() -> None:
@@ -237,7 +368,7 @@ def _close_at_exit() -> None:
 
 
 def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=None) -> np.ndarray:
-    """Gravitational accelerations, row chunks over a persistent pool of worker processes.
+    """Gravitational accelerations, each pair once, lanes over a persistent process pool.
 
     Parameters
     ----------
@@ -251,7 +382,9 @@ def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=Non
         Worker processes; default the number of usable cores. A value different from the
         running pool's replaces the pool.
     chunks : int, optional
-        Row chunks per call (tasks); default ``4 * n_workers``, at most N.
+        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
+        ``3 N`` doubles); default ``4 * n_workers``, at most ``N // 2``. The result depends
+        on ``chunks`` (the order of summation), never on ``n_workers``.
 
     Returns
     -------
@@ -260,9 +393,11 @@ def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=Non
     Raises
     ------
     RuntimeError
-        A worker raised or died during the call.
+        A worker raised or died during the call, or failed to start; or the call comes from
+        a script's top level outside ``if __name__ == "__main__":``.
     """
     n_workers, chunks = check_knobs(n_workers, chunks)
+    check_main_guard(NAME)
     inp = validate(masses, positions, G, softening)
     return evaluate(NAME, inp, _run, n_workers, chunks)
 

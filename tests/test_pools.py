@@ -1,14 +1,16 @@
-"""The process-pool backends: knobs, pool reuse and release, worker failures, clean exit.
+"""The process-pool backends: the pair decomposition, knobs, determinism, pool reuse and
+release, worker failures (start-up, raise, kill), unguarded scripts, clean exit.
 
 Real processes only: workers are killed with SIGKILL from the test, and made to raise through
-the private test hook ``backends._pools.FAULT_ENV`` (a file whose existence makes every chunk
-raise in the worker).
+the private test hook ``backends._pools.FAULT_ENV`` (a file whose existence makes every task
+raise in the worker). Scripts are run in real subprocesses and their output is counted.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import py_compile
 import signal
 import subprocess
 import sys
@@ -63,7 +65,12 @@ def children() -> set[int]:
 def segments(pid=None) -> set[str]:
     """This process's shared-memory entries: our segments, joblib's folders, loky's semaphores."""
     pid = os.getpid() if pid is None else pid
-    mine = (f"nbody-mp-{pid}-", f"joblib_memmapping_folder_{pid}_", f"sem.loky-{pid}-")
+    mine = (
+        f"nbody-mp-{pid}-",
+        f"nbody-joblib-{pid}-",
+        f"joblib_memmapping_folder_{pid}_",
+        f"sem.loky-{pid}-",
+    )
     return {e for e in os.listdir("/dev/shm") if e.startswith(mine)}
 
 
@@ -81,6 +88,51 @@ def exited(pid: int) -> bool:
         return not alive(pid) and os.listdir(f"/proc/{pid}/task") == [str(pid)]
     except OSError:
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the decomposition of the pair triangle
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16, 33, 200, 1001])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 8, 64])
+def test_lanes_hold_every_pair_exactly_once(n, chunks):
+    lanes = _pools.lane_count(n, chunks)
+    seen = np.zeros((n, n), dtype=int)
+    for lane in range(lanes):
+        for a0, a1, b0, b1 in _pools.lane_tasks(n, lanes, lane):
+            assert 0 <= a0 < a1 <= n and 0 <= b0 < b1 <= n
+            if (a0, a1) == (b0, b1):  # a diagonal block: pairs i < j of the block
+                seen[a0:a1, b0:b1] += np.triu(np.ones((a1 - a0, a1 - a0), dtype=int), 1)
+            else:
+                assert a1 <= b0  # a rectangle strictly above the diagonal
+                seen[a0:a1, b0:b1] += 1
+    np.testing.assert_array_equal(seen, np.triu(np.ones((n, n), dtype=int), 1))
+
+
+@pytest.mark.parametrize("chunks", [2, 4, 8, 16])
+def test_lanes_are_balanced(chunks):
+    n = 20_000
+    lanes = _pools.lane_count(n, chunks)
+    pairs = []
+    for lane in range(lanes):
+        count = 0
+        for a0, a1, b0, b1 in _pools.lane_tasks(n, lanes, lane):
+            k = a1 - a0
+            count += k * (k - 1) // 2 if (a0, a1) == (b0, b1) else k * (b1 - b0)
+        pairs.append(count)
+    assert sum(pairs) == n * (n - 1) // 2
+    assert max(pairs) / min(pairs) < 1.001, pairs
+
+
+def test_workers_reports_the_effective_count():
+    for name in MODULES:
+        mod = _module(name)
+        assert mod.workers() == _pools.usable_cores()
+        assert mod.workers(3) == 3
+        with pytest.raises(ValueError, match="n_workers must be a positive integer"):
+            mod.workers(0)
+    assert _module("joblib").workers(2, prefer="threads") == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +186,39 @@ def test_knobs_do_not_change_the_answer(name, opts):
         ref = reference.accel(m, x, 0.7, softening=0.01)
         out = mod.accel(m, x, 0.7, softening=0.01, n_workers=2, chunks=chunks, **opts)
         assert backends.relative_error(out, ref) <= TOL, (n, chunks)
+
+
+def test_results_depend_on_chunks_only_and_match_numba_parallel():
+    """Bitwise the same for any worker count and pool kind; within 1e-13 of the threads."""
+    from backends import numba_parallel
+
+    m, x = random_system(3001, seed=11)
+    ref = numba_parallel.accel(m, x, 0.5, softening=0.003)
+    outs = []
+    for name, opts in [("multiprocessing", {}), ("joblib", {}), ("joblib", {"prefer": "threads"})]:
+        mod = _module(name)
+        for n_workers in (1, 2, 3):
+            out = mod.accel(m, x, 0.5, softening=0.003, n_workers=n_workers, chunks=8, **opts)
+            outs.append((name, opts, n_workers, out))
+    for name, opts, n_workers, out in outs:
+        np.testing.assert_array_equal(out, outs[0][3], err_msg=f"{name} {opts} {n_workers}")
+    assert backends.relative_error(outs[0][3], ref) <= 1e-13
+
+
+@pytest.mark.parametrize(("name", "opts"), MODES)
+@pytest.mark.parametrize("case", ["close pair", "huge extent"])
+def test_the_exact_path_takes_over(name, opts, case):
+    """A pair too close for the fast path, or an extent too large for the scaling."""
+    mod = _module(name)
+    m, x = random_system(300, seed=12)
+    if case == "close pair":
+        x[0] = 0.0
+        x[1] = [3e-19, 0.0, 0.0]  # separated, but r2 below the fast path's range
+    else:
+        x = x * 2.0**185  # half-extent above 2**179: no power-of-two scaling
+    ref = reference.accel(m, x, 1.0, softening=0.0)
+    out = mod.accel(m, x, n_workers=2, **opts)
+    assert backends.relative_error(out, ref) <= TOL
 
 
 def test_joblib_threads_give_the_same_results_as_processes():
@@ -301,6 +386,59 @@ def test_worker_that_raises_fails_the_call_and_the_next_call_works(
         mod.close()  # its workers carry the hook's environment variable
 
 
+def test_a_raising_worker_leaves_no_thread_exception_behind(tmp_path, monkeypatch):
+    """joblib/loky: a failing call must not make loky's manager thread die of a KeyError.
+
+    Raising in a task made joblib shut the executor down with ``kill_workers=True`` while
+    other tasks were queued, and loky's manager thread then raised ``KeyError`` on a task
+    that shutdown had dropped (an unhandled thread exception, about one call in eight).
+    Repeated here with every thread exception recorded.
+    """
+    mod = _module("joblib")
+    fault = tmp_path / "fault"
+    hits = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: hits.append(args.exc_value))
+    monkeypatch.setenv(_pools.FAULT_ENV, str(fault))
+    m, x = random_system(100, seed=6)
+    try:
+        for _ in range(6):
+            mod.start(n_workers=2)
+            fault.touch()
+            with pytest.raises(RuntimeError, match="worker raised"):
+                mod.accel(m, x, n_workers=2, chunks=16)
+            fault.unlink()
+            mod.accel(m, x, n_workers=2, chunks=16)
+            mod.close()
+    finally:
+        mod.close()
+    assert not hits, hits
+
+
+@pytest.mark.parametrize(("name", "opts"), PROCESS_MODES)
+def test_worker_start_up_failure_reports_the_real_exception(name, opts, tmp_path, monkeypatch):
+    """A worker whose start-up raises: the error names that exception, not a guess."""
+    mod = _module(name)
+    mod.close()
+    import numba  # noqa: F401 - this process keeps the real Numba
+
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("numba is broken in this test")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers start with this sys.path
+    base = children()
+    try:
+        with pytest.raises(RuntimeError, match="failed to start") as info:
+            mod.start(n_workers=2, **opts)
+        assert "ImportError: numba is broken in this test" in str(info.value)
+        assert "__main__" not in str(info.value)
+    finally:
+        mod.close()
+    deadline = time.monotonic() + 10.0
+    while children() - base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not children() - base
+
+
 def test_fault_hook_in_threads_mode(tmp_path, monkeypatch):
     mod = _module("joblib")
     fault = tmp_path / "fault"
@@ -357,3 +495,92 @@ def test_interpreter_exit_leaves_nothing_behind(tmp_path):
     assert not [p for p in pids if alive(p)], "orphan worker processes"
     leftovers = [e for e in os.listdir("/dev/shm") if f"-{parent}-" in e or f"_{parent}_" in e]
     assert not leftovers, leftovers
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts without the ``if __name__ == "__main__":`` guard
+
+UNGUARDED = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+    import backends
+
+    print("the script's own output")
+    rng = np.random.default_rng(0)
+    m, x = rng.random(200), rng.standard_normal((200, 3))
+    a = backends.accel(m, x, backend=sys.argv[1], n_workers=2)
+    print("finished", a.shape)
+    """
+)
+
+
+def _run_script(path, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(path), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return proc, (proc.stdout + proc.stderr).splitlines()
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_unguarded_script_gets_one_clear_error(name, tmp_path):
+    _module(name)
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    proc, lines = _run_script(script, name)
+    assert proc.returncode == 1, lines
+    assert proc.stdout.splitlines() == ["the script's own output"], lines  # not re-run
+    assert proc.stderr.count('outside `if __name__ == "__main__":`') == 1, lines
+    assert "unguarded.py (line 10)" in proc.stderr, lines
+    assert len(lines) <= 20, "\n".join(lines)  # one traceback, not one per worker
+
+
+def test_guarded_script_runs(tmp_path):
+    body = UNGUARDED.split('print("the script')
+    guarded = (
+        body[0]
+        + 'if __name__ == "__main__":\n'
+        + textwrap.indent('print("the script' + body[1], "    ")
+    )
+    script = tmp_path / "guarded.py"
+    script.write_text(guarded)
+    for name in MODULES:
+        _module(name)
+        proc, out = _run_script(script, name)
+        assert proc.returncode == 0, out
+        assert out == ["the script's own output", "finished (200, 3)"], out
+
+
+def test_unguarded_compiled_script_is_stopped_in_the_workers(tmp_path):
+    """No source for the parent to read (a .pyc): each worker stops with one line."""
+    _module("multiprocessing")
+    source = tmp_path / "unguarded.py"
+    source.write_text(UNGUARDED)
+    compiled = tmp_path / "unguarded.pyc"
+    py_compile.compile(str(source), cfile=str(compiled), doraise=True)
+    source.unlink()
+    proc, lines = _run_script(compiled, "multiprocessing")
+    assert proc.returncode == 1, lines
+    assert "called while a worker process imported the main module" in proc.stderr, lines
+    assert "failed to start" in proc.stderr, lines
+    assert "finished" not in proc.stdout, lines
+    assert len(lines) <= 40, "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("source", "guarded"),
+    [
+        ('if __name__ == "__main__":\n    call()\n', True),
+        ("if '__main__' == __name__:\n    call()\n", True),
+        ('if __name__ != "__main__":\n    pass\nelse:\n    call()\n', False),
+        ('if __name__ == "__main__" or True:\n    call()\n', False),
+        ("call()\n", False),
+    ],
+)
+def test_guard_detection(source, guarded, tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text(source)
+    ranges = _pools._guarded_lines(str(path))
+    line = source.splitlines().index("    call()" if guarded else source.splitlines()[-1]) + 1
+    assert any(lo <= line <= hi for lo, hi in ranges) == guarded
