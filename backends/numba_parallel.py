@@ -74,30 +74,34 @@ their share of the rows.
 
 from __future__ import annotations
 
+import functools
+
+import numba
 import numpy as np
 from numba import njit, parallel_chunksize, prange
 
-from backends._contract import evaluate, validate
+from backends._contract import check_precision, evaluate, validate
+from backends._pair_kernel import FM as _FM
+from backends._pair_kernel import TILE, TILE32, inv_r3, pair_block, pair_block32, wide_vectors
 
-__all__ = ["LANES", "TILE", "accel", "accel_block"]
+__all__ = [
+    "MIN_BLOCK",
+    "TILE",
+    "accel",
+    "accel_block",
+    "block_count",
+    "prepare",
+    "schedule",
+    "simd_report",
+    "thread_work",
+]
 
-LANES = 8  #: fixed number of accumulator lanes of the symmetric parallel kernel
-TILE = 4096  #: sources per cache tile (7 * TILE doubles touched per tile)
-
-_FM = {"reassoc", "contract", "afn", "arcp", "nsz"}
-_ROWS = 256  # rows per parallel block of the reduction and of the exact path
+MIN_BLOCK = 64  #: fewest rows per block (smaller N gets fewer blocks than 2 per thread)
+BLOCKS_PER_THREAD = 2  #: row blocks per thread (at least 2: a round has nb / 2 block pairs)
+_ROWS = 256  # rows per parallel block of the exact path
 _TINY = 2.0**-120  # smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
-
-
-@njit(inline="always", fastmath=_FM, error_model="numpy")
-def _inv_r3(r2):
-    """``r2 ** -1.5`` for ``r2 > 0`` from the float32 estimate (docstring step 3)."""
-    q = r2 if r2 >= _TINY else 0.0  # out of float32 range: NaN below, then the exact path
-    y = np.float64(np.float32(1.0) / np.sqrt(np.float32(q)))
-    y2 = y * y
-    e = 1.0 - r2 * y2
-    y3 = y * y2
-    return y3 + (y3 * e) * (1.5 + 1.875 * e)
+_MASS_RANGE = 2.0**-100  # float32 mode: smaller masses relative to the largest use float64
+_inv_r3 = inv_r3
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -155,47 +159,148 @@ def _prepare(m, x, softening):
     return _soa(m, x, s if s > 0.0 else 1.0), s
 
 
+prepare = _prepare  #: ``prepare(m, x, softening) -> (p, s)``: the float64 inputs of the kernels
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _prepare32(m, x, softening):
+    """Float32 ``(7, N)`` SoA of centred, scaled coordinates and scaled masses.
+
+    Returns ``(p, s, sm)``: rows x, y, z, m, and the float32 residuals of x, y, z (``hi +
+    lo`` holds each coordinate to about 2**-48 of the extent). Coordinates are ``(x - c) *
+    s`` with ``c`` the centre of the bounding box and ``s`` a power of two putting ``max(extent, softening) * s`` in ``[1, 2)``; masses
+    ``m * sm`` with ``sm`` a power of two putting the largest mass in ``[1, 2)``. ``s == 0``:
+    the inputs are out of float32's reach (extent above 2**179, or a non-zero mass below
+    2**-100 of the largest); the caller uses float64.
+    """
+    n = m.shape[0]
+    p = np.zeros((7, n), dtype=np.float32)
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    _bounds(x, lo, hi)
+    half = 0.5 * softening
+    for k in range(3):
+        half = max(half, 0.5 * hi[k] - 0.5 * lo[k])
+    mmax = 0.0
+    mmin = np.inf
+    for i in range(n):
+        mmax = max(mmax, m[i])
+        if m[i] > 0.0:
+            mmin = min(mmin, m[i])
+    if half > 2.0**179 or (mmax > 0.0 and mmin < mmax * _MASS_RANGE):
+        return p, 0.0, 0.0
+    s = 1.0
+    if half > 0.0:
+        while half * s >= 1.0:
+            s *= 0.5
+        while half * s < 0.5:
+            s *= 2.0
+    sm = 1.0
+    if mmax > 0.0:
+        while mmax * sm >= 2.0:
+            sm *= 0.5
+        while mmax * sm < 1.0:
+            sm *= 2.0
+    for i in range(n):
+        for k in range(3):
+            c = (x[i, k] - (0.5 * lo[k] + 0.5 * hi[k])) * s
+            h = np.float32(c)
+            p[k, i] = h
+            p[4 + k, i] = np.float32(c - np.float64(h))
+        p[3, i] = np.float32(m[i] * sm)
+    return p, s, sm
+
+
+def block_count(n: int, threads: int) -> int:
+    """Row blocks for ``n`` particles on ``threads`` threads: even, >= 2.
+
+    ``BLOCKS_PER_THREAD * threads`` blocks (a round of the tournament then has one block pair
+    per thread or more), fewer if blocks would have under :data:`MIN_BLOCK` rows.
+    """
+    nb = BLOCKS_PER_THREAD * max(1, threads)
+    nb = min(nb, max(2, n // MIN_BLOCK))
+    return max(2, nb - nb % 2)
+
+
+@functools.lru_cache(maxsize=64)
+def schedule(nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round-robin tournament of ``nb`` (even) row blocks.
+
+    Returns ``(tasks, starts)``: ``tasks`` is a ``(K, 2)`` int64 array of block pairs
+    ``(a, b)``, ``a < b``; round ``r`` is ``tasks[starts[r]:starts[r + 1]]``. There are
+    ``nb - 1`` rounds (the circle method: block ``nb - 1`` stays, the others rotate), each
+    of ``nb / 2`` pairs that touch every block exactly once, and every unordered pair of
+    distinct blocks occurs in exactly one round. The pairs within a block are computed in
+    round 0, by the task that holds the block. Within a round no two tasks share a block, so
+    they run concurrently on shared accumulators without locks or copies.
+    """
+    tasks = []
+    starts = [0]
+    for r in range(nb - 1):
+        tasks.append((r, nb - 1))
+        for k in range(1, nb // 2):
+            a, b = (r + k) % (nb - 1), (r - k) % (nb - 1)
+            tasks.append((min(a, b), max(a, b)))
+        starts.append(len(tasks))
+    out = np.array(tasks, dtype=np.int64).reshape(-1, 2), np.array(starts, dtype=np.int64)
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _sym_rows(p, acc, r0, r1, eps2):
-    """Pairs (i, j), r0 <= i < r1, i < j < N, each once, into ``acc`` (3, N)."""
-    n = p.shape[1]
-    for jt in range(r0, n, TILE):
-        je = min(jt + TILE, n)
-        for i in range(r0, min(r1, je)):
-            js = max(jt, i + 1)
-            xs = p[0, js:je]  # views from index js: no wraparound test, the loop vectorizes
-            ys = p[1, js:je]
-            zs = p[2, js:je]
-            ms = p[3, js:je]
-            bx = acc[0, js:je]
-            by = acc[1, js:je]
-            bz = acc[2, js:je]
-            xi = p[0, i]
-            yi = p[1, i]
-            zi = p[2, i]
-            mi = p[3, i]
-            ax = 0.0
-            ay = 0.0
-            az = 0.0
-            for k in range(xs.shape[0]):
-                dx = xs[k] - xi
-                dy = ys[k] - yi
-                dz = zs[k] - zi
-                r2 = dx * dx + dy * dy + dz * dz + eps2
-                ok = r2 > 0.0
-                w = _inv_r3(r2 if ok else 1.0)
-                w = w if ok else 0.0
-                sj = ms[k] * w
-                si = mi * w
-                ax += dx * sj
-                ay += dy * sj
-                az += dz * sj
-                bx[k] -= dx * si
-                by[k] -= dy * si
-                bz[k] -= dz * si
-            acc[0, i] += ax
-            acc[1, i] += ay
-            acc[2, i] += az
+def _finish(acc, out, scale):
+    """``out[i, k] = acc[k, i] * scale[0] * ... * scale[3]``; False if not finite."""
+    n = out.shape[0]
+    bad = 0
+    for i in range(n):
+        for k in range(3):
+            t = acc[k, i]
+            out[i, k] = (((t * scale[0]) * scale[1]) * scale[2]) * scale[3]
+            bad += 0 if np.isfinite(t) else 1
+    return bad == 0
+
+
+@njit(inline="always")
+def _count(work, a0, a1, b0, b1, first):
+    """Add the pairs of one task to the running thread's entry of ``work``."""
+    na = a1 - a0
+    nb = b1 - b0
+    extra = (na * (na - 1) + nb * (nb - 1)) // 2 if first else 0
+    work[numba.get_thread_id()] += na * nb + extra
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _pairs(p, acc, out, edges, tasks, starts, eps2, scale, work):
+    """Float64 tournament (see :func:`schedule`); False if the result is not finite."""
+    for r in range(starts.shape[0] - 1):
+        for t in prange(starts[r], starts[r + 1]):
+            a = tasks[t, 0]
+            b = tasks[t, 1]
+            a0, a1, b0, b1 = edges[a], edges[a + 1], edges[b], edges[b + 1]
+            if r == 0:  # the pairs within blocks a and b
+                pair_block(p, acc, a0, a1, p, acc, a0, a1, eps2, True)
+                pair_block(p, acc, b0, b1, p, acc, b0, b1, eps2, True)
+            pair_block(p, acc, a0, a1, p, acc, b0, b1, eps2, False)
+            _count(work, a0, a1, b0, b1, r == 0)
+    return _finish(acc, out, scale)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
+    """Float32 tournament: :func:`pair_block32` on the same schedule as :func:`_pairs`."""
+    for r in range(starts.shape[0] - 1):
+        for t in prange(starts[r], starts[r + 1]):
+            a = tasks[t, 0]
+            b = tasks[t, 1]
+            a0, a1, b0, b1 = edges[a], edges[a + 1], edges[b], edges[b + 1]
+            buf = np.empty((3, TILE32), dtype=np.float32)  # private to the task
+            if r == 0:
+                pair_block32(p, acc, a0, a1, p, acc, a0, a1, eps2, True, buf)
+                pair_block32(p, acc, b0, b1, p, acc, b0, b1, eps2, True, buf)
+            pair_block32(p, acc, a0, a1, p, acc, b0, b1, eps2, False, buf)
+            _count(work, a0, a1, b0, b1, r == 0)
+    return _finish(acc, out, scale)
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -229,27 +334,6 @@ def _exact_rows(out, targets, m, sources, G, softening, t0, t1):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _pairs(p, acc, out, G, s, eps):
-    """Symmetric fast path over ``LANES`` lanes; False if the result is not finite."""
-    n = p.shape[1]
-    nb = 2 * LANES
-    for c in prange(LANES):
-        _sym_rows(p, acc[c], c * n // nb, (c + 1) * n // nb, eps * eps)
-        b = nb - 1 - c
-        _sym_rows(p, acc[c], b * n // nb, (b + 1) * n // nb, eps * eps)
-    gs = G * s
-    bad = 0
-    for i in range(n):  # serial: O(LANES * N), and one parallel region less to wake up
-        for k in range(3):
-            t = 0.0
-            for c in range(LANES):
-                t += acc[c, k, i]
-            out[i, k] = (t * gs) * s
-            bad += 0 if np.isfinite(t) else 1
-    return bad == 0
-
-
-@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def _exact(out, m, x, G, softening):
     """All rows with ``sqrt`` and division, in parallel blocks of rows: the safe path."""
     n = m.shape[0]
@@ -257,17 +341,41 @@ def _exact(out, m, x, G, softening):
         _exact_rows(out, x, m, x, G, softening, blk * _ROWS, min(n, (blk + 1) * _ROWS))
 
 
-def _kernel(m, x, G, softening):
-    """Evaluate on trusted inputs, in parallel (see the module docstring)."""
+def _symmetric(m, x, G, softening, precision, work):
+    """Run the tournament on trusted inputs; None where the exact path must take over."""
     n = m.shape[0]
-    p, s = _prepare(m, x, softening)
+    nb = block_count(n, numba.get_num_threads())
+    tasks, starts = schedule(nb)
+    edges = (np.arange(nb + 1, dtype=np.int64) * n) // nb
     out = np.empty((n, 3))
-    if s > 0.0:
-        acc = np.zeros((LANES, 3, n))
-        with parallel_chunksize(1):  # lanes are handed out one at a time, as threads free up
-            if _pairs(p, acc, out, G, s, softening * s):
+    acc = np.zeros((3, n))
+    with parallel_chunksize(1):  # block pairs are handed out one at a time
+        if precision == "float32":
+            p, s, sm = _prepare32(m, x, softening)
+            if s > 0.0:
+                eps2 = np.float32(softening * s) ** 2
+                scale = np.array([G, s, s, 1.0 / sm])
+                if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
+                    return out
+                acc[:] = 0.0
+                work[:] = 0
+        p, s = _prepare(m, x, softening)
+        if s > 0.0:
+            eps = softening * s
+            scale = np.array([G, s, s, 1.0])
+            if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
                 return out
-    _exact(out, m, x, G, softening)  # extreme extent, or a pair too close for float32
+    return None
+
+
+def _kernel(m, x, G, softening, precision="float64", work=None):
+    """Evaluate on trusted inputs, in parallel (see the module docstring)."""
+    if work is None:
+        work = np.zeros(numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
+    out = _symmetric(m, x, G, softening, precision, work)
+    if out is None:  # extreme extent, or a pair too close for the float32 estimate
+        out = np.empty((m.shape[0], 3))
+        _exact(out, m, x, G, softening)
     return out
 
 
@@ -285,6 +393,7 @@ def _block(targets, m, sources, G, softening):
     if s == 0.0:  # extreme extent: exact path only
         _exact_rows(out, targets, m, sources, G, softening, 0, nt)
         return out
+    wide_vectors()
     p = _soa(m, sources, s)
     eps = softening * s
     eps2 = eps * eps
@@ -351,11 +460,12 @@ def accel_block(targets, masses, sources, G, softening) -> np.ndarray:
     return _block(targets, masses, sources, float(G), float(softening))
 
 
-def accel(masses, positions, G=1.0, *, softening=0.0) -> np.ndarray:
+def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64") -> np.ndarray:
     """Gravitational accelerations on all Numba threads, each pair computed once.
 
-    See the module docstring for the tricks and their accuracy cost (error ~1e-14 relative).
-    The number of threads is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``).
+    See the module docstring for the decomposition, the tricks and their accuracy cost.
+    The number of threads is Numba's at call time (``numba.set_num_threads``,
+    ``NUMBA_NUM_THREADS``).
 
     Parameters
     ----------
@@ -365,10 +475,64 @@ def accel(masses, positions, G=1.0, *, softening=0.0) -> np.ndarray:
         Gravitational constant.
     softening : float, optional
         Plummer softening length (>= 0).
+    precision : {"float64", "float32"}, optional
+        ``"float64"`` (default): error ~1e-14 relative. ``"float32"``: pair arithmetic in
+        float32, sums in float64, about twice as fast; max per-particle relative error
+        below :data:`backends._contract.FLOAT32_TOLERANCE` (module docstring).
 
     Returns
     -------
     (N, 3) ndarray of float64
     """
+    precision = check_precision(precision)
     inp = validate(masses, positions, G, softening)
-    return evaluate("numba_parallel", inp, _kernel)
+    return evaluate("numba_parallel", inp, _kernel, precision)
+
+
+def thread_work(masses, positions, G=1.0, *, softening=0.0, precision="float64") -> np.ndarray:
+    """Pairs computed by each Numba thread in one :func:`accel` call: the work spread.
+
+    Returns
+    -------
+    (NUMBA_NUM_THREADS,) ndarray of int64
+        Entry ``t`` counts the unordered pairs thread ``t`` (``numba.get_thread_id()``)
+        computed; they add up to N(N-1)/2 (0 everywhere if the exact path was taken). Threads
+        beyond ``numba.get_num_threads()`` stay at 0.
+    """
+    precision = check_precision(precision)
+    inp = validate(masses, positions, G, softening)
+    work = np.zeros(numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
+    if inp.masses.shape[0] > 1:
+        _kernel(inp.masses, inp.positions, inp.G, inp.softening, precision, work)
+    return work
+
+
+@njit(nogil=True, fastmath=_FM, error_model="numpy")
+def _probe(p, acc, eps2):
+    """Run the float64 pair loop once: a stand-alone copy, compiled to read its assembly."""
+    pair_block(p, acc, 0, p.shape[1], p, acc, 0, p.shape[1], eps2, True)
+
+
+@functools.lru_cache(maxsize=1)
+def simd_report() -> str:
+    """Describe what the float64 pair loop compiles to here: vector registers, lanes, CPU.
+
+    Compiles :func:`_probe` (the loop of :func:`backends._pair_kernel.pair_block`, uncached,
+    about a second) and counts the vector registers used by its packed multiply-adds.
+    """
+    import re
+
+    import llvmlite.binding as ll
+
+    p = np.ones((4, 8))
+    _probe(p, np.zeros((3, 8)), 0.0)
+    asm = next(iter(_probe.inspect_asm().values()))
+    fma = re.findall(r"vfn?m(?:add|sub)\d+pd\s+%([xyz])mm", asm)
+    widths = {"x": 128, "y": 256, "z": 512}
+    bits = max((widths[r] for r in fma), default=64)
+    feats = ll.get_host_cpu_features().flatten().split(",")
+    isa = "AVX-512" if "+avx512f" in feats else ("AVX2" if "+avx2" in feats else "SSE")
+    return (
+        f"{bits}-bit vectors ({bits // 64} float64 lanes) in the pair loop; "
+        f"LLVM CPU {ll.get_host_cpu_name()} ({isa})"
+    )
