@@ -166,10 +166,10 @@ prepare = _prepare  #: ``prepare(m, x, softening) -> (p, s)``: the float64 input
 def _prepare32(m, x, softening):
     """Float32 ``(7, N)`` SoA of centred, scaled coordinates and scaled masses.
 
-    Returns ``(p, s, sm)``: rows x, y, z, m, and the float32 residuals of x, y, z (``hi +
-    lo`` holds each coordinate to about 2**-48 of the extent). Coordinates are ``(x - c) *
-    s`` with ``c`` the centre of the bounding box and ``s`` a power of two putting ``max(extent, softening) * s`` in ``[1, 2)``; masses
-    ``m * sm`` with ``sm`` a power of two putting the largest mass in ``[1, 2)``. ``s == 0``:
+    Returns ``(p, s, sm)``: rows x, y, z, m, and the float32 residuals of x, y, z
+    (``hi + lo`` holds each coordinate to about 2**-48 of the extent). Coordinates are
+    ``(x - c) * s`` with ``c`` the centre of the bounding box and ``s`` a power of two
+    putting ``max(extent, softening) * s`` in ``[1, 2)``; masses ``m * sm`` with ``sm`` a power of two putting the largest mass in ``[1, 2)``. ``s == 0``:
     the inputs are out of float32's reach (extent above 2**179, or a non-zero mass below
     2**-100 of the largest); the caller uses float64.
     """
