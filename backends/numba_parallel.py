@@ -170,8 +170,9 @@ def _prepare32(m, x, softening):
     (``hi + lo`` holds each coordinate to about 2**-48 of the extent). Coordinates are
     ``(x - c) * s`` with ``c`` the centre of the bounding box and ``s`` a power of two
     putting ``max(extent, softening) * s`` in ``[1, 2)``; masses ``m * sm`` with ``sm`` a
-    power of two putting the largest mass in ``[1, 2)``. ``s == 0``: the inputs are out of float32's reach (extent above 2**179, or a non-zero mass below
-    2**-100 of the largest); the caller uses float64.
+    power of two putting the largest mass in ``[1, 2)``. ``s == 0``: the inputs are out
+    of float32's reach (extent above 2**179, or a non-zero mass below 2**-100 of the
+    largest); the caller uses float64.
     """
     n = m.shape[0]
     p = np.zeros((7, n), dtype=np.float32)
