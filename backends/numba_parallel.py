@@ -1,9 +1,10 @@
-"""Backend ``numba_parallel``: the primary backend, tuned to the vector units.
+"""Backend ``numba_parallel``: the primary backend, every thread, tuned to the vector units.
 
 Strategy
 --------
 Every pair is computed once (Newton's third law) by a branch-free, division-free inner loop
-that LLVM vectorizes (8 float64 lanes in zmm registers with AVX-512, 4 with AVX2):
+(:func:`backends._pair_kernel.pair_block`) that LLVM vectorizes, and the pairs are spread
+over every Numba thread by a round-robin tournament of row blocks:
 
 1. **Structure of arrays.** ``x, y, z, m`` are copied once into the rows of a ``(4, N)``
    array, so the inner loop over sources ``j`` reads four unit-stride streams.
@@ -25,50 +26,81 @@ that LLVM vectorizes (8 float64 lanes in zmm registers with AVX-512, 4 with AVX2
 4. **Selects, not branches.** A coincident pair (``r2 == 0`` with zero softening) gets
    ``r2 := 1`` and a weight 0 by a vector blend, so it contributes exactly nothing. A pair so
    close that ``r2 * s**2 < 2**-120`` (a separation below ~1e-18 of the system's extent) is
-   sent to the estimate as 0 and
-   poisons the sum with NaN; the kernel then detects the non-finite result and recomputes
-   everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`), so no input
-   gets a silently wrong answer from the fast path.
-5. **Newton's third law with per-lane accumulators.** Pair ``(i, j)`` (``j > i``) adds to
-   ``a_i`` (a register reduction) and subtracts from ``a_j`` (a vectorized store). Rows are
-   cut into ``2 * LANES`` blocks; lane ``c`` owns blocks ``c`` and ``2 * LANES - 1 - c``, so
-   the triangle of pairs is split into ``LANES`` equal shares. Each lane has its own
-   ``(3, N)`` accumulator, summed in a fixed order at the end. Lanes are handed out to
-   Numba's threads one at a time (``prange`` under ``parallel_chunksize(1)``, so a thread
-   slowed by other processes takes fewer lanes). The lanes do not depend on the thread
-   count, so neither does the summation order: the result is bitwise the same with 1 or
-   more threads. At most ``LANES`` threads are busy at once (a limit for machines with
-   more than 8 cores, not for the 2-core target).
-6. **Cache blocking.** Within a lane the sources are swept in tiles of ``TILE`` columns, so
-   the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of the block
-   pass over it: the throughput at N = 1e5 stays within ~10 % of that at N = 1e4.
-7. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
+   sent to the estimate as 0 and poisons the sum with NaN; the kernel then detects the
+   non-finite result and recomputes everything with the exact ``sqrt`` and division loop
+   (:func:`_exact_rows`), so no input gets a silently wrong answer from the fast path.
+5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
+   Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
+   ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
+   ``"prefer-vector-width"="512"`` on its own function
+   (:func:`backends._pair_kernel.wide_vectors`, the equivalent of clang's
+   ``-mprefer-vector-width=512``; no global side effect), which made it 1.4-1.6x faster on
+   an Ice Lake Xeon: 8 float64 lanes per instruction instead of 4. :func:`simd_report` reads
+   the width back from the compiled assembly.
+6. **Round-robin tournament of row blocks (any thread count).** With ``T =
+   numba.get_num_threads()`` at call time, the rows are cut into ``nb = 2 T`` equal blocks
+   (fewer if a block would have under :data:`MIN_BLOCK` rows; :func:`block_count`). The
+   circle method (:func:`schedule`) orders the ``nb (nb - 1) / 2`` block pairs into
+   ``nb - 1`` rounds of ``nb / 2`` pairs each, in which every block occurs exactly once.
+   Each round is one ``prange`` over its block pairs: the pairs of a round touch disjoint
+   rows of the single shared ``(3, N)`` accumulator, so they run concurrently with no
+   locks, atomics or per-thread copies; the pairs within a block are done in round 0 by the
+   task that holds the block. A round has ``T`` tasks of equal size, one per thread (handed
+   out one at a time, ``parallel_chunksize(1)``), so every thread Numba starts does a share
+   (:func:`thread_work` counts the pairs per thread, by ``numba.get_thread_id()``).
+7. **Cache blocking.** Within a block pair the sources are swept in tiles of ``TILE``
+   columns, so the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of
+   the block pass over it: no cache cliff up to N = 1e5.
+8. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
    (fused multiply-add), ``afn`` and ``arcp`` (the float32 estimate) and ``nsz``; never
    ``nnan``/``ninf``, which would let LLVM drop the NaN signalling of step 4.
    ``error_model="numpy"`` removes Python's division-by-zero check, the branch that otherwise
    stops the vectorizer.
 
-Accuracy: each pair term carries a few ulps of rounding, as in the plain loop; only the order
-of summation differs (8 vector partial sums, symmetric halves, lane sums), and the vector
-partial sums make it *more* accurate than the sequential plain loop. Measured by the
-DESIGN.md metric (2026-11-24): 1.6e-15 against the ``python`` oracle at N = 1000; 3.1e-14
-against ``numba`` at N = 10 000, where on the rows that differ most ``numba_parallel`` is
-within 4.6e-15 of the oracle and ``numba`` within 3.5e-14. The bound tested is 1e-13.
+Memory: scratch is the ``(4, N)`` SoA copy and one shared ``(3, N)`` float64 accumulator,
+56 bytes per particle, independent of the thread count (float32 mode: a ``(7, N)`` float32
+copy and the same accumulator, 52 bytes per particle, plus a 6 KiB buffer per running task).
+At N = 1e6 and T = 128 that is 56 MB, the size of the inputs and output themselves; a
+per-thread accumulator design would need 128 x 24 MB = 3 GB there. The schedule has
+``nb (nb - 1) / 2`` block pairs (32 640 at T = 128), built once per block count and cached.
 
-Cost model: per pair the loop issues about 19 vector multiply/FMA operations (3 for ``r2``,
-2 for the float32 estimate, 6 for the correction, 2 mass products, 6 accumulations), which
-keeps the two FMA pipes of a Zen 4 core busy: ~2 x 10^9 interactions/s per core (counted as
-N(N-1)/t), ~10x the textbook loop, whose float64 ``sqrt`` and division saturate the divider.
-Measured and dropped: float32 ``sqrt`` and division instead of the estimate (10 % slower:
-the divider again), cache tiles of 256-1024 (no gain over 4096 up to N = 1e5: the L2
-prefetcher streams the 7 arrays), a cheaper guard of step 4 (no gain), two target rows per
-pass over the sources (14 % slower: register spills).
+Determinism: for a given thread count the blocks, the rounds and the order in which each
+accumulator element receives its contributions are fixed (a block is touched by one task
+per round, rounds run in order), whichever thread runs which task: two calls give bitwise
+identical results. Another thread count changes the blocks, hence the summation order: the
+results then agree to rounding (measured below 5e-14 between 1, 2, 3, 8, 16 and 64
+threads; tested against 1e-13).
 
-Memory: ``(4 + 3 * LANES) * N`` doubles of scratch (the SoA copy and the lane accumulators).
-Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``.
+Accuracy (float64): each pair term carries a few ulps of rounding, as in the plain loop;
+only the order of summation differs. Measured by the project's metric (2026-12-01): 3.7e-15
+against the ``python`` oracle at N = 1000, ~3e-14 against ``numba`` at N = 10 000 (mostly
+``numba``'s own sequential summation error). The bound tested is 1e-13.
+
+Float32 mode (``precision="float32"``, :func:`backends._pair_kernel.pair_block32`): the
+same tournament over a float32 copy. Coordinates are centred on the bounding box, scaled
+by a power of two, and split into float32 pairs ``hi + lo``; a separation is computed as
+``(hi_j - hi_i) + (lo_j - lo_i)``, accurate to float32 rounding of the separation itself
+(float32 coordinates alone give errors of 1e-2 on a Plummer sphere at N = 3e4: close pairs
+in the core lose their digits to the coordinates' magnitude). Masses are scaled by a power
+of two into ``[1, 2)``. ``r**-3`` is the cube of the bare float32 hardware estimate
+(``vrsqrt14ps``, 14 bits; :func:`backends._pair_kernel.raw_rsqrt32`) with one first-order
+correction, about 1e-7 relative. Each row's sum over a tile of 512 sources and each
+source's sum over 64 rows are float32, then added to the float64 accumulator. ``r2`` is
+clamped at 2**-80 of the scaled extent squared (a coincident pair contributes 0; pairs
+closer than ~1e-12 of the extent are softened to that distance). Inputs float32 cannot hold
+(extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
+result are computed in float64 instead. Measured max / rms per-particle relative error
+against float64 (2026-12-01): benchmark system 1.5e-6 / 8e-8 (N = 2 000), 9e-7 / 5e-8
+(N = 10 000), 1.2e-6 / 4e-8 (N = 30 000); Plummer sphere with masses log-uniform over five
+decades 9e-7 / 8e-8, 1e-6 / 6e-8 and 5e-6 / 6e-8. The bound promised and tested is
+:data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. Throughput: see ``docs/numba_parallel.md``.
+
+Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. Compiled kernels are cached on
+disk (``cache=True``); note that Numba's cache is keyed to this file, so after editing
+``backends/_pair_kernel.py`` the cache must be cleared (``__pycache__/*.nbi``, ``*.nbc``).
 
 :func:`accel_block` is the serial, GIL-free kernel for one block of targets against a set of
-sources (steps 1-4 and 6 without symmetry), used by the process and MPI backends to compute
+sources (steps 1-5 and 7 without symmetry), used by the process and MPI backends to compute
 their share of the rows.
 """
 
