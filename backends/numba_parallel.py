@@ -90,9 +90,10 @@ clamped at 2**-80 of the scaled extent squared (a coincident pair contributes 0;
 closer than ~1e-12 of the extent are softened to that distance). Inputs float32 cannot hold
 (extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
 result are computed in float64 instead. Measured max / rms per-particle relative error
-against float64 (2026-12-01): benchmark system 1.5e-6 / 8e-8 (N = 2 000), 9e-7 / 5e-8
-(N = 10 000), 1.2e-6 / 4e-8 (N = 30 000); Plummer sphere with masses log-uniform over five
-decades 9e-7 / 8e-8, 1e-6 / 6e-8 and 5e-6 / 6e-8. The bound promised and tested is
+against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01): benchmark system
+1.5e-6 / 7.6e-8 (N = 2 000), 6.1e-7 / 4.2e-8 (N = 10 000), 1.5e-6 / 2.9e-8 (N = 100 000);
+Plummer sphere with masses log-uniform over five decades 9.4e-7 / 7.6e-8, 1.1e-6 / 4.9e-8
+and 2.5e-6 / 3.0e-8. The bound promised and tested is
 :data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. Throughput: see ``docs/numba_parallel.md``.
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. Compiled kernels are cached on
