@@ -78,6 +78,7 @@ _REGISTRY: dict[str, _Spec] = {
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel",
         "Numba threads, each pair once, SIMD float32-seeded rsqrt (primary)",
+        precisions=PRECISIONS,
     ),
     "numba_jitclass": _Spec(
         "backends.numba_jitclass:accel",
@@ -88,6 +89,7 @@ _REGISTRY: dict[str, _Spec] = {
         "JAX jit, float64, lax.map over row blocks (CPU or GPU)",
         requires=("jax",),
         extra="jax",
+        precisions=PRECISIONS,
     ),
     "cuda": _Spec(
         "backends.cuda_tiled:accel",

@@ -22,13 +22,49 @@ Inputs are trusted: validated by the public door of the calling backend.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
-__all__ = ["FM", "TILE", "TINY", "inv_r3", "pair_block", "pair_blocks"]
+__all__ = [
+    "FLUSH",
+    "FM",
+    "R2_MIN32",
+    "TILE",
+    "TILE32",
+    "TINY",
+    "inv_r3",
+    "pair_block",
+    "pair_block32",
+    "pair_blocks",
+    "wide_vectors",
+]
 
 FM = {"reassoc", "contract", "afn", "arcp", "nsz"}  #: fast-math flags, chosen one by one
 TILE = 4096  #: sources per cache tile (7 * TILE doubles touched per tile)
+TILE32 = 512  #: sources per cache tile of the float32 kernel
+FLUSH = 64  #: rows of float32 partial sums before they are added to the float64 accumulators
+R2_MIN32 = 2.0**-80  #: float32 kernel: smallest r2 (w = r2**-1.5 <= 2**120 stays finite)
 TINY = 2.0**-120  #: smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM vectorize the calling function with the widest registers (zmm on AVX-512).
+
+    LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to Sapphire Rapids) prefers
+    256-bit vectors, so Numba's loops get ymm registers even where zmm exist. This sets the
+    function attribute ``"prefer-vector-width"="512"`` (clang's ``-mprefer-vector-width=512``)
+    on the LLVM function it is compiled into; a function inlined into a ``prange`` body marks
+    the parallel region's function. Harmless without AVX-512: the width is capped by what the
+    CPU has. No global side effect (other Numba code is untouched).
+    """
+
+    def codegen(context, builder, sig, args):
+        # llvmlite's attribute set accepts only names it knows; the set itself takes any
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")
@@ -54,6 +90,7 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
     ``diagonal`` true, ``pa is pb`` and the two ranges are the same: only ``j > i`` is
     computed. A pair with ``r2 == 0`` contributes nothing.
     """
+    wide_vectors()
     for jt in range(b0, b1, TILE):
         je = min(jt + TILE, b1)
         for i in range(a0, min(a1, je) if diagonal else a1):
@@ -91,6 +128,105 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
             acc_a[0, i] += ax
             acc_a[1, i] += ay
             acc_a[2, i] += az
+
+
+@intrinsic
+def raw_rsqrt32(typingctx):
+    """Let float32 ``1 / sqrt`` in the calling function be the bare hardware estimate.
+
+    Sets the function attribute ``"reciprocal-estimates"="vec-sqrtf:0,sqrtf:0"``: LLVM then
+    emits ``vrsqrt14ps`` (AVX-512, 14 bits) or ``vrsqrtps`` (12 bits) for a float32
+    ``1 / sqrt`` under ``afn``/``arcp`` without its own Newton step; the caller refines.
+    """
+
+    def codegen(context, builder, sig, args):
+        set.add(builder.function.attributes, '"reciprocal-estimates"="vec-sqrtf:0,sqrtf:0"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
+def _flush(buf, acc_b, j0, width):
+    """``acc_b[:, j0 + k] += buf[:, k]`` (float32 into float64) and ``buf := 0``, k < width."""
+    for c in range(3):
+        row = acc_b[c, j0 : j0 + width]
+        part = buf[c, :width]
+        for k in range(width):
+            row[k] += np.float64(part[k])
+            part[k] = np.float32(0.0)
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
+def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
+    """Float32 :func:`pair_block`: ``pa``, ``pb`` ``(7, N)`` float32, accumulators float64.
+
+    Rows of ``pa``/``pb``: x, y, z, m, then the residuals of x, y, z (each coordinate is
+    the float32 pair ``hi + lo`` of a float64 value; :func:`split32`), and ``eps2`` float32.
+    The separation ``(x_j - x_i) + (lo_j - lo_i)`` is then accurate to float32 rounding
+    *of the separation*, even for a close pair far from the origin. ``r2`` is clamped to at
+    least :data:`R2_MIN32` (a coincident pair has ``d == 0`` and contributes 0; a pair closer
+    than ``2**-40`` of the scaled extent is treated as that far). ``r**-3`` is the cube of
+    the float32 ``rsqrt`` estimate with one Newton step (about 22 correct bits). Partial sums
+    stay float32 only briefly: a row's sum over one tile of at most :data:`TILE32` sources
+    (in vector lanes) and a source's sum over :data:`FLUSH` rows (in ``buf``, a
+    ``(3, TILE32)`` float32 scratch) are then added to the float64 accumulators.
+    """
+    wide_vectors()
+    raw_rsqrt32()
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    c15 = np.float32(1.5)
+    r2min = np.float32(R2_MIN32)
+    for jt in range(b0, b1, TILE32):
+        je = min(jt + TILE32, b1)
+        i1 = min(a1, je) if diagonal else a1
+        buf[:, : je - jt] = zero
+        for i in range(a0, i1):
+            js = max(jt, i + 1) if diagonal else jt
+            xs = pb[0, js:je]
+            ys = pb[1, js:je]
+            zs = pb[2, js:je]
+            ms = pb[3, js:je]
+            xl = pb[4, js:je]
+            yl = pb[5, js:je]
+            zl = pb[6, js:je]
+            bx = buf[0, js - jt : je - jt]
+            by = buf[1, js - jt : je - jt]
+            bz = buf[2, js - jt : je - jt]
+            xi = pa[0, i]
+            yi = pa[1, i]
+            zi = pa[2, i]
+            mi = pa[3, i]
+            xil = pa[4, i]
+            yil = pa[5, i]
+            zil = pa[6, i]
+            ax = zero
+            ay = zero
+            az = zero
+            for k in range(xs.shape[0]):
+                dx = (xs[k] - xi) + (xl[k] - xil)
+                dy = (ys[k] - yi) + (yl[k] - yil)
+                dz = (zs[k] - zi) + (zl[k] - zil)
+                r2 = max(dx * dx + dy * dy + dz * dz + eps2, r2min)
+                y = one / np.sqrt(r2)  # the bare rsqrt estimate (raw_rsqrt32)
+                y2 = y * y
+                y3 = y2 * y
+                w = y3 + y3 * (c15 - c15 * (r2 * y2))  # y**3 (1 + 3/2 e), e = 1 - r2 y**2
+                sj = ms[k] * w
+                si = mi * w
+                ax += dx * sj
+                ay += dy * sj
+                az += dz * sj
+                bx[k] -= dx * si
+                by[k] -= dy * si
+                bz[k] -= dz * si
+            acc_a[0, i] += np.float64(ax)
+            acc_a[1, i] += np.float64(ay)
+            acc_a[2, i] += np.float64(az)
+            if (i - a0) % FLUSH == FLUSH - 1:
+                _flush(buf, acc_b, jt, je - jt)
+        _flush(buf, acc_b, jt, je - jt)
 
 
 @njit(cache=True, nogil=True, fastmath=FM, error_model="numpy")

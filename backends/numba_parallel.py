@@ -1,9 +1,10 @@
-"""Backend ``numba_parallel``: the primary backend, tuned to the vector units.
+"""Backend ``numba_parallel``: the primary backend, every thread, tuned to the vector units.
 
 Strategy
 --------
 Every pair is computed once (Newton's third law) by a branch-free, division-free inner loop
-that LLVM vectorizes (8 float64 lanes in zmm registers with AVX-512, 4 with AVX2):
+(:func:`backends._pair_kernel.pair_block`) that LLVM vectorizes, and the pairs are spread
+over every Numba thread by a round-robin tournament of row blocks:
 
 1. **Structure of arrays.** ``x, y, z, m`` are copied once into the rows of a ``(4, N)``
    array, so the inner loop over sources ``j`` reads four unit-stride streams.
@@ -25,79 +26,115 @@ that LLVM vectorizes (8 float64 lanes in zmm registers with AVX-512, 4 with AVX2
 4. **Selects, not branches.** A coincident pair (``r2 == 0`` with zero softening) gets
    ``r2 := 1`` and a weight 0 by a vector blend, so it contributes exactly nothing. A pair so
    close that ``r2 * s**2 < 2**-120`` (a separation below ~1e-18 of the system's extent) is
-   sent to the estimate as 0 and
-   poisons the sum with NaN; the kernel then detects the non-finite result and recomputes
-   everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`), so no input
-   gets a silently wrong answer from the fast path.
-5. **Newton's third law with per-lane accumulators.** Pair ``(i, j)`` (``j > i``) adds to
-   ``a_i`` (a register reduction) and subtracts from ``a_j`` (a vectorized store). Rows are
-   cut into ``2 * LANES`` blocks; lane ``c`` owns blocks ``c`` and ``2 * LANES - 1 - c``, so
-   the triangle of pairs is split into ``LANES`` equal shares. Each lane has its own
-   ``(3, N)`` accumulator, summed in a fixed order at the end. Lanes are handed out to
-   Numba's threads one at a time (``prange`` under ``parallel_chunksize(1)``, so a thread
-   slowed by other processes takes fewer lanes). The lanes do not depend on the thread
-   count, so neither does the summation order: the result is bitwise the same with 1 or
-   more threads. At most ``LANES`` threads are busy at once (a limit for machines with
-   more than 8 cores, not for the 2-core target).
-6. **Cache blocking.** Within a lane the sources are swept in tiles of ``TILE`` columns, so
-   the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of the block
-   pass over it: the throughput at N = 1e5 stays within ~10 % of that at N = 1e4.
-7. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
+   sent to the estimate as 0 and poisons the sum with NaN; the kernel then detects the
+   non-finite result and recomputes everything with the exact ``sqrt`` and division loop
+   (:func:`_exact_rows`), so no input gets a silently wrong answer from the fast path.
+5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
+   Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
+   ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
+   ``"prefer-vector-width"="512"`` on its own function
+   (:func:`backends._pair_kernel.wide_vectors`, the equivalent of clang's
+   ``-mprefer-vector-width=512``; no global side effect), which made it 1.4-1.6x faster on
+   an Ice Lake Xeon: 8 float64 lanes per instruction instead of 4. :func:`simd_report` reads
+   the width back from the compiled assembly.
+6. **Round-robin tournament of row blocks (any thread count).** With ``T =
+   numba.get_num_threads()`` at call time, the rows are cut into ``nb = 2 T`` equal blocks
+   (fewer if a block would have under :data:`MIN_BLOCK` rows; :func:`block_count`). The
+   circle method (:func:`schedule`) orders the ``nb (nb - 1) / 2`` block pairs into
+   ``nb - 1`` rounds of ``nb / 2`` pairs each, in which every block occurs exactly once.
+   Each round is one ``prange`` over its block pairs: the pairs of a round touch disjoint
+   rows of the single shared ``(3, N)`` accumulator, so they run concurrently with no
+   locks, atomics or per-thread copies; the pairs within a block are done in round 0 by the
+   task that holds the block. A round has ``T`` tasks of equal size, one per thread (handed
+   out one at a time, ``parallel_chunksize(1)``), so every thread Numba starts does a share
+   (:func:`thread_work` counts the pairs per thread, by ``numba.get_thread_id()``).
+7. **Cache blocking.** Within a block pair the sources are swept in tiles of ``TILE``
+   columns, so the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of
+   the block pass over it: no cache cliff up to N = 1e5.
+8. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
    (fused multiply-add), ``afn`` and ``arcp`` (the float32 estimate) and ``nsz``; never
    ``nnan``/``ninf``, which would let LLVM drop the NaN signalling of step 4.
    ``error_model="numpy"`` removes Python's division-by-zero check, the branch that otherwise
    stops the vectorizer.
 
-Accuracy: each pair term carries a few ulps of rounding, as in the plain loop; only the order
-of summation differs (8 vector partial sums, symmetric halves, lane sums), and the vector
-partial sums make it *more* accurate than the sequential plain loop. Measured by the
-DESIGN.md metric (2026-11-24): 1.6e-15 against the ``python`` oracle at N = 1000; 3.1e-14
-against ``numba`` at N = 10 000, where on the rows that differ most ``numba_parallel`` is
-within 4.6e-15 of the oracle and ``numba`` within 3.5e-14. The bound tested is 1e-13.
+Memory: scratch is the ``(4, N)`` SoA copy and one shared ``(3, N)`` float64 accumulator,
+56 bytes per particle, independent of the thread count (float32 mode: a ``(7, N)`` float32
+copy and the same accumulator, 52 bytes per particle, plus a 6 KiB buffer per running task).
+At N = 1e6 and T = 128 that is 56 MB, the size of the inputs and output themselves; a
+per-thread accumulator design would need 128 x 24 MB = 3 GB there. The schedule has
+``nb (nb - 1) / 2`` block pairs (32 640 at T = 128), built once per block count and cached.
 
-Cost model: per pair the loop issues about 19 vector multiply/FMA operations (3 for ``r2``,
-2 for the float32 estimate, 6 for the correction, 2 mass products, 6 accumulations), which
-keeps the two FMA pipes of a Zen 4 core busy: ~2 x 10^9 interactions/s per core (counted as
-N(N-1)/t), ~10x the textbook loop, whose float64 ``sqrt`` and division saturate the divider.
-Measured and dropped: float32 ``sqrt`` and division instead of the estimate (10 % slower:
-the divider again), cache tiles of 256-1024 (no gain over 4096 up to N = 1e5: the L2
-prefetcher streams the 7 arrays), a cheaper guard of step 4 (no gain), two target rows per
-pass over the sources (14 % slower: register spills).
+Determinism: for a given thread count the blocks, the rounds and the order in which each
+accumulator element receives its contributions are fixed (a block is touched by one task
+per round, rounds run in order), whichever thread runs which task: two calls give bitwise
+identical results. Another thread count changes the blocks, hence the summation order: the
+results then agree to rounding (measured below 5e-14 between 1, 2, 3, 8, 16 and 64
+threads; tested against 1e-13).
 
-Memory: ``(4 + 3 * LANES) * N`` doubles of scratch (the SoA copy and the lane accumulators).
-Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``.
+Accuracy (float64): each pair term carries a few ulps of rounding, as in the plain loop;
+only the order of summation differs. Measured by the project's metric (2026-12-01): 3.7e-15
+against the ``python`` oracle at N = 1000, ~3e-14 against ``numba`` at N = 10 000 (mostly
+``numba``'s own sequential summation error). The bound tested is 1e-13.
+
+Float32 mode (``precision="float32"``, :func:`backends._pair_kernel.pair_block32`): the
+same tournament over a float32 copy. Coordinates are centred on the bounding box, scaled
+by a power of two, and split into float32 pairs ``hi + lo``; a separation is computed as
+``(hi_j - hi_i) + (lo_j - lo_i)``, accurate to float32 rounding of the separation itself
+(float32 coordinates alone give errors of 1e-2 on a Plummer sphere at N = 3e4: close pairs
+in the core lose their digits to the coordinates' magnitude). Masses are scaled by a power
+of two into ``[1, 2)``. ``r**-3`` is the cube of the bare float32 hardware estimate
+(``vrsqrt14ps``, 14 bits; :func:`backends._pair_kernel.raw_rsqrt32`) with one first-order
+correction, about 1e-7 relative. Each row's sum over a tile of 512 sources and each
+source's sum over 64 rows are float32, then added to the float64 accumulator. ``r2`` is
+clamped at 2**-80 of the scaled extent squared (a coincident pair contributes 0; pairs
+closer than ~1e-12 of the extent are softened to that distance). Inputs float32 cannot hold
+(extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
+result are computed in float64 instead. Measured max / rms per-particle relative error
+against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01): benchmark system
+1.5e-6 / 7.6e-8 (N = 2 000), 6.1e-7 / 4.2e-8 (N = 10 000), 1.5e-6 / 2.9e-8 (N = 100 000);
+Plummer sphere with masses log-uniform over five decades 9.4e-7 / 7.6e-8, 1.1e-6 / 4.9e-8
+and 2.5e-6 / 3.0e-8. The bound promised and tested is
+:data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. Throughput: see ``docs/numba_parallel.md``.
+
+Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. Compiled kernels are cached on
+disk (``cache=True``); note that Numba's cache is keyed to this file, so after editing
+``backends/_pair_kernel.py`` the cache must be cleared (``__pycache__/*.nbi``, ``*.nbc``).
 
 :func:`accel_block` is the serial, GIL-free kernel for one block of targets against a set of
-sources (steps 1-4 and 6 without symmetry), used by the process and MPI backends to compute
+sources (steps 1-5 and 7 without symmetry), used by the process and MPI backends to compute
 their share of the rows.
 """
 
 from __future__ import annotations
 
+import functools
+
+import numba
 import numpy as np
 from numba import njit, parallel_chunksize, prange
 
-from backends._contract import evaluate, validate
+from backends._contract import check_precision, evaluate, validate
+from backends._pair_kernel import FM as _FM
+from backends._pair_kernel import TILE, TILE32, inv_r3, pair_block, pair_block32, wide_vectors
 
-__all__ = ["LANES", "TILE", "accel", "accel_block"]
+__all__ = [
+    "MIN_BLOCK",
+    "TILE",
+    "accel",
+    "accel_block",
+    "block_count",
+    "prepare",
+    "schedule",
+    "simd_report",
+    "thread_work",
+]
 
-LANES = 8  #: fixed number of accumulator lanes of the symmetric parallel kernel
-TILE = 4096  #: sources per cache tile (7 * TILE doubles touched per tile)
-
-_FM = {"reassoc", "contract", "afn", "arcp", "nsz"}
-_ROWS = 256  # rows per parallel block of the reduction and of the exact path
+MIN_BLOCK = 64  #: fewest rows per block (smaller N gets fewer blocks than 2 per thread)
+BLOCKS_PER_THREAD = 2  #: row blocks per thread (at least 2: a round has nb / 2 block pairs)
+_ROWS = 256  # rows per parallel block of the exact path
 _TINY = 2.0**-120  # smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
-
-
-@njit(inline="always", fastmath=_FM, error_model="numpy")
-def _inv_r3(r2):
-    """``r2 ** -1.5`` for ``r2 > 0`` from the float32 estimate (docstring step 3)."""
-    q = r2 if r2 >= _TINY else 0.0  # out of float32 range: NaN below, then the exact path
-    y = np.float64(np.float32(1.0) / np.sqrt(np.float32(q)))
-    y2 = y * y
-    e = 1.0 - r2 * y2
-    y3 = y * y2
-    return y3 + (y3 * e) * (1.5 + 1.875 * e)
+_MASS_RANGE = 2.0**-100  # float32 mode: smaller masses relative to the largest use float64
+_inv_r3 = inv_r3
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -155,47 +192,149 @@ def _prepare(m, x, softening):
     return _soa(m, x, s if s > 0.0 else 1.0), s
 
 
+prepare = _prepare  #: ``prepare(m, x, softening) -> (p, s)``: the float64 inputs of the kernels
+
+
+@njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _prepare32(m, x, softening):
+    """Float32 ``(7, N)`` SoA of centred, scaled coordinates and scaled masses.
+
+    Returns ``(p, s, sm)``: rows x, y, z, m, and the float32 residuals of x, y, z
+    (``hi + lo`` holds each coordinate to about 2**-48 of the extent). Coordinates are
+    ``(x - c) * s`` with ``c`` the centre of the bounding box and ``s`` a power of two
+    putting ``max(extent, softening) * s`` in ``[1, 2)``; masses ``m * sm`` with ``sm`` a
+    power of two putting the largest mass in ``[1, 2)``. ``s == 0``: the inputs are out
+    of float32's reach (extent above 2**179, or a non-zero mass below 2**-100 of the
+    largest); the caller uses float64.
+    """
+    n = m.shape[0]
+    p = np.zeros((7, n), dtype=np.float32)
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    _bounds(x, lo, hi)
+    half = 0.5 * softening
+    for k in range(3):
+        half = max(half, 0.5 * hi[k] - 0.5 * lo[k])
+    mmax = 0.0
+    mmin = np.inf
+    for i in range(n):
+        mmax = max(mmax, m[i])
+        if m[i] > 0.0:
+            mmin = min(mmin, m[i])
+    if half > 2.0**179 or (mmax > 0.0 and mmin < mmax * _MASS_RANGE):
+        return p, 0.0, 0.0
+    s = 1.0
+    if half > 0.0:
+        while half * s >= 1.0:
+            s *= 0.5
+        while half * s < 0.5:
+            s *= 2.0
+    sm = 1.0
+    if mmax > 0.0:
+        while mmax * sm >= 2.0:
+            sm *= 0.5
+        while mmax * sm < 1.0:
+            sm *= 2.0
+    for i in range(n):
+        for k in range(3):
+            c = (x[i, k] - (0.5 * lo[k] + 0.5 * hi[k])) * s
+            h = np.float32(c)
+            p[k, i] = h
+            p[4 + k, i] = np.float32(c - np.float64(h))
+        p[3, i] = np.float32(m[i] * sm)
+    return p, s, sm
+
+
+def block_count(n: int, threads: int) -> int:
+    """Row blocks for ``n`` particles on ``threads`` threads: even, >= 2.
+
+    ``BLOCKS_PER_THREAD * threads`` blocks (a round of the tournament then has one block pair
+    per thread or more), fewer if blocks would have under :data:`MIN_BLOCK` rows.
+    """
+    nb = BLOCKS_PER_THREAD * max(1, threads)
+    nb = min(nb, max(2, n // MIN_BLOCK))
+    return max(2, nb - nb % 2)
+
+
+@functools.lru_cache(maxsize=64)
+def schedule(nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """Round-robin tournament of ``nb`` (even) row blocks.
+
+    Returns ``(tasks, starts)``: ``tasks`` is a ``(K, 2)`` int64 array of block pairs
+    ``(a, b)``, ``a < b``; round ``r`` is ``tasks[starts[r]:starts[r + 1]]``. There are
+    ``nb - 1`` rounds (the circle method: block ``nb - 1`` stays, the others rotate), each
+    of ``nb / 2`` pairs that touch every block exactly once, and every unordered pair of
+    distinct blocks occurs in exactly one round. The pairs within a block are computed in
+    round 0, by the task that holds the block. Within a round no two tasks share a block, so
+    they run concurrently on shared accumulators without locks or copies.
+    """
+    tasks = []
+    starts = [0]
+    for r in range(nb - 1):
+        tasks.append((r, nb - 1))
+        for k in range(1, nb // 2):
+            a, b = (r + k) % (nb - 1), (r - k) % (nb - 1)
+            tasks.append((min(a, b), max(a, b)))
+        starts.append(len(tasks))
+    out = np.array(tasks, dtype=np.int64).reshape(-1, 2), np.array(starts, dtype=np.int64)
+    for arr in out:
+        arr.flags.writeable = False
+    return out
+
+
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _sym_rows(p, acc, r0, r1, eps2):
-    """Pairs (i, j), r0 <= i < r1, i < j < N, each once, into ``acc`` (3, N)."""
-    n = p.shape[1]
-    for jt in range(r0, n, TILE):
-        je = min(jt + TILE, n)
-        for i in range(r0, min(r1, je)):
-            js = max(jt, i + 1)
-            xs = p[0, js:je]  # views from index js: no wraparound test, the loop vectorizes
-            ys = p[1, js:je]
-            zs = p[2, js:je]
-            ms = p[3, js:je]
-            bx = acc[0, js:je]
-            by = acc[1, js:je]
-            bz = acc[2, js:je]
-            xi = p[0, i]
-            yi = p[1, i]
-            zi = p[2, i]
-            mi = p[3, i]
-            ax = 0.0
-            ay = 0.0
-            az = 0.0
-            for k in range(xs.shape[0]):
-                dx = xs[k] - xi
-                dy = ys[k] - yi
-                dz = zs[k] - zi
-                r2 = dx * dx + dy * dy + dz * dz + eps2
-                ok = r2 > 0.0
-                w = _inv_r3(r2 if ok else 1.0)
-                w = w if ok else 0.0
-                sj = ms[k] * w
-                si = mi * w
-                ax += dx * sj
-                ay += dy * sj
-                az += dz * sj
-                bx[k] -= dx * si
-                by[k] -= dy * si
-                bz[k] -= dz * si
-            acc[0, i] += ax
-            acc[1, i] += ay
-            acc[2, i] += az
+def _finish(acc, out, scale):
+    """``out[i, k] = acc[k, i] * scale[0] * ... * scale[3]``; False if not finite."""
+    n = out.shape[0]
+    bad = 0
+    for i in range(n):
+        for k in range(3):
+            t = acc[k, i]
+            out[i, k] = (((t * scale[0]) * scale[1]) * scale[2]) * scale[3]
+            bad += 0 if np.isfinite(t) else 1
+    return bad == 0
+
+
+@njit(inline="always")
+def _count(work, a0, a1, b0, b1, first):
+    """Add the pairs of one task to the running thread's entry of ``work``."""
+    na = a1 - a0
+    nb = b1 - b0
+    extra = (na * (na - 1) + nb * (nb - 1)) // 2 if first else 0
+    work[numba.get_thread_id()] += na * nb + extra
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _pairs(p, acc, out, edges, tasks, starts, eps2, scale, work):
+    """Float64 tournament (see :func:`schedule`); False if the result is not finite."""
+    for r in range(starts.shape[0] - 1):
+        for t in prange(starts[r], starts[r + 1]):
+            a = tasks[t, 0]
+            b = tasks[t, 1]
+            a0, a1, b0, b1 = edges[a], edges[a + 1], edges[b], edges[b + 1]
+            if r == 0:  # the pairs within blocks a and b
+                pair_block(p, acc, a0, a1, p, acc, a0, a1, eps2, True)
+                pair_block(p, acc, b0, b1, p, acc, b0, b1, eps2, True)
+            pair_block(p, acc, a0, a1, p, acc, b0, b1, eps2, False)
+            _count(work, a0, a1, b0, b1, r == 0)
+    return _finish(acc, out, scale)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
+    """Float32 tournament: :func:`pair_block32` on the same schedule as :func:`_pairs`."""
+    for r in range(starts.shape[0] - 1):
+        for t in prange(starts[r], starts[r + 1]):
+            a = tasks[t, 0]
+            b = tasks[t, 1]
+            a0, a1, b0, b1 = edges[a], edges[a + 1], edges[b], edges[b + 1]
+            buf = np.empty((3, TILE32), dtype=np.float32)  # private to the task
+            if r == 0:
+                pair_block32(p, acc, a0, a1, p, acc, a0, a1, eps2, True, buf)
+                pair_block32(p, acc, b0, b1, p, acc, b0, b1, eps2, True, buf)
+            pair_block32(p, acc, a0, a1, p, acc, b0, b1, eps2, False, buf)
+            _count(work, a0, a1, b0, b1, r == 0)
+    return _finish(acc, out, scale)
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -229,27 +368,6 @@ def _exact_rows(out, targets, m, sources, G, softening, t0, t1):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _pairs(p, acc, out, G, s, eps):
-    """Symmetric fast path over ``LANES`` lanes; False if the result is not finite."""
-    n = p.shape[1]
-    nb = 2 * LANES
-    for c in prange(LANES):
-        _sym_rows(p, acc[c], c * n // nb, (c + 1) * n // nb, eps * eps)
-        b = nb - 1 - c
-        _sym_rows(p, acc[c], b * n // nb, (b + 1) * n // nb, eps * eps)
-    gs = G * s
-    bad = 0
-    for i in range(n):  # serial: O(LANES * N), and one parallel region less to wake up
-        for k in range(3):
-            t = 0.0
-            for c in range(LANES):
-                t += acc[c, k, i]
-            out[i, k] = (t * gs) * s
-            bad += 0 if np.isfinite(t) else 1
-    return bad == 0
-
-
-@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def _exact(out, m, x, G, softening):
     """All rows with ``sqrt`` and division, in parallel blocks of rows: the safe path."""
     n = m.shape[0]
@@ -257,17 +375,41 @@ def _exact(out, m, x, G, softening):
         _exact_rows(out, x, m, x, G, softening, blk * _ROWS, min(n, (blk + 1) * _ROWS))
 
 
-def _kernel(m, x, G, softening):
-    """Evaluate on trusted inputs, in parallel (see the module docstring)."""
+def _symmetric(m, x, G, softening, precision, work):
+    """Run the tournament on trusted inputs; None where the exact path must take over."""
     n = m.shape[0]
-    p, s = _prepare(m, x, softening)
+    nb = block_count(n, numba.get_num_threads())
+    tasks, starts = schedule(nb)
+    edges = (np.arange(nb + 1, dtype=np.int64) * n) // nb
     out = np.empty((n, 3))
-    if s > 0.0:
-        acc = np.zeros((LANES, 3, n))
-        with parallel_chunksize(1):  # lanes are handed out one at a time, as threads free up
-            if _pairs(p, acc, out, G, s, softening * s):
+    acc = np.zeros((3, n))
+    with parallel_chunksize(1):  # block pairs are handed out one at a time
+        if precision == "float32":
+            p, s, sm = _prepare32(m, x, softening)
+            if s > 0.0:
+                eps2 = np.float32(softening * s) ** 2
+                scale = np.array([G, s, s, 1.0 / sm])
+                if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
+                    return out
+                acc[:] = 0.0
+                work[:] = 0
+        p, s = _prepare(m, x, softening)
+        if s > 0.0:
+            eps = softening * s
+            scale = np.array([G, s, s, 1.0])
+            if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
                 return out
-    _exact(out, m, x, G, softening)  # extreme extent, or a pair too close for float32
+    return None
+
+
+def _kernel(m, x, G, softening, precision="float64", work=None):
+    """Evaluate on trusted inputs, in parallel (see the module docstring)."""
+    if work is None:
+        work = np.zeros(numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
+    out = _symmetric(m, x, G, softening, precision, work)
+    if out is None:  # extreme extent, or a pair too close for the float32 estimate
+        out = np.empty((m.shape[0], 3))
+        _exact(out, m, x, G, softening)
     return out
 
 
@@ -285,6 +427,7 @@ def _block(targets, m, sources, G, softening):
     if s == 0.0:  # extreme extent: exact path only
         _exact_rows(out, targets, m, sources, G, softening, 0, nt)
         return out
+    wide_vectors()
     p = _soa(m, sources, s)
     eps = softening * s
     eps2 = eps * eps
@@ -351,11 +494,12 @@ def accel_block(targets, masses, sources, G, softening) -> np.ndarray:
     return _block(targets, masses, sources, float(G), float(softening))
 
 
-def accel(masses, positions, G=1.0, *, softening=0.0) -> np.ndarray:
+def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64") -> np.ndarray:
     """Gravitational accelerations on all Numba threads, each pair computed once.
 
-    See the module docstring for the tricks and their accuracy cost (error ~1e-14 relative).
-    The number of threads is Numba's (``numba.set_num_threads``, ``NUMBA_NUM_THREADS``).
+    See the module docstring for the decomposition, the tricks and their accuracy cost.
+    The number of threads is Numba's at call time (``numba.set_num_threads``,
+    ``NUMBA_NUM_THREADS``).
 
     Parameters
     ----------
@@ -365,10 +509,64 @@ def accel(masses, positions, G=1.0, *, softening=0.0) -> np.ndarray:
         Gravitational constant.
     softening : float, optional
         Plummer softening length (>= 0).
+    precision : {"float64", "float32"}, optional
+        ``"float64"`` (default): error ~1e-14 relative. ``"float32"``: pair arithmetic in
+        float32, sums in float64, about twice as fast; max per-particle relative error
+        below :data:`backends._contract.FLOAT32_TOLERANCE` (module docstring).
 
     Returns
     -------
     (N, 3) ndarray of float64
     """
+    precision = check_precision(precision)
     inp = validate(masses, positions, G, softening)
-    return evaluate("numba_parallel", inp, _kernel)
+    return evaluate("numba_parallel", inp, _kernel, precision)
+
+
+def thread_work(masses, positions, G=1.0, *, softening=0.0, precision="float64") -> np.ndarray:
+    """Pairs computed by each Numba thread in one :func:`accel` call: the work spread.
+
+    Returns
+    -------
+    (NUMBA_NUM_THREADS,) ndarray of int64
+        Entry ``t`` counts the unordered pairs thread ``t`` (``numba.get_thread_id()``)
+        computed; they add up to N(N-1)/2 (0 everywhere if the exact path was taken). Threads
+        beyond ``numba.get_num_threads()`` stay at 0.
+    """
+    precision = check_precision(precision)
+    inp = validate(masses, positions, G, softening)
+    work = np.zeros(numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
+    if inp.masses.shape[0] > 1:
+        _kernel(inp.masses, inp.positions, inp.G, inp.softening, precision, work)
+    return work
+
+
+@njit(nogil=True, fastmath=_FM, error_model="numpy")
+def _probe(p, acc, eps2):
+    """Run the float64 pair loop once: a stand-alone copy, compiled to read its assembly."""
+    pair_block(p, acc, 0, p.shape[1], p, acc, 0, p.shape[1], eps2, True)
+
+
+@functools.lru_cache(maxsize=1)
+def simd_report() -> str:
+    """Describe what the float64 pair loop compiles to here: vector registers, lanes, CPU.
+
+    Compiles :func:`_probe` (the loop of :func:`backends._pair_kernel.pair_block`, uncached,
+    about a second) and counts the vector registers used by its packed multiply-adds.
+    """
+    import re
+
+    import llvmlite.binding as ll
+
+    p = np.ones((4, 8))
+    _probe(p, np.zeros((3, 8)), 0.0)
+    asm = next(iter(_probe.inspect_asm().values()))
+    fma = re.findall(r"vfn?m(?:add|sub)\d+pd\s+%([xyz])mm", asm)
+    widths = {"x": 128, "y": 256, "z": 512}
+    bits = max((widths[r] for r in fma), default=64)
+    feats = ll.get_host_cpu_features().flatten().split(",")
+    isa = "AVX-512" if "+avx512f" in feats else ("AVX2" if "+avx2" in feats else "SSE")
+    return (
+        f"{bits}-bit vectors ({bits // 64} float64 lanes) in the pair loop; "
+        f"LLVM CPU {ll.get_host_cpu_name()} ({isa})"
+    )

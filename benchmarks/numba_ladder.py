@@ -8,7 +8,10 @@ Usage::
 For each N (random masses on [0, 1), Gaussian positions, seed 42, float64, no softening) it
 prints N(N-1)/t in 1e9 interactions per second, t the best call after a warm-up call, for
 ``numba``, ``numba_fastmath``, ``tutorial_parallel`` (the tutorial-style ``prange`` triple
-loop, the yardstick) and ``numba_parallel`` at 1 thread and at all of Numba's threads. The
+loop, the yardstick) and ``numba_parallel`` at 1, 2, 4, ... threads up to all of Numba's
+threads (``numba.set_num_threads``), in float64 and with ``precision="float32"``. The
+header names the CPU and the vector width the pair loop compiled to
+(``numba_parallel.simd_report()``, read from the kernel's assembly). The
 kernels are timed in ``--repeat`` interleaved rounds (fast ones called repeatedly for
 ``--min-time`` seconds in all), so their ratios see the same machine load. Then it prints the
 ratio ``numba_parallel`` / ``tutorial_parallel``, the softened / unsoftened time ratio of
@@ -87,16 +90,29 @@ def best_of_pair(call_a, call_b, repeat, min_time=0.0):
     return best_a, best_b
 
 
+def thread_counts():
+    """1, 2, 4, ... below Numba's thread count, and that count."""
+    counts = [1]
+    while counts[-1] * 2 < MAX_THREADS:
+        counts.append(counts[-1] * 2)
+    return counts + ([MAX_THREADS] if MAX_THREADS > 1 else [])
+
+
+def _float32(m, x, G=1.0, softening=0.0):
+    return numba_parallel.accel(m, x, G, softening=softening, precision="float32")
+
+
 def kernels():
     """(label, accel function, thread count) of every rung."""
     rows = [
         ("numba", accel_plain, 1),
         ("numba_fastmath", accel_fastmath, 1),
         (f"tutorial_parallel ({MAX_THREADS} thr)", accel_tutorial_parallel, MAX_THREADS),
-        ("numba_parallel (1 thr)", numba_parallel.accel, 1),
     ]
-    if MAX_THREADS > 1:
-        rows.append((f"numba_parallel ({MAX_THREADS} thr)", numba_parallel.accel, MAX_THREADS))
+    for t in thread_counts():
+        rows.append((f"numba_parallel ({t} thr)", numba_parallel.accel, t))
+    for t in thread_counts():
+        rows.append((f"numba_parallel f32 ({t} thr)", _float32, t))
     return rows
 
 
@@ -179,6 +195,7 @@ def main(argv=None):
         f"numba {numba.__version__} ({MAX_THREADS} threads), best call of {args.repeat} "
         f"interleaved rounds, fast kernels repeated for {args.min_time:g} s"
     )
+    print(f"# numba_parallel pair loop: {numba_parallel.simd_report()}")
     if hasattr(os, "getloadavg"):
         print(f"# load average at start: {os.getloadavg()[0]:.2f}")
     results = run(sizes, args.repeat, args.budget, args.min_time, args.only)
@@ -193,6 +210,15 @@ def main(argv=None):
         tt, _ = results[tut, n]
         if tp is not None and tt is not None:
             print(f"numba_parallel / tutorial_parallel at N={n}: {tt / tp:.2f}x faster")
+        for t in thread_counts():
+            t64, out64 = results[f"numba_parallel ({t} thr)", n]
+            t32, out32 = results[f"numba_parallel f32 ({t} thr)", n]
+            if t64 is not None and t32 is not None:
+                err = relative_error(out32, out64)
+                print(
+                    f"float32 / float64 throughput at N={n}, {t} thr: {t64 / t32:.2f}x "
+                    f"(float32 error vs float64 {err:.1e}, bound 1e-4)"
+                )
 
     for n in (1000, 10_000):
         m, x = benchmark_system(n)

@@ -121,3 +121,52 @@ def test_nearby_sizes_share_one_compiled_kernel(jb):
     assert cache_size() == before
     backends.accel(*random_system(2049), backend="jax")  # the next bucket compiles once
     assert cache_size() == before + 1
+
+
+# --- float32 mode -------------------------------------------------------------------------
+
+
+def _plummer(n, seed=0):
+    """Plummer sphere with log-uniform masses over five decades."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(1e-10, 1.0, n)
+    r = 1.0 / np.sqrt(u ** (-2.0 / 3.0) - 1.0)
+    v = rng.standard_normal((n, 3))
+    v /= np.linalg.norm(v, axis=1)[:, None]
+    m = 10.0 ** rng.uniform(0.0, 5.0, n)
+    return m / m.sum(), r[:, None] * v
+
+
+@pytest.mark.parametrize("n", [2, 5, 37, 1500])
+def test_float32_against_oracle(n):
+    from backends._contract import FLOAT32_TOLERANCE
+
+    systems = [random_system(n, seed=n), _plummer(n, seed=n)]
+    for m, x in systems:
+        x = x + 1e4  # far from the origin: the centred hi + lo split keeps close pairs exact
+        ref = reference.accel(m, x, 0.7, softening=0.001)
+        out = backends.accel(m, x, 0.7, softening=0.001, backend="jax", precision="float32")
+        assert out.dtype == np.float64 and out.shape == (n, 3)
+        assert backends.relative_error(out, ref) <= FLOAT32_TOLERANCE
+
+
+def test_float32_coincident_and_out_of_range(system):
+    from backends._contract import FLOAT32_TOLERANCE
+
+    m, x = random_system(40, seed=3)
+    x[5::7] = x[3]
+    out = backends.accel(m, x, backend="jax", precision="float32")
+    assert np.isfinite(out).all()
+    assert backends.relative_error(out, reference.accel(m, x)) <= FLOAT32_TOLERANCE
+    m[2] = 1e-40  # masses over more than 2**100: computed in float64 instead
+    out = backends.accel(m, x, backend="jax", precision="float32")
+    assert backends.relative_error(out, reference.accel(m, x)) <= TOL
+
+
+def test_float32_precision_spelling(system):
+    m, x, _ = system
+    assert backends.precisions("jax") == ("float64", "float32")
+    with pytest.raises(ValueError, match="float32"):
+        backends.accel(m, x, backend="jax", precision="half")
+    out = backends.accel(m, x, backend="jax", precision="float64")
+    assert backends.relative_error(out, reference.accel(m, x)) <= TOL

@@ -1,25 +1,46 @@
 """The optimized ``numba_parallel`` kernel and its serial ``accel_block``: edges of its tricks.
 
-Vector widths and tile edges (N = 1..70, N not a multiple of the lanes or tiles), the
-per-lane accumulators at 1 and 2 threads, linearity of ``accel_block`` in the sources, the
-power-of-two rescaling at extreme scales and the exact fallback for pairs too close for the
-float32 estimate. Speed is shown by ``benchmarks/numba_ladder.py``, never tested here.
+Vector widths and tile edges (N = 1..70, N not a multiple of the blocks or tiles), the
+tournament schedule, determinism and agreement across thread counts (1 to 64 threads, in
+subprocesses with ``NUMBA_NUM_THREADS``), the work spread over 16 threads, linearity of
+``accel_block`` in the sources, the power-of-two rescaling at extreme scales, the exact
+fallback for pairs too close for the float32 estimate, and the float32 mode. Speed is shown
+by ``benchmarks/numba_ladder.py`` and ``benchmarks/c_reference.py``, never tested here.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 from conftest import random_system
 
+import backends
 from backends import numba_parallel as npl
 from backends import reference, relative_error
+from backends._contract import FLOAT32_TOLERANCE
 from backends.numba_loops import accel_plain
 
-TOL = 1e-13  # the bound the kernel's docstring promises (DESIGN.md metric)
+TOL = 1e-13  # the bound the kernel's docstring promises (the project's error metric)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plummer(n, seed=0, decades=5.0):
+    """Plummer sphere (scale radius 1) with log-uniform masses spanning ``decades``."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(1e-10, 1.0, n)
+    r = 1.0 / np.sqrt(u ** (-2.0 / 3.0) - 1.0)
+    v = rng.standard_normal((n, 3))
+    v /= np.linalg.norm(v, axis=1)[:, None]
+    m = 10.0 ** rng.uniform(0.0, decades, n)
+    return m / m.sum(), r[:, None] * v
 
 
 def _oracle_rows(m, x, G, softening, rows, sources=None):
@@ -39,7 +60,7 @@ def test_small_sizes_against_oracle(n):
     assert relative_error(npl.accel_block(x, m, x, 1.0, 0.0), ref) <= TOL
 
 
-@pytest.mark.parametrize("n", [2 * npl.LANES + 5, npl.TILE + 2 * npl.LANES + 3])
+@pytest.mark.parametrize("n", [2 * npl.MIN_BLOCK + 5, 4 * npl.MIN_BLOCK + 3, npl.TILE + 37])
 @pytest.mark.parametrize("softening", [0.0, 0.03])
 def test_tile_edges(n, softening):
     """N not a multiple of the lane blocks, nor of the tile (the second size spans 2 tiles)."""
@@ -51,7 +72,36 @@ def test_tile_edges(n, softening):
     assert relative_error(out[rows], _oracle_rows(m, x, 0.5, softening, rows)) <= TOL
 
 
-def test_same_result_with_one_and_two_threads():
+@pytest.mark.parametrize("nb", [2, 4, 6, 16, 128])
+def test_schedule_is_a_tournament(nb):
+    """Every unordered pair of distinct blocks once; no block twice within a round."""
+    tasks, starts = npl.schedule(nb)
+    assert starts.shape == (nb,) and starts[-1] == tasks.shape[0] == nb * (nb - 1) // 2
+    seen = {tuple(t) for t in tasks.tolist()}
+    assert seen == {(a, b) for a in range(nb) for b in range(a + 1, nb)}
+    for r in range(nb - 1):
+        blocks = tasks[starts[r] : starts[r + 1]].ravel()
+        assert sorted(blocks.tolist()) == list(range(nb))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 16, 64, 128])
+def test_block_count(threads):
+    for n in (2, 3, 50, 1000, 10_000, 1_000_000):
+        nb = npl.block_count(n, threads)
+        assert nb >= 2 and nb % 2 == 0 and nb <= max(2, n)
+        assert nb <= 2 * threads or nb == 2
+    assert npl.block_count(1_000_000, 128) == 256
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_repeated_calls_bitwise_identical(precision):
+    m, x = random_system(3001, seed=3)
+    first = npl.accel(m, x, softening=0.01, precision=precision)
+    for _ in range(3):
+        np.testing.assert_array_equal(npl.accel(m, x, softening=0.01, precision=precision), first)
+
+
+def test_set_num_threads_is_honoured():
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("Numba was started with a single thread (NUMBA_NUM_THREADS=1)")
     m, x = random_system(3001, seed=3)
@@ -59,13 +109,91 @@ def test_same_result_with_one_and_two_threads():
     try:
         numba.set_num_threads(1)
         one = npl.accel(m, x, softening=0.01)
+        work1 = npl.thread_work(m, x)
         numba.set_num_threads(2)
         two = npl.accel(m, x, softening=0.01)
+        work2 = npl.thread_work(m, x)
     finally:
         numba.set_num_threads(before)
     assert relative_error(two, one) <= TOL
-    # the lanes, hence the summation order, do not depend on the thread count
-    np.testing.assert_array_equal(one, two)
+    pairs = 3001 * 3000 // 2
+    assert work1[0] == pairs and work1[1:].sum() == 0
+    assert work2.sum() == pairs and (work2[:2] > 0).all() and work2[2:].sum() == 0
+
+
+_CHILD = """
+import json, sys
+import numpy as np
+import numba
+from backends import benchmark_system, numba_parallel as npl
+m, x = benchmark_system(int(sys.argv[1]), seed=5)
+a = npl.accel(m, x, softening=0.001)
+b = npl.accel(m, x, softening=0.001)
+f = npl.accel(m, x, softening=0.001, precision="float32")
+np.save(sys.argv[2], np.stack([a, b, f]))
+work = npl.thread_work(m, x, softening=0.001)
+print(json.dumps({"threads": numba.get_num_threads(), "work": work.tolist()}))
+"""
+
+
+def _child(threads, n, path):
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(n), str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    return np.load(path), info
+
+
+@pytest.fixture(scope="module")
+def across_threads(tmp_path_factory):
+    """Results and work spread with NUMBA_NUM_THREADS = 1, 2, 3, 8, 16, 64 (N = 4 099)."""
+    tmp = tmp_path_factory.mktemp("threads")
+    return {t: _child(t, 4099, tmp / f"t{t}.npy") for t in (1, 2, 3, 8, 16, 64)}
+
+
+def test_results_agree_across_thread_counts(across_threads):
+    ref = across_threads[1][0][0]
+    for t, (res, info) in across_threads.items():
+        assert info["threads"] == t
+        np.testing.assert_array_equal(res[0], res[1])  # same thread count: bitwise
+        assert relative_error(res[0], ref) <= TOL, t
+        assert relative_error(res[2], ref) <= FLOAT32_TOLERANCE, t
+
+
+def test_every_thread_does_a_share(across_threads):
+    """With T threads each of the T threads computes pairs (16 and 64 oversubscribe here)."""
+    pairs = 4099 * 4098 // 2
+    for t, (_, info) in across_threads.items():
+        work = np.array(info["work"])
+        assert work.shape == (t,) and work.sum() == pairs, t
+        if t <= 16:  # 4 099 rows give 64 blocks: 32 block pairs per round for 64 threads
+            assert (work > 0).all(), (t, work)
+    work16 = np.array(across_threads[16][1]["work"])
+    assert work16.min() > 0.2 * pairs / 16  # a share each, not a token
+
+
+def test_oversubscribed_64_threads_spread():
+    """64 threads and enough rows for 128 blocks: every thread computes pairs."""
+    n = 2 * 64 * npl.MIN_BLOCK + 17
+    m, x = random_system(n, seed=12)
+    env = dict(os.environ, NUMBA_NUM_THREADS="64", PYTHONPATH=str(ROOT))
+    code = (
+        "import json; from backends import numba_parallel as npl, benchmark_system as b;"
+        f"m, x = b({n}, seed=12); print(json.dumps(npl.thread_work(m, x).tolist()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    work = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert work.shape == (64,) and work.sum() == n * (n - 1) // 2 and (work > 0).all()
 
 
 @pytest.mark.parametrize(
@@ -157,3 +285,88 @@ def test_coincident_and_softening_against_oracle():
         out = npl.accel(m, x, softening=softening)
         assert np.isfinite(out).all()
         assert relative_error(out, ref) <= TOL
+
+
+# --- float32 mode -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 17, 33, 70, 300])
+def test_float32_small_sizes(n):
+    m, x = random_system(n, seed=2000 + n)
+    out = npl.accel(m, x, precision="float32")
+    assert out.dtype == np.float64 and out.shape == (n, 3)
+    assert relative_error(out, reference.accel(m, x)) <= FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("n", [2000, 20_000])
+def test_float32_benchmark_system_and_plummer(n):
+    for m, x in (backends.benchmark_system(n), plummer(n, seed=n)):
+        ref = npl.accel(m, x)
+        if n <= 2000:
+            assert relative_error(ref, reference.accel(m, x)) <= TOL
+        assert relative_error(npl.accel(m, x, precision="float32"), ref) <= FLOAT32_TOLERANCE
+
+
+def test_float32_far_from_origin_and_softening():
+    """Centring and the hi + lo split keep close pairs of an offset cluster accurate."""
+    m, x = plummer(3000, seed=9)
+    x = x + np.array([1e6, -3e5, 7.5e4])
+    for softening in (0.0, 0.01, 10.0):
+        ref = npl.accel(m, x, 2.0, softening=softening)
+        out = npl.accel(m, x, 2.0, softening=softening, precision="float32")
+        assert relative_error(out, ref) <= FLOAT32_TOLERANCE
+
+
+def test_float32_coincident_points():
+    m, x = random_system(97, seed=8)
+    x[5::7] = x[3]
+    for softening in (0.0, 1e-3):
+        out = npl.accel(m, x, softening=softening, precision="float32")
+        assert np.isfinite(out).all()
+        ref = reference.accel(m, x, softening=softening)
+        assert relative_error(out, ref) <= FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e-30, 1e25, 1e100])
+def test_float32_extreme_scales(scale):
+    """Powers of two rescale coordinates and masses into float32's range."""
+    m, x = random_system(40, seed=9)
+    G = 1.0 / scale
+    ref = reference.accel(m * 1e-3, x * scale, G * scale**3 * 1e3)
+    out = npl.accel(m * 1e-3, x * scale, G * scale**3 * 1e3, precision="float32")
+    assert relative_error(out, ref) <= FLOAT32_TOLERANCE
+
+
+def test_float32_out_of_range_falls_back_to_float64():
+    """Masses over more than 2**100 and huge extents are computed in float64 instead."""
+    m, x = random_system(30, seed=4)
+    m[3] = 1e-40
+    ref = reference.accel(m, x)
+    assert relative_error(npl.accel(m, x, precision="float32"), ref) <= TOL
+    m, x = random_system(25, seed=6)
+    x[0, 0], x[1, 0] = 1e200, -1e200
+    ref = reference.accel(m, x)
+    assert relative_error(npl.accel(m, x, precision="float32"), ref) <= TOL
+
+
+def test_float32_inputs_untouched_and_new_array():
+    m, x = random_system(50, seed=1)
+    m0, x0 = m.copy(), x.copy()
+    out = npl.accel(m, x, precision="float32")
+    np.testing.assert_array_equal(m, m0)
+    np.testing.assert_array_equal(x, x0)
+    assert out.flags.owndata and out.flags.writeable
+
+
+@pytest.mark.parametrize("bad", ["float16", "Float32", "fp32", None, 32])
+def test_unknown_precision_is_a_value_error(bad):
+    m, x = random_system(5, seed=1)
+    with pytest.raises(ValueError, match="float64"):
+        npl.accel(m, x, precision=bad)
+
+
+def test_precision_through_the_registry():
+    assert backends.precisions("numba_parallel") == ("float64", "float32")
+    m, x = random_system(200, seed=3)
+    out = backends.accel(m, x, backend="numba_parallel", precision="float32")
+    assert relative_error(out, reference.accel(m, x)) <= FLOAT32_TOLERANCE
