@@ -3,7 +3,7 @@
 Strategy: the straightforward double loop over targets i and sources j, compiled with
 ``@njit`` (``numba``) and with ``@njit(fastmath=True)`` (``numba_fastmath``, which lets LLVM
 reassociate the sums and so vectorize the inner loop; results differ from the plain loop
-in the last bits). :func:`accel_tutorial_parallel` is the tutorial's third rung
+in the last bits). :func:`accel_tutorial_parallel` is the tutorial's third step
 (``parallel=True``, ``prange`` over rows), kept as the yardstick the optimized
 ``numba_parallel`` backend is measured against.
 

@@ -1,4 +1,4 @@
-"""The Numba ladder, measured: interactions per second of every rung, 1 and all threads.
+"""The Numba ladder, measured: interactions per second of every step, 1 and all threads.
 
 Usage::
 
@@ -15,8 +15,9 @@ header names the CPU and the vector width the pair loop compiled to
 kernels are timed in ``--repeat`` interleaved rounds (fast ones called repeatedly for
 ``--min-time`` seconds in all), so their ratios see the same machine load. Then it prints the
 ratio ``numba_parallel`` / ``tutorial_parallel``, the softened / unsoftened time ratio of
-``numba_parallel`` (timed alternately), and the errors by the DESIGN.md metric (against the
-``python`` oracle at N = 1000, against ``numba`` at N = 10 000, between 1 and all threads).
+``numba_parallel`` (timed alternately), and the errors by ``backends.relative_error``
+(against the ``python`` oracle at N = 1000, against ``numba`` at N = 10 000, between 1 and
+all threads).
 A combination whose estimated cost (repeat + 1 calls, extrapolated from the previous N)
 exceeds ``--budget`` seconds is skipped and reported as such: pure-serial ``numba`` at
 N = 1e5 takes about a minute per call.
@@ -103,7 +104,7 @@ def _float32(m, x, G=1.0, softening=0.0):
 
 
 def kernels():
-    """(label, accel function, thread count) of every rung."""
+    """(label, accel function, thread count) of every step of the ladder."""
     rows = [
         ("numba", accel_plain, 1),
         ("numba_fastmath", accel_fastmath, 1),
@@ -117,7 +118,7 @@ def kernels():
 
 
 def run(sizes, repeat, budget, min_time, only=None):
-    """Measure every rung at every size; returns {(label, n): (seconds or None, result)}.
+    """Measure every step at every size; returns {(label, n): (seconds or None, result)}.
 
     At each N the kernels are timed in ``repeat`` interleaved rounds (each round times every
     kernel once, or for ``min_time / repeat`` seconds if it is fast), so that the ratios
