@@ -12,7 +12,7 @@ The public face::
 
 Every backend computes the same contract (see :mod:`backends._contract`). Backends are
 resolved lazily from a registry of module paths: ``import backends`` imports numpy only, never
-numba, jax, mpi4py, joblib or numba-cuda.
+numba, jax, mpi4py, joblib, numba-cuda or the peer libraries (pytreegrav, fmm3dpy).
 """
 
 from __future__ import annotations
@@ -123,6 +123,27 @@ _REGISTRY: dict[str, _Spec] = {
         "row chunks over a persistent joblib pool (loky processes or threads)",
         requires=("joblib", "numba"),  # the workers run numba_parallel.accel_block
         extra="joblib",
+    ),
+    # peers: the libraries users would pick instead, under the same contract
+    "pytreegrav_bruteforce": _Spec(
+        "backends.peer_pytreegrav:accel_bruteforce",
+        "peer: pytreegrav 'bruteforce', parallel=True (exact; no softening)",
+        requires=("pytreegrav", "numba"),
+        extra="peers",
+    ),
+    "pytreegrav_tree": _Spec(
+        "backends.peer_pytreegrav:accel_tree",
+        "peer: pytreegrav Barnes-Hut tree, parallel=True, theta/quadrupole (approximate)",
+        requires=("pytreegrav", "numba"),
+        extra="peers",
+        exact=False,
+    ),
+    "fmm3d": _Spec(
+        "backends.peer_fmm3d:accel",
+        "peer: fmm3dpy Laplace FMM (lfmm3d, pg=2), eps=1e-12 (approximate; no softening)",
+        requires=("fmm3dpy",),
+        extra="peers",
+        exact=False,
     ),
 }
 

@@ -310,11 +310,13 @@ def unscale(acc: np.ndarray, exponent: int, backend: str) -> np.ndarray:
     check_result(acc, backend)
     if exponent == 0:
         return acc
-    out = np.ldexp(acc, exponent)
+    with np.errstate(over="ignore", under="ignore"):  # both are checked and reported below
+        out = np.ldexp(acc, exponent)
     if exponent > 0:
         return check_result(out, backend)
     peak = np.abs(acc).max(axis=1) if acc.size else np.zeros(0)
-    lost = (peak > 0.0) & (np.ldexp(peak, exponent) < _TINY)
+    with np.errstate(under="ignore"):
+        lost = (peak > 0.0) & (np.ldexp(peak, exponent) < _TINY)
     if lost.any():
         raise FloatingPointError(
             f"backend {backend!r}: the result underflows float64: {int(lost.sum())} of "
