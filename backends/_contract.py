@@ -52,11 +52,11 @@ PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default
 #: Bound on the max per-particle relative error of a ``precision="float32"`` result.
 FLOAT32_TOLERANCE = 1e-4
 
-_REAL_KINDS = "iuf"
+_REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected
 #: Inputs whose largest magnitude lies in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] are passed to the
 #: kernels unscaled; beyond it :func:`rescale` takes a power of two out (see there).
 SAFE_EXPONENT = 100
-_TINY = float(np.finfo(np.float64).tiny)  # smallest normal float64, 2**-1022  # signed int, unsigned int, float; bool, complex, object, str rejected
+_TINY = float(np.finfo(np.float64).tiny)  # smallest normal float64, 2**-1022
 
 
 class Inputs(NamedTuple):
@@ -232,7 +232,7 @@ def _in_safe_range(value: float) -> bool:
 
 
 def _spread(x: np.ndarray) -> float:
-    """A scale of the separations: max over axes of the median of ``|x - median(x)|``.
+    """Return a scale of the separations: max over axes of the median of ``|x - median(x)|``.
 
     Robust to a few outliers, blind to an offset of the whole system, and exactly
     equivariant under scaling by powers of two (medians and differences of scaled values are

@@ -25,8 +25,8 @@ No softening: the Laplace FMM has no Plummer softening, so ``softening > 0`` is 
 Coincident particles contribute nothing to each other, as the contract says: they are merged
 into one particle of their summed mass before the FMM runs (``numpy.unique``, O(N log N)) and
 each gets the acceleration of its point. Memory: O(N) (fmm3dpy's tree and expansions, a few
-hundred bytes per particle). Threads: whatever OpenMP build the fmm3dpy wheel has (the PyPI wheel ran on one core
-when measured). ``fmm3dpy`` is imported on the first call only.
+hundred bytes per particle). Threads: whatever OpenMP build the fmm3dpy wheel has (the PyPI
+wheel ran on one core when measured). ``fmm3dpy`` is imported on the first call only.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def tolerance(eps=DEFAULT_EPS, **_options) -> float:
 
 
 def _factor() -> float:
-    """``a = G * factor * grad``: measured once on two particles (4 pi for fmm3dpy 2.x)."""
+    """Return ``factor`` in ``a = G * factor * grad``, measured once (4 pi for fmm3dpy 2.x)."""
     if not _FACTOR:
         import fmm3dpy
 

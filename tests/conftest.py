@@ -6,7 +6,6 @@ import pytest
 
 import backends
 
-
 # The peers (pytreegrav, fmm3dpy) have no Plummer softening: tests/test_peers.py covers them.
 SHARED = [name for name in backends.names() if backends._REGISTRY[name].extra != "peers"]
 
