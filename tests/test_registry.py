@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +120,7 @@ def test_registry_declares_exactness_and_precisions():
 # interpreter with a real import failure, no mock of the registry.
 _HIDE = """
 import sys
+from pathlib import Path
 class _Hide:
     def find_spec(self, name, path=None, target=None):
         if name == {mod!r} or name.startswith({mod!r} + "."):
@@ -197,3 +200,39 @@ def test_jax_older_than_0_8_is_unavailable_up_front(monkeypatch):
     monkeypatch.setattr(jax, "__version__", "0.10.2")
     monkeypatch.delattr(jax, "enable_x64")  # the feature the backend needs, whatever the version
     assert "enable_x64" in backends.unavailable_reason("jax")
+
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+@pytest.fixture
+def pyproject_text():
+    if not PYPROJECT.is_file():
+        pytest.skip("not run from a source tree")
+    return PYPROJECT.read_text()
+
+
+def test_license_is_an_spdx_expression_not_a_table(pyproject_text):
+    # the TOML-table form makes setuptools print a deprecation box on every build
+    assert re.search(r'^license\s*=\s*"BSD-3-Clause"\s*$', pyproject_text, re.M)
+    assert not re.search(r"^license\s*=\s*\{", pyproject_text, re.M)
+    assert re.search(r'"setuptools>=(7[7-9]|[89]\d|\d{3})', pyproject_text)  # 77: SPDX support
+
+
+def test_declared_pythons_and_the_jax_marker_agree_with_the_registry(pyproject_text):
+    floor = int(re.search(r'requires-python\s*=\s*">=\s*3\.(\d+)"', pyproject_text).group(1))
+    minors = sorted(int(m) for m in re.findall(r'Python :: 3\.(\d+)"', pyproject_text))
+    assert minors == list(range(floor, minors[-1] + 1)), "one classifier per supported Python"
+    jax_line = re.search(r"^jax\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    need = backends._REGISTRY["jax"].python
+    if need > (3, floor):  # jax cannot install on the oldest Python: the pin must say so
+        assert f"python_version >= '{need[0]}.{need[1]}'" in jax_line
+    all_line = re.search(r"^all\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    assert "peers" in all_line
+
+
+def test_peers_extra_lists_the_peer_libraries(pyproject_text):
+    peers = re.search(r"^peers\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    assert "pytreegrav" in peers and "fmm3dpy" in peers
+    for name in ("pytreegrav_bruteforce", "pytreegrav_tree", "fmm3d"):
+        assert backends._REGISTRY[name].extra == "peers"
