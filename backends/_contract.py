@@ -277,8 +277,8 @@ def rescale(inp: Inputs) -> tuple[Inputs, int]:
         The result of the kernel on ``scaled`` times ``2**exponent`` is the result on ``inp``.
     """
     m, x, G, eps = inp
-    mass_max = float(np.abs(m).max()) if m.size else 0.0
-    pos_max = max(float(np.abs(x).max()) if x.size else 0.0, eps)
+    mass_max = max(float(m.max()), -float(m.min()))  # max |m| without a temporary
+    pos_max = max(float(x.max()), -float(x.min()), eps)
     q = 0 if _in_safe_range(mass_max) else _exponent(mass_max)
     g = 0 if _in_safe_range(abs(G)) else _exponent(abs(G))
     p = 0

@@ -1,4 +1,4 @@
-"""Shared fixtures: one parametrization over every registered backend."""
+"""Shared fixtures: one parametrization over every registered backend (peers: test_peers.py)."""
 
 from __future__ import annotations
 
