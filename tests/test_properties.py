@@ -45,7 +45,12 @@ def summation_scale(m, x, G, eps):
 @given(systems())
 def test_agrees_with_oracle(backend, system):
     m, x, G, eps = system
-    ref = reference.accel(m, x, G, softening=eps)
+    try:
+        ref = reference.accel(m, x, G, softening=eps)
+    except FloatingPointError:  # tiny masses: accelerations below the normal float64 range
+        with pytest.raises(FloatingPointError, match="underflow|overflow"):
+            backend.accel(m, x, G, softening=eps)
+        return
     out = backend.accel(m, x, G, softening=eps)
     assert out.shape == ref.shape
     # forward error bound of a sum: relative to the sum of the magnitudes of its terms
