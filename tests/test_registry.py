@@ -83,6 +83,7 @@ def test_backend_options_pass_through():
 
 def test_import_is_lazy():
     heavy = ["numba", "jax", "mpi4py", "joblib", "numba.cuda", "scipy", "matplotlib"]
+    heavy += ["pytreegrav", "fmm3dpy"]
     code = (
         "import sys, backends\n"
         "backends.names()\n"
