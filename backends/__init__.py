@@ -12,13 +12,14 @@ The public face::
 
 Every backend computes the same contract (see :mod:`backends._contract`). Backends are
 resolved lazily from a registry of module paths: ``import backends`` imports numpy only, never
-numba, jax, mpi4py, joblib or numba-cuda.
+numba, jax, mpi4py, joblib, numba-cuda or the peer libraries (pytreegrav, fmm3dpy).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -63,6 +64,7 @@ class _Spec:
     extra: str | None = None  # the pyproject extra that installs them
     precisions: tuple[str, ...] = ("float64",)  # values its ``precision=`` option accepts
     exact: bool = True  # direct summation (to rounding); False: an approximate method
+    python: tuple[int, int] = (3, 10)  # the oldest Python its dependencies have releases for
 
 
 # The registry: name -> where the implementation lives. Nothing here is imported until used.
@@ -71,24 +73,33 @@ _REGISTRY: dict[str, _Spec] = {
         "backends.reference:accel", "pure-Python loops, math.fsum per component: the oracle"
     ),
     "numpy": _Spec("backends.numpy_blocked:accel", "NumPy, vectorized over sources, row-blocked"),
-    "numba": _Spec("backends.numba_loops:accel_plain", "@njit double loop (tutorial rung 1)"),
+    "numba": _Spec(
+        "backends.numba_loops:accel_plain",
+        "@njit double loop (the plain compiled loop)",
+        requires=("numba",),
+    ),
     "numba_fastmath": _Spec(
-        "backends.numba_loops:accel_fastmath", "@njit(fastmath=True) double loop (rung 2)"
+        "backends.numba_loops:accel_fastmath",
+        "@njit(fastmath=True) double loop",
+        requires=("numba",),
     ),
     "numba_parallel": _Spec(
         "backends.numba_parallel:accel",
         "Numba threads, each pair once, SIMD float32-seeded rsqrt (primary)",
+        requires=("numba",),
         precisions=PRECISIONS,
     ),
     "numba_jitclass": _Spec(
         "backends.numba_jitclass:accel",
         "particles in a numba jitclass with an accel method (the OO style, serial)",
+        requires=("numba",),
     ),
     "jax": _Spec(
         "backends.jax_blocked:accel",
-        "JAX jit, float64, lax.map over row blocks (CPU or GPU)",
+        "JAX jit, lax.map over row blocks, float64 or float32 (CPU or GPU)",
         requires=("jax",),
         extra="jax",
+        python=(3, 11),  # jax >= 0.8 has no release for Python 3.10
         precisions=PRECISIONS,
     ),
     "cuda": _Spec(
@@ -102,18 +113,40 @@ _REGISTRY: dict[str, _Spec] = {
         "backends.mpi_rows:accel",
         "mpi4py: each pair once over MPI ranks x Numba threads; triangle shares + "
         "Reduce_scatter, or a symmetric half-ring with algorithm=ring",
-        requires=("mpi4py",),
+        requires=("mpi4py", "numba"),  # the ranks run the compiled pair kernel
         extra="mpi",
     ),
     "multiprocessing": _Spec(
         "backends.multiprocessing_shm:accel",
         "spawn process pool, each pair once: lanes of the pair triangle in shared memory",
+        requires=("numba",),  # the workers run the compiled pair kernel
     ),
     "joblib": _Spec(
         "backends.joblib_chunks:accel",
         "joblib pool (loky processes or threads), each pair once: lanes of the pair triangle",
-        requires=("joblib",),
+        requires=("joblib", "numba"),  # the workers run the compiled pair kernel
         extra="joblib",
+    ),
+    # peers: the libraries users would pick instead, under the same contract
+    "pytreegrav_bruteforce": _Spec(
+        "backends.peer_pytreegrav:accel_bruteforce",
+        "peer: pytreegrav 'bruteforce', parallel=True (exact; no softening)",
+        requires=("pytreegrav", "numba"),
+        extra="peers",
+    ),
+    "pytreegrav_tree": _Spec(
+        "backends.peer_pytreegrav:accel_tree",
+        "peer: pytreegrav Barnes-Hut tree, parallel=True, theta/quadrupole (approximate)",
+        requires=("pytreegrav", "numba"),
+        extra="peers",
+        exact=False,
+    ),
+    "fmm3d": _Spec(
+        "backends.peer_fmm3d:accel",
+        "peer: fmm3dpy Laplace FMM (lfmm3d, pg=2), eps=1e-12 (approximate; no softening)",
+        requires=("fmm3dpy",),
+        extra="peers",
+        exact=False,
     ),
 }
 
@@ -189,13 +222,49 @@ def unavailable_reason(name: str) -> str | None:
     only here.
     """
     spec = _spec(name)
-    missing = [mod for mod in spec.requires if importlib.util.find_spec(mod) is None]
+    missing = [mod for mod in spec.requires if not _importable(mod)]
+    if missing and sys.version_info[:2] < spec.python:
+        need = ", ".join(missing)
+        return (
+            f"backend {name!r} needs {need}, which has no suitable release for Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}: it needs Python >= "
+            f"{spec.python[0]}.{spec.python[1]} with pip install 'nbody-backends[{spec.extra}]'"
+        )
     if missing:
-        hint = f"pip install 'nbody-backends[{spec.extra}]'" if spec.extra else "install them"
-        return f"backend {name!r} needs {', '.join(missing)}, not installed here: {hint}"
-    module = importlib.import_module(spec.target.partition(":")[0])
+        return f"backend {name!r} needs {', '.join(missing)}, not installed here: " + _hint(
+            spec, missing
+        )
+    module_name = spec.target.partition(":")[0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a broken or partial install: say what failed, do not guess
+        return f"backend {name!r} cannot be imported here ({module_name}): {exc}"
     probe = getattr(module, "unavailable_reason", None)
     return probe() if probe is not None else None
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken sys.modules entry
+        return False
+
+
+# Required dependencies of the distribution (pyproject's ``dependencies``): a missing one is a
+# broken install, not a missing extra.
+_REQUIRED = ("numpy", "scipy", "numba")
+
+
+def _hint(spec: _Spec, missing: list[str]) -> str:
+    if spec.extra and any(mod not in _REQUIRED for mod in missing):
+        hint = f"pip install 'nbody-backends[{spec.extra}]'"
+    else:
+        hint = "pip install nbody-backends (or pip install -e . in a clone)"
+    required = [mod for mod in missing if mod in _REQUIRED]
+    if required:
+        hint += f"; {', '.join(required)} is a required dependency of nbody-backends"
+    return hint
 
 
 def available() -> list[str]:

@@ -12,6 +12,13 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
   real is accepted and converted once to C-contiguous float64. The result is a new
   ``(N, 3)`` float64 NumPy array; the caller's arrays are never modified.
 * N = 0 gives a ``(0, 3)`` array; N = 1 gives zeros.
+* Any finite input in the float64 range is accepted. The kernel is homogeneous: scaling the
+  positions (and softening) by ``2**k``, the masses by ``2**j`` and ``G`` by ``2**g`` scales
+  the result by ``2**(g + j - 2k)``. :func:`evaluate` uses this to take powers of two out of
+  inputs far from 1 before any backend's kernel runs and to put them back exactly afterwards
+  (see :func:`rescale`), so every backend returns the exactly scaled result whenever it is a
+  normal float64, and raises ``FloatingPointError`` where it is not (overflow, or a nonzero
+  acceleration below the smallest normal float64, about 2.2e-308).
 * Throughput is reported as N(N-1)/t interactions per second, whatever trick a kernel uses.
 * The error of a result ``a`` against the oracle ``ref`` is
   ``max_i |a_i - ref_i| / |ref_i|`` (Euclidean norms per particle); particles with
@@ -36,6 +43,8 @@ __all__ = [
     "evaluate",
     "interactions",
     "relative_error",
+    "rescale",
+    "unscale",
     "validate",
 ]
 
@@ -44,6 +53,10 @@ PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default
 FLOAT32_TOLERANCE = 1e-4
 
 _REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected
+#: Inputs whose largest magnitude lies in [2**-SAFE_EXPONENT, 2**SAFE_EXPONENT] are passed to the
+#: kernels unscaled; beyond it :func:`rescale` takes a power of two out (see there).
+SAFE_EXPONENT = 100
+_TINY = float(np.finfo(np.float64).tiny)  # smallest normal float64, 2**-1022
 
 
 class Inputs(NamedTuple):
@@ -198,6 +211,10 @@ def relative_error(a, ref) -> float:
         raise ValueError(f"shapes differ: result {a.shape} vs reference {ref.shape}")
     if a.size == 0:
         return 0.0
+    big = max(float(np.abs(a).max()), float(np.abs(ref).max()))
+    if 0.0 < big < np.inf:  # exact power-of-two rescaling: norms of 1e300 or 1e-300 stay finite
+        shift = -_exponent(big)
+        a, ref = np.ldexp(a, shift), np.ldexp(ref, shift)
     diff = np.linalg.norm(a - ref, axis=-1)
     norm = np.linalg.norm(ref, axis=-1)
     scale = norm.max()
@@ -205,13 +222,123 @@ def relative_error(a, ref) -> float:
     return float((diff / denom).max())
 
 
+def _exponent(value: float) -> int:
+    """Return ``e`` with ``value = f * 2**e``, ``0.5 <= f < 1`` (0 for 0)."""
+    return math.frexp(value)[1] if value > 0.0 else 0
+
+
+def _in_safe_range(value: float) -> bool:
+    return value == 0.0 or -SAFE_EXPONENT <= _exponent(value) <= SAFE_EXPONENT
+
+
+def _spread(x: np.ndarray) -> float:
+    """Return a scale of the separations: max over axes of the median of ``|x - median(x)|``.
+
+    Robust to a few outliers, blind to an offset of the whole system, and exactly
+    equivariant under scaling by powers of two (medians and differences of scaled values are
+    the scaled medians and differences).
+    """
+    med = np.median(x, axis=0)
+    spread = float(np.median(np.abs(x - med), axis=0).max())
+    if spread == 0.0:  # more than half the particles share a coordinate on every axis
+        spread = float((x.max(axis=0) - x.min(axis=0)).max())
+    return spread
+
+
+def rescale(inp: Inputs) -> tuple[Inputs, int]:
+    """Take exact powers of two out of inputs far from 1; return them and the result's exponent.
+
+    The kernel is homogeneous: with ``x' = x * 2**-p`` (positions and softening),
+    ``m' = m * 2**-q`` and ``G' = G * 2**-g``, ``a(G, m, x, eps) = 2**(g + q - 2p) *
+    a(G', m', x', eps')``. Multiplying by a power of two is exact, so a kernel run on the
+    primed inputs and scaled back by :func:`unscale` gives the same bits as one run on the
+    original inputs wherever that run stays inside float64's range, and the right answer
+    where it does not (positions near 1e-150, where ``r**3`` underflows, or near 1e150, where
+    it overflows).
+
+    Each of the three is left alone while its largest magnitude lies in
+    ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` (``SAFE_EXPONENT = 100``); the kernels' own
+    intermediates (``r**2``, ``r**3``, ``m / r**3``) cannot leave float64's range there. Beyond
+    it, masses and ``G`` are scaled so their largest magnitude lies in ``[0.5, 1)``, and the
+    positions so that the larger of their spread (see :func:`_spread`: robust to outliers,
+    blind to an offset) and the softening lies in ``[0.5, 1)``, capped so that no coordinate
+    exceeds ``2**1020`` (differences of coordinates must not overflow).
+
+    Parameters
+    ----------
+    inp : Inputs
+        Validated inputs, N >= 1.
+
+    Returns
+    -------
+    scaled : Inputs
+        The inputs with the powers of two taken out (``inp`` itself if none were).
+    exponent : int
+        The result of the kernel on ``scaled`` times ``2**exponent`` is the result on ``inp``.
+    """
+    m, x, G, eps = inp
+    mass_max = max(float(m.max()), -float(m.min()))  # max |m| without a temporary
+    pos_max = max(float(x.max()), -float(x.min()), eps)
+    q = 0 if _in_safe_range(mass_max) else _exponent(mass_max)
+    g = 0 if _in_safe_range(abs(G)) else _exponent(abs(G))
+    p = 0
+    if not _in_safe_range(pos_max):
+        size = max(_spread(x), eps) or pos_max  # pos_max: every particle at one point
+        p = max(_exponent(size), _exponent(pos_max) - 1020)
+    if p == q == g == 0:
+        return inp, 0
+    scaled = Inputs(
+        np.ldexp(m, -q) if q else m,
+        np.ldexp(x, -p) if p else x,
+        math.ldexp(G, -g),
+        math.ldexp(eps, -p),
+    )
+    return scaled, g + q - 2 * p
+
+
+def unscale(acc: np.ndarray, exponent: int, backend: str) -> np.ndarray:
+    """Multiply a kernel's result by ``2**exponent`` (from :func:`rescale`), checking the range.
+
+    Raises
+    ------
+    FloatingPointError
+        The kernel's result is not finite, or the scaled result overflows float64, or a
+        particle's nonzero acceleration falls below the smallest normal float64 (its largest
+        component under ``2**-1022``, about 2.2e-308), where float64 cannot hold it to the
+        contract's accuracy.
+    """
+    check_result(acc, backend)
+    if exponent == 0:
+        return acc
+    with np.errstate(over="ignore", under="ignore"):  # both are checked and reported below
+        out = np.ldexp(acc, exponent)
+    if exponent > 0:
+        return check_result(out, backend)
+    peak = np.abs(acc).max(axis=1) if acc.size else np.zeros(0)
+    with np.errstate(under="ignore"):
+        lost = (peak > 0.0) & (np.ldexp(peak, exponent) < _TINY)
+    if lost.any():
+        raise FloatingPointError(
+            f"backend {backend!r}: the result underflows float64: {int(lost.sum())} of "
+            f"{acc.shape[0]} accelerations are nonzero but below the smallest normal float64 "
+            f"({_TINY:.3g}) in magnitude. The inputs are finite but too extreme in scale (tiny "
+            "masses or G, huge separations); rescale the units."
+        )
+    return out
+
+
 def evaluate(backend: str, inp: Inputs, kernel, *args) -> np.ndarray:
     """Run ``kernel(masses, positions, G, softening, *args)`` on validated inputs.
 
     The shared tail of every public ``accel``: N <= 1 is answered without touching compiled
-    code (a ``(0, 3)`` array, or zeros), and the kernel's result is checked for overflow.
+    code (a ``(0, 3)`` array, or zeros); inputs far from 1 are rescaled by exact powers of two
+    before the kernel runs and its result is scaled back (:func:`rescale`,
+    :func:`unscale`), so every backend covers float64's whole range; a result that is not
+    representable (overflow, or nonzero accelerations below the normal range) raises
+    ``FloatingPointError``.
     """
     n = inp.masses.shape[0]
     if n <= 1:
         return np.zeros((n, 3), dtype=np.float64)
-    return check_result(kernel(inp.masses, inp.positions, inp.G, inp.softening, *args), backend)
+    scaled, exponent = rescale(inp)
+    return unscale(kernel(*scaled, *args), exponent, backend)

@@ -135,6 +135,20 @@ def _x64():
     return enable_x64(True)
 
 
+def unavailable_reason() -> str | None:
+    """Return why the installed JAX cannot run this backend (jax >= 0.8 needed), or None."""
+    try:
+        major, minor = (int(part) for part in jax.__version__.split(".")[:2])
+    except ValueError:  # an unusual version string: rely on the feature check alone
+        major, minor = 0, 8
+    if (major, minor) < (0, 8) or getattr(jax, "enable_x64", None) is None:
+        return (
+            f"backend 'jax' needs jax >= 0.8 (the scoped jax.enable_x64 context manager); "
+            f"found jax {jax.__version__}: pip install 'nbody-backends[jax]' (Python >= 3.11)"
+        )
+    return None
+
+
 def resolve_device(device) -> jax.Device:
     """Return the JAX device meant by ``device``.
 

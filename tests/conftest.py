@@ -1,4 +1,4 @@
-"""Shared fixtures: one parametrization over every registered backend."""
+"""Shared fixtures: one parametrization over every registered backend (peers: test_peers.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import pytest
 
 import backends
 
+# The peers (pytreegrav, fmm3dpy) have no Plummer softening: tests/test_peers.py covers them.
+SHARED = [name for name in backends.names() if backends._REGISTRY[name].extra != "peers"]
 
-@pytest.fixture(params=backends.names())
+
+@pytest.fixture(params=SHARED)
 def backend_name(request):
-    """Each registered backend; skipped (with the reason) where it cannot run here."""
+    """Each registered backend but the peers; skipped (with the reason) where it cannot run."""
     reason = backends.unavailable_reason(request.param)
     if reason is not None:
         pytest.skip(reason)

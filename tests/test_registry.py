@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +83,7 @@ def test_backend_options_pass_through():
 
 def test_import_is_lazy():
     heavy = ["numba", "jax", "mpi4py", "joblib", "numba.cuda", "scipy", "matplotlib"]
+    heavy += ["pytreegrav", "fmm3dpy"]
     code = (
         "import sys, backends\n"
         "backends.names()\n"
@@ -111,3 +115,125 @@ def test_registry_declares_exactness_and_precisions():
         assert isinstance(backends.is_exact(name), bool)
         assert backends.precisions(name)[0] == "float64"
     assert "float32" in backends.precisions("cuda")
+
+
+# A meta-path finder that hides one top-level module, as if it were not installed: a real
+# interpreter with a real import failure, no mock of the registry.
+_HIDE = """
+import sys
+from pathlib import Path
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == {mod!r} or name.startswith({mod!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+sys.meta_path.insert(0, _Hide())
+"""
+
+# every backend whose kernel is numba (directly or through numba_parallel.accel_block)
+NUMBA_BUILT = [
+    "numba",
+    "numba_fastmath",
+    "numba_parallel",
+    "numba_jitclass",
+    "multiprocessing",
+    "joblib",
+    "mpi",
+]
+
+
+def test_without_numba_every_numba_built_backend_is_unavailable_and_says_so():
+    code = _HIDE.format(mod="numba") + (
+        "import json, backends\n"
+        "print(json.dumps({n: backends.unavailable_reason(n) for n in backends.names()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    reasons = __import__("json").loads(proc.stdout)
+    for name in NUMBA_BUILT:
+        assert reasons[name] is not None, name
+        assert "numba" in reasons[name] and "required dependency" in reasons[name], reasons[name]
+    assert reasons["python"] is None and reasons["numpy"] is None
+
+
+def test_list_command_without_numba_marks_the_pool_backends_unusable():
+    code = _HIDE.format(mod="numba") + (
+        "import runpy\nsys.argv = ['backends', 'list']\n"
+        "try:\n    runpy.run_module('backends', run_name='__main__')\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:] if line}
+    for name in NUMBA_BUILT:
+        assert rows[name] == "no", proc.stdout
+    assert rows["numpy"] == "yes"
+    assert "needs numba" in proc.stdout
+
+
+def test_a_backend_that_fails_to_import_is_reported_not_raised(monkeypatch):
+    spec = _Spec("backends._no_such_module_xyz:accel", "cannot import")
+    monkeypatch.setitem(backends._REGISTRY, "broken", spec)
+    reason = backends.unavailable_reason("broken")
+    assert "cannot be imported" in reason and "_no_such_module_xyz" in reason
+    assert "broken" not in backends.available()
+
+
+def test_a_backend_needing_a_newer_python_says_which(monkeypatch):
+    spec = _Spec("backends.reference:accel", "x", ("no_such_mod_xyz",), "xyz", python=(99, 0))
+    monkeypatch.setitem(backends._REGISTRY, "future", spec)
+    reason = backends.unavailable_reason("future")
+    assert "Python >= 99.0" in reason and "nbody-backends[xyz]" in reason
+
+
+def test_jax_older_than_0_8_is_unavailable_up_front(monkeypatch):
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed here")
+    import jax
+
+    if backends.unavailable_reason("jax") is not None:
+        assert "jax >= 0.8" in backends.unavailable_reason("jax")
+        return
+    monkeypatch.setattr(jax, "__version__", "0.6.2")
+    reason = backends.unavailable_reason("jax")
+    assert reason is not None and "jax >= 0.8" in reason and "found jax 0.6.2" in reason
+    assert "jax" not in backends.available()
+    with pytest.raises(backends.BackendUnavailableError, match="jax >= 0.8"):
+        backends.get("jax")
+    monkeypatch.setattr(jax, "__version__", "0.10.2")
+    monkeypatch.delattr(jax, "enable_x64")  # the feature the backend needs, whatever the version
+    assert "enable_x64" in backends.unavailable_reason("jax")
+
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+@pytest.fixture
+def pyproject_text():
+    if not PYPROJECT.is_file():
+        pytest.skip("not run from a source tree")
+    return PYPROJECT.read_text()
+
+
+def test_license_is_an_spdx_expression_not_a_table(pyproject_text):
+    # the TOML-table form makes setuptools print a deprecation box on every build
+    assert re.search(r'^license\s*=\s*"BSD-3-Clause"\s*$', pyproject_text, re.M)
+    assert not re.search(r"^license\s*=\s*\{", pyproject_text, re.M)
+    assert re.search(r'"setuptools>=(7[7-9]|[89]\d|\d{3})', pyproject_text)  # 77: SPDX support
+
+
+def test_declared_pythons_and_the_jax_marker_agree_with_the_registry(pyproject_text):
+    floor = int(re.search(r'requires-python\s*=\s*">=\s*3\.(\d+)"', pyproject_text).group(1))
+    minors = sorted(int(m) for m in re.findall(r'Python :: 3\.(\d+)"', pyproject_text))
+    assert minors == list(range(floor, minors[-1] + 1)), "one classifier per supported Python"
+    jax_line = re.search(r"^jax\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    need = backends._REGISTRY["jax"].python
+    if need > (3, floor):  # jax cannot install on the oldest Python: the pin must say so
+        assert f"python_version >= '{need[0]}.{need[1]}'" in jax_line
+    all_line = re.search(r"^all\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    assert "peers" in all_line
+
+
+def test_peers_extra_lists_the_peer_libraries(pyproject_text):
+    peers = re.search(r"^peers\s*=\s*\[(.*)\]", pyproject_text, re.M).group(1)
+    assert "pytreegrav" in peers and "fmm3dpy" in peers
+    for name in ("pytreegrav_bruteforce", "pytreegrav_tree", "fmm3d"):
+        assert backends._REGISTRY[name].extra == "peers"
