@@ -112,6 +112,11 @@ _REGISTRY: dict[str, _Spec] = {
         requires=("joblib",),
         extra="joblib",
     ),
+    "tree": _Spec(
+        "backends.tree_barnes_hut:accel",
+        "Barnes-Hut octree in Numba, group walk, optional quadrupoles (approximate)",
+        exact=False,
+    ),
 }
 
 
