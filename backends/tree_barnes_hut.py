@@ -71,7 +71,7 @@ from backends.numba_parallel import _inv_r3, _scale
 
 __all__ = ["DEFAULT_LEAF_SIZE", "DEFAULT_THETA", "EXACT_OPTIONS", "accel", "tolerance"]
 
-DEFAULT_THETA = 0.6  #: default opening angle (criterion in the module docstring)
+DEFAULT_THETA = 0.5  #: default opening angle (criterion in the module docstring)
 DEFAULT_LEAF_SIZE = 16  #: default maximum particles per leaf
 DEFAULT_GROUP_SIZE = 64  #: default maximum targets per group (one shared walk)
 #: Options under which the result is direct summation (exact to rounding).
@@ -85,7 +85,9 @@ _F1 = np.float32(1.0)
 _F15 = np.float32(1.5)
 _F3 = np.float32(3.0)
 _F75 = np.float32(7.5)
-_NEAR2 = 1e-20  # nodes closer than 1e-10 (scaled units, extent ~1) are never multipoles
+#: Nodes closer than 1e-4 of the extent (scaled units) are never multipoles: it keeps the
+#: float32 powers ``u**-3.5`` of the quadrupole term far from overflow.
+_NEAR2 = 1e-8
 # node float fields: 0 mass, 1-3 centre of mass, 4 radius**2 about it, 5-10 M_xx, M_yy,
 # M_zz, M_xy, M_xz, M_yz, 11-13 box min, 14-16 box max, 17 sum of |masses|
 
@@ -119,7 +121,7 @@ def _keys(x, lo, ks):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _sorted_soa(m, x, order, s):
+def _sorted_soa(m, x, order, s, ms):
     n = m.shape[0]
     p = np.empty((4, n))
     for i in prange(n):
@@ -127,7 +129,7 @@ def _sorted_soa(m, x, order, s):
         p[0, i] = x[j, 0] * s
         p[1, i] = x[j, 1] * s
         p[2, i] = x[j, 2] * s
-        p[3, i] = m[j]
+        p[3, i] = m[j] * ms
     return p
 
 
@@ -299,8 +301,11 @@ def _node_moments(f, q, c0, c1, quadrupole):
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
 def _moments(p, start, end, child, nchild, leaves, quadrupole):
-    """Node fields (module docstring, step 3): leaves in parallel, then internal nodes
-    from their children in reverse breadth-first order (children before parents)."""
+    """Compute the node fields (module docstring, step 3).
+
+    Leaves from their particles in parallel, then internal nodes from their children in
+    reverse breadth-first order (children before parents).
+    """
     nn = start.shape[0]
     f = np.zeros((nn, _NF))
     for k in prange(leaves.shape[0]):
@@ -319,8 +324,10 @@ def _moments(p, start, end, child, nchild, leaves, quadrupole):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _walk_nodes(f, start, end, child, nchild):
-    """What the walk reads of each node, in one 64-byte row: centre of mass, radius**2,
-    start, end, first child, number of children."""
+    """Pack what the walk reads of each node into one 64-byte row.
+
+    Centre of mass, radius**2, start, end, first child, number of children.
+    """
     nn = start.shape[0]
     w = np.empty((nn, 8))
     for q in prange(nn):
@@ -345,8 +352,11 @@ def _w(r2, fast):
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
 def _walk_into(g, box, nodes, theta2, stack, mlist, dlist):
-    """Walk for group ``g``; fills ``mlist`` (accepted nodes) and ``dlist`` (merged direct
-    ranges as ``start, end`` pairs) while they have room, and returns the full counts."""
+    """Walk the tree for group ``g``.
+
+    Fills ``mlist`` (accepted nodes) and ``dlist`` (merged direct ranges as ``start, end``
+    pairs) while they have room, and returns the full counts.
+    """
     x0 = box[0]
     y0 = box[1]
     z0 = box[2]
@@ -404,8 +414,10 @@ def _walk_into(g, box, nodes, theta2, stack, mlist, dlist):
 
 @njit(nogil=True, fastmath=_FM, error_model="numpy")
 def _walk(g, box, nodes, theta2):
-    """Interaction lists of group ``g`` (module docstring, step 4): accepted node indices
-    and direct ranges of sorted particles (adjacent leaves merged)."""
+    """Return the interaction lists of group ``g`` (module docstring, step 4).
+
+    Accepted node indices and direct ranges of sorted particles (adjacent leaves merged).
+    """
     stack = np.empty(8 * (_LEVELS + 2) * 2, dtype=np.int64)
     mlist = np.empty(1024, dtype=np.int64)
     dlist = np.empty(512, dtype=np.int64)
@@ -563,8 +575,10 @@ def _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast):
 
 @njit(cache=True, nogil=True)
 def _groups(start, end, child, nchild, group_size):
-    """The groups of targets: the largest nodes holding at most ``group_size`` particles
-    (or leaves), in the order of the sorted particles."""
+    """Return the groups of targets, in the order of the sorted particles.
+
+    The largest nodes holding at most ``group_size`` particles, or leaves.
+    """
     out = np.empty(start.shape[0], dtype=np.int64)
     stack = np.empty(8 * (_LEVELS + 2) * 2, dtype=np.int64)
     ng = 0
@@ -586,7 +600,7 @@ def _groups(start, end, child, nchild, group_size):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _unsort(acc, order, scale):
-    """Result in the caller's order, times ``G * s**2``; False if not finite."""
+    """Return the result in the caller's order, times ``G * s**2``; False if not finite."""
     n = order.shape[0]
     out = np.empty((n, 3))
     bad = 0
@@ -612,26 +626,28 @@ def _tree(m, x, softening, theta, quadrupole, leaf_size, group_size):
     keys = _keys(x, lo, ks)
     order = np.argsort(keys)
     keys = keys[order]
-    p = _sorted_soa(m, x, order, s)
+    mmax = float(np.max(np.abs(m)))
+    ms = 2.0 ** -math.frexp(mmax)[1] if mmax > 0.0 else 1.0  # masses to [0.5, 1): exact
+    p = _sorted_soa(m, x, order, s, ms)
     start, end, child, nchild = _build(keys, leaf_size)
     f = _moments(p, start, end, child, nchild, np.flatnonzero(nchild == 0), quadrupole)
     nodes = _walk_nodes(f, start, end, child, nchild)
     groups = _groups(start, end, child, nchild, group_size)
-    return p, f, nodes, groups, order, s, fast
+    return p, f, nodes, groups, order, s, ms, fast
 
 
 def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
-    p, f, nodes, groups, order, s, fast = _tree(
+    p, f, nodes, groups, order, s, ms, fast = _tree(
         m, x, softening, theta, quadrupole, leaf_size, group_size
     )
     eps2 = (softening * s) ** 2
     with parallel_chunksize(1):
         acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast)
-    out, ok = _unsort(acc, order, G * s * s)
+    out, ok = _unsort(acc, order, G * s * s / ms)
     if not ok and fast:  # a pair below the float32 estimate's range: redo with sqrt
         with parallel_chunksize(1):
             acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False)
-        out, ok = _unsort(acc, order, G * s * s)
+        out, ok = _unsort(acc, order, G * s * s / ms)
     return out
 
 
@@ -654,8 +670,10 @@ def _check_options(theta, quadrupole, leaf_size):
 def tolerance(*, theta=DEFAULT_THETA, quadrupole=False, **_) -> float:
     """Bound on the rms per-particle relative error promised by these settings.
 
-    Conservative: about 3x the largest rms error measured on Gaussian, Plummer, clustered
-    and thin-disc systems of N = 1e3 to 1e5 (``docs/tree.md``). ``theta = 0`` is direct
+    Conservative: 2x-4x the largest rms error measured on Gaussian, Plummer, clustered
+    and thin-disc systems of N = 1500 and 20 000 with the default and the smallest
+    groups and leaves (``docs/tree.md``): ``2 theta**3`` (monopoles) and
+    ``0.6 theta**3.5`` (quadrupoles), at least 1e-6. ``theta = 0`` is direct
     summation, exact to rounding (1e-12). Other options (``leaf_size``) do not loosen it.
 
     Parameters
@@ -673,9 +691,8 @@ def tolerance(*, theta=DEFAULT_THETA, quadrupole=False, **_) -> float:
     if theta == 0.0:
         return 1e-12
     t = min(theta, 1.0)
-    if quadrupole:
-        return min(1.0, max(1e-12, 0.05 * t**4))
-    return min(1.0, max(1e-12, 0.05 * t**3))
+    bound = 0.6 * t**3.5 if quadrupole else 2.0 * t**3
+    return min(1.0, max(1e-6, bound))  # 1e-6: float32 arithmetic of the multipole terms
 
 
 def accel(
