@@ -6,38 +6,42 @@ Strategy
    of the system lies in ``[1, 2)``; each particle gets a 63-bit Morton key (21 bits per
    axis, computed in parallel) and the particles are sorted by key (NumPy ``argsort``)
    into a ``(4, N)`` structure-of-arrays copy ``x, y, z, m``.
-2. **Octree from the sorted keys** (serial, ``O(nodes log N)``, a few per cent of the run
-   time). A node is a contiguous range of sorted particles. A node with more than
-   ``leaf_size`` particles is split at the highest Morton level where its first and last
-   keys differ, so chains of one-child cells are skipped and every internal node has at
-   least two children: at most ``2 N / 1`` nodes in theory, about ``2.3 N / leaf_size``
-   in practice. Particles with identical keys (coincident points, or closer than
-   ``2**-21`` of the extent) stay in one leaf of any size: the depth is capped at 21
-   levels and the recursion cannot run away.
-3. **Moments, in parallel over nodes** (``prange``): mass, centre of mass ``c``, the
-   tight bounding box, the radius ``b = max |x_j - c|`` of the node's particles about
-   ``c`` and, with ``quadrupole=True``, the second moments
-   ``M_ab = sum_j m_j (x_j - c)_a (x_j - c)_b``.
-4. **Group walk, in parallel over leaves** (``prange``, chunks of one leaf). Each leaf is a
-   *group* of targets that share one walk of the tree and one interaction list. The
-   **opening criterion** accepts a node as a multipole for the whole group when
+2. **Octree from the sorted keys** (serial, ``O(nodes log N)``). A node is a contiguous
+   range of sorted particles. A node with more than ``leaf_size`` particles is split at
+   the highest Morton level where its first and last keys differ, so chains of one-child
+   cells are skipped and every internal node has at least two children (fewer than
+   ``2 N`` nodes; about ``2.5 N / leaf_size`` measured). Particles with identical keys
+   (coincident points, or closer than ``2**-21`` of the extent) stay in one leaf of any
+   size: the depth is capped at 21 levels and the recursion cannot run away.
+3. **Moments**: leaves from their particles in parallel (``prange``), internal nodes from
+   their children (serial, children before parents): mass, centre of mass ``c``, the
+   tight bounding box, a radius ``b`` about ``c`` holding every particle of the node
+   (exact for leaves, ``max(|c_child - c| + b_child)`` above) and, with
+   ``quadrupole=True``, the second moments ``M_ab = sum_j m_j (x_j - c)_a (x_j - c)_b``
+   (shifted to the parent by the parallel-axis theorem).
+4. **Group walk, in parallel over groups** (``prange``, chunks of 32 groups). A group is
+   the largest node with at most ``group_size`` particles (or a leaf): its targets share
+   one walk of the tree and one interaction list. The **opening criterion** accepts a
+   node as a multipole for the whole group when
 
-       ``d_min(c, box) * min(theta, 1) > b``
+       ``d_min(c, box) * min(theta, 1) > b``   (and ``d_min`` > 1e-4 of the extent)
 
    where ``d_min`` is the distance from the node's centre of mass to the group's tight
    bounding box (0 if inside) and ``b`` the node's radius about ``c`` above; otherwise the
    node is opened (a leaf goes on the direct list). Because ``d_min`` is a lower bound
    on every target's distance, this is a per-particle ``b / r < theta`` criterion
-   applied to the worst target of the group: it is stricter than the per-particle walks
-   of classic codes at the same ``theta`` (so a larger ``theta`` gives the same
-   accuracy), never accepts a node that contains a target, and with ``theta = 0`` never
-   accepts anything (direct summation, exact to rounding). Nodes of zero mass are dropped.
-5. **Vectorised evaluation.** The accepted nodes' moments are gathered into contiguous
-   arrays, and the direct list is kept as ranges of the sorted particle arrays (adjacent
-   leaves merged), so both inner loops run over unit-stride arrays that LLVM vectorises
-   (4 float64 lanes with AVX2, 8 with AVX-512). ``r**-3`` comes from the float32 hardware
-   estimate corrected in float64 (as in ``numba_parallel``, ~2 ulp); a pair too close for
-   float32 yields a NaN and the whole evaluation is redone with ``sqrt`` and division.
+   applied to the worst target of the group: stricter than a per-particle walk at the
+   same ``theta``, it never accepts a node that contains or overlaps a target, and with
+   ``theta = 0`` it accepts nothing (direct summation, exact to rounding). Nodes of zero
+   mass are dropped; nodes whose masses of both signs cancel are always opened.
+5. **Vectorised evaluation.** The direct list is kept as ranges of the sorted particle
+   arrays (adjacent leaves merged) and summed in float64, ``r**-3`` from the float32
+   hardware estimate corrected in float64 (as in ``numba_parallel``, ~2 ulp); a pair too
+   close for float32 yields a NaN and the whole evaluation is redone with ``sqrt`` and
+   division. The accepted nodes' moments are gathered into contiguous float32 arrays
+   relative to the group's centre (masses pre-scaled by a power of two to ``[0.5, 1)``)
+   and summed in float32 (8 lanes per AVX2 register): their ~1e-7 rounding is far below
+   the multipole truncation error the settings allow (``tolerance`` is never below 1e-6).
 6. **Softening.** Plummer softening enters both the direct pairs and the multipole terms:
    the expansion is the Taylor expansion of the softened potential
    ``-m / sqrt(r**2 + eps**2)`` about ``c``, so its monopole is
@@ -45,15 +49,16 @@ Strategy
    ``-7.5 (d.M.d) d / u**3.5 + (1.5 tr(M) d + 3 M.d) / u**2.5`` with
    ``u = r**2 + eps**2`` and ``d = x - c`` (the trace matters once ``eps > 0``).
 
-Accuracy: rms per-particle relative error (defaults, benchmark system, N = 1e5) about
-1e-3; :func:`tolerance` states the bound promised for each setting (measured on Gaussian,
+Accuracy: rms per-particle relative error about 2e-3 at the defaults (theta 0.5,
+monopoles) on the benchmark system at N = 1e5, 2e-3 with ``theta=0.7, quadrupole=True``;
+:func:`tolerance` states the bound promised for each setting (measured on Gaussian,
 Plummer, clustered and disc systems; see ``docs/tree.md``).
 
-Memory: ``O(N)``. Per particle: the sorted ``(4, N)`` copy and the sorted result
-(56 bytes), keys and order (16 bytes), the result (24 bytes); per node 17 doubles and
-6 integers (184 bytes, with ~``2.3 N / leaf_size`` nodes: ~13 bytes per particle at the
-default); per thread the interaction lists of one group. About 110 bytes per particle in
-all (peak ~115 MB at N = 1e6, measured; see ``docs/tree.md``).
+Memory: ``O(N)``, about 150 bytes per particle at the defaults: the sorted ``(4, N)``
+copy, the sorted ``(3, N)`` result and the result (80 bytes), keys, sorted keys and order
+(24 bytes), ~2.5 N / leaf_size nodes of 26 doubles (node fields and the walk's packed
+copy, ~30 bytes per particle at ``leaf_size=16``), plus per thread the interaction lists
+of one group. Measured peak increase at N = 1e6: ~130 MB (``docs/tree.md``).
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. No global side effects.
 """
@@ -79,6 +84,9 @@ EXACT_OPTIONS = {"theta": 0.0}
 
 _FM = {"reassoc", "contract", "afn", "arcp", "nsz"}
 _LEVELS = 21  # Morton levels: 21 bits per axis, 63-bit keys
+#: Groups per chunk handed to a thread. (Chunks of one group cost ~400 B of memory per
+#: particle at N = 1e6 in Numba 0.68's scheduler; 32 keeps the balance and the memory.)
+_CHUNK = 32
 _NF = 18  # node float fields
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -641,11 +649,11 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
         m, x, softening, theta, quadrupole, leaf_size, group_size
     )
     eps2 = (softening * s) ** 2
-    with parallel_chunksize(1):
+    with parallel_chunksize(_CHUNK):
         acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast)
     out, ok = _unsort(acc, order, G * s * s / ms)
     if not ok and fast:  # a pair below the float32 estimate's range: redo with sqrt
-        with parallel_chunksize(1):
+        with parallel_chunksize(_CHUNK):
             acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False)
         out, ok = _unsort(acc, order, G * s * s / ms)
     return out
