@@ -127,6 +127,12 @@ _REGISTRY: dict[str, _Spec] = {
         requires=("joblib", "numba"),  # the workers run the compiled pair kernel
         extra="joblib",
     ),
+    "tree": _Spec(
+        "backends.tree_barnes_hut:accel",
+        "Barnes-Hut octree in Numba, group walk, optional quadrupoles (approximate)",
+        requires=("numba",),
+        exact=False,
+    ),
     # peers: the libraries users would pick instead, under the same contract
     "pytreegrav_bruteforce": _Spec(
         "backends.peer_pytreegrav:accel_bruteforce",

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from conftest import random_system
 
+import backends
+
 
 def test_two_bodies_closed_form(backend):
     G, m1, m2, d, eps = 2.5, 3.0, 7.0, 4.0, 0.3
@@ -21,12 +23,14 @@ def test_two_bodies_closed_form(backend):
 
 @pytest.mark.parametrize("softening", [0.0, 0.1])
 def test_total_force_vanishes(backend, softening):
-    """Newton's third law: sum_i m_i a_i = 0 up to rounding."""
+    """Newton's third law: sum_i m_i a_i = 0 up to rounding (an approximate method: to
+    the relative error bound it declares for its default settings)."""
     m, x = random_system(200, seed=11)
     out = backend.accel(m, x, softening=softening)
     total = (m[:, None] * out).sum(axis=0)
     scale = (m[:, None] * np.abs(out)).sum(axis=0)
-    assert np.all(np.abs(total) <= 1e-12 * scale), (total, scale)
+    bound = 1e-12 if backends.is_exact(backend.name) else backend.module.tolerance()
+    assert np.all(np.abs(total) <= bound * scale), (total, scale)
 
 
 def test_symmetric_configuration_has_no_force_at_centre(backend):

@@ -1,0 +1,241 @@
+"""The ``tree`` backend: accuracy against the oracle within its declared bound, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import random_system
+
+import backends
+from backends import reference
+
+pytestmark = pytest.mark.skipif(
+    backends.unavailable_reason("tree") is not None, reason="tree backend unavailable"
+)
+
+
+@pytest.fixture(scope="module")
+def tree():
+    from backends import tree_barnes_hut
+
+    return tree_barnes_hut
+
+
+def rms_error(a, ref):
+    """rms over particles of |a_i - ref_i| / |ref_i|."""
+    d = np.linalg.norm(a - ref, axis=1)
+    r = np.linalg.norm(ref, axis=1)
+    return float(np.sqrt(np.mean((d / np.where(r > 0, r, r.max())) ** 2)))
+
+
+def system(kind, n, seed=0):
+    rng = np.random.default_rng(seed)
+    m = rng.random(n)
+    if kind == "gauss":
+        x = rng.standard_normal((n, 3))
+    elif kind == "plummer":  # Plummer sphere, scale radius 1 (radii capped at 20)
+        u = rng.uniform(0.0, 0.998, n)
+        r = 1.0 / np.sqrt(u ** (-2.0 / 3.0) - 1.0)
+        v = rng.standard_normal((n, 3))
+        x = r[:, None] * v / np.linalg.norm(v, axis=1)[:, None]
+        m = np.full(n, 1.0 / n)
+    elif kind == "clustered":  # a few dense clumps of very different sizes and a background
+        centres = rng.uniform(-10, 10, (5, 3))
+        sizes = np.array([1e-3, 1e-2, 0.1, 1.0, 3.0])
+        which = rng.integers(0, 6, n)
+        x = rng.uniform(-10, 10, (n, 3))
+        clump = which < 5
+        x[clump] = centres[which[clump]] + sizes[which[clump], None] * rng.standard_normal(
+            (int(clump.sum()), 3)
+        )
+    elif kind == "disc":  # a thin exponential disc, thickness 1e-3 of its radius
+        r = rng.exponential(1.0, n)
+        phi = rng.uniform(0, 2 * np.pi, n)
+        x = np.stack([r * np.cos(phi), r * np.sin(phi), 1e-3 * rng.standard_normal(n)], 1)
+    elif kind == "line":  # points on a segment with a little jitter
+        x = np.zeros((n, 3))
+        x[:, 0] = rng.uniform(-5, 5, n)
+        x[:, 1:] = 1e-6 * rng.standard_normal((n, 2))
+    else:
+        raise AssertionError(kind)
+    return m, x
+
+
+KINDS = ["gauss", "plummer", "clustered", "disc", "line"]
+# On a line, forces from both sides cancel for most particles, so a per-particle
+# *relative* error is not bounded by the opening angle: checked against max |a| instead.
+BOUNDED = ["gauss", "plummer", "clustered", "disc"]
+SETTINGS = [
+    {},
+    {"theta": 0.3},
+    {"theta": 0.8, "quadrupole": True},
+    {"theta": 0.5, "quadrupole": True, "leaf_size": 4, "group_size": 8},
+    {"theta": 1.0, "leaf_size": 1, "group_size": 1},
+]
+
+
+@pytest.mark.parametrize("kind", BOUNDED)
+@pytest.mark.parametrize(
+    "options", SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+)
+def test_within_declared_tolerance(tree, kind, options):
+    m, x = system(kind, 1500, seed=len(kind))
+    ref = backends.get("numba_parallel").accel(m, x, 1.3)
+    out = tree.accel(m, x, 1.3, **options)
+    assert np.isfinite(out).all()
+    err = rms_error(out, ref)
+    assert err <= tree.tolerance(**options), (kind, options, err)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("quadrupole", [False, True])
+def test_theta_zero_is_direct_summation(tree, kind, quadrupole):
+    m, x = system(kind, 300, seed=7)
+    ref = reference.accel(m, x, 0.7, softening=0.0)
+    out = tree.accel(m, x, 0.7, theta=0.0, quadrupole=quadrupole, leaf_size=2, group_size=4)
+    assert backends.relative_error(out, ref) <= 1e-12
+
+
+def test_line_against_largest_force(tree):
+    m, x = system("line", 1500, seed=2)
+    ref = backends.get("numba_parallel").accel(m, x)
+    out = tree.accel(m, x)
+    scale = np.linalg.norm(ref, axis=1).max()
+    assert np.sqrt(np.mean(np.sum((out - ref) ** 2, axis=1))) / scale <= tree.tolerance()
+
+
+def test_smaller_theta_is_more_accurate(tree):
+    m, x = system("plummer", 3000, seed=3)
+    ref = backends.get("numba_parallel").accel(m, x)
+    errs = [rms_error(tree.accel(m, x, theta=t), ref) for t in (0.9, 0.6, 0.3, 0.1)]
+    assert errs == sorted(errs, reverse=True)
+    assert rms_error(tree.accel(m, x, theta=0.6, quadrupole=True), ref) < errs[1]
+
+
+@pytest.mark.parametrize("quadrupole", [False, True])
+def test_softening_in_direct_and_multipole_terms(tree, quadrupole):
+    m, x = system("clustered", 1500, seed=5)
+    for eps in (1e-3, 0.3, 5.0):  # small, comparable to the clumps, larger than most nodes
+        ref = backends.get("numba_parallel").accel(m, x, softening=eps)
+        out = tree.accel(m, x, softening=eps, theta=0.5, quadrupole=quadrupole)
+        assert rms_error(out, ref) <= tree.tolerance(theta=0.5, quadrupole=quadrupole), eps
+        exact = tree.accel(m, x, softening=eps, theta=0.0)
+        assert backends.relative_error(exact, ref) <= 1e-12
+
+
+def test_quadrupole_softening_matches_expansion(tree):
+    """One distant clump of 2 particles seen by one target: the softened quadrupole term
+    makes the approximation error fall like (size / distance)**3, not **2."""
+    errs = []
+    for dist in (5.0, 10.0):
+        x = np.array([[0.0, 0.0, 0.0], [dist, 0.3, 0.0], [dist, -0.3, 0.2]])
+        m = np.array([1.0, 2.0, 1.0])
+        ref = reference.accel(m, x, softening=2.0)[0]
+        out = tree.accel(
+            m, x, softening=2.0, theta=0.9, quadrupole=True, leaf_size=1, group_size=1
+        )[0]
+        errs.append(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    assert errs[0] > 0  # the clump really was a multipole
+    assert errs[1] < errs[0] / 6  # at least third order
+
+
+def test_many_coincident_particles(tree):
+    """Thousands of particles at one point (a leaf of any size, no runaway recursion)."""
+    m, x = random_system(600, seed=1)
+    x[:500] = x[0]
+    x[500:520] = x[1] + 1e-300  # and 20 that float64 cannot separate from x[1]
+    ref = reference.accel(m, x)
+    out = tree.accel(m, x, theta=0.0, leaf_size=2)
+    assert backends.relative_error(out, ref) <= 1e-12
+    out = tree.accel(m, x, leaf_size=2)
+    assert np.isfinite(out).all()
+    assert rms_error(out, ref) <= tree.tolerance()
+    everything = tree.accel(np.ones(2000), np.ones((2000, 3)))
+    np.testing.assert_array_equal(everything, 0.0)
+
+
+def test_near_pairs_fall_back_to_the_exact_kernel(tree):
+    m, x = random_system(200, seed=2)
+    x[1] = x[0] + 1e-19  # below the float32 estimate's range once scaled
+    ref = reference.accel(m, x)
+    out = tree.accel(m, x, theta=0.0)
+    assert backends.relative_error(out, ref) <= 1e-12
+
+
+def test_zero_masses(tree):
+    m, x = system("gauss", 2000, seed=4)
+    m[::2] = 0.0
+    m[:300] = 0.0  # whole nodes without mass
+    ref = backends.get("numba_parallel").accel(m, x)
+    out = tree.accel(m, x)
+    assert rms_error(out, ref) <= tree.tolerance()
+    np.testing.assert_array_equal(tree.accel(np.zeros(100), x[:100]), 0.0)
+
+
+def test_tiny_inputs(tree):
+    assert tree.accel([], np.empty((0, 3))).shape == (0, 3)
+    np.testing.assert_array_equal(tree.accel([1.0], [[0.0, 1.0, 2.0]]), np.zeros((1, 3)))
+    m, x = random_system(2, seed=9)
+    ref = reference.accel(m, x)
+    assert backends.relative_error(tree.accel(m, x), ref) <= 1e-14  # one leaf: direct
+    # two leaves of one point each: a monopole each way, exact but in float32 arithmetic
+    out = tree.accel(m, x, theta=1.0, leaf_size=1, group_size=1)
+    assert backends.relative_error(out, ref) <= 1e-6
+
+
+def test_extreme_extent_uses_exact_kernel(tree):
+    m, x = random_system(100, seed=6)
+    x *= 1e200
+    ref = reference.accel(m, x)
+    out = tree.accel(m, x, theta=0.0)
+    assert backends.relative_error(out, ref) <= 1e-12
+
+
+def test_inputs_untouched_and_result_new(tree):
+    m, x = random_system(500, seed=8)
+    m0, x0 = m.copy(), x.copy()
+    out = tree.accel(m, x, quadrupole=True)
+    np.testing.assert_array_equal(m, m0)
+    np.testing.assert_array_equal(x, x0)
+    assert not np.shares_memory(out, x)
+
+
+@pytest.mark.parametrize(
+    ("options", "exc", "msg"),
+    [
+        ({"theta": -0.1}, ValueError, "theta"),
+        ({"theta": float("nan")}, ValueError, "theta"),
+        ({"theta": float("inf")}, ValueError, "theta"),
+        ({"theta": "0.5"}, TypeError, "theta"),
+        ({"theta": True}, TypeError, "theta"),
+        ({"quadrupole": 1}, TypeError, "quadrupole"),
+        ({"leaf_size": 0}, ValueError, "leaf_size"),
+        ({"leaf_size": 2.0}, TypeError, "leaf_size"),
+        ({"group_size": 0}, ValueError, "group_size"),
+        ({"group_size": None}, TypeError, "group_size"),
+        ({"softening": -1.0}, ValueError, "softening"),
+    ],
+)
+def test_rejects_bad_options(tree, options, exc, msg):
+    with pytest.raises(exc, match=msg):
+        tree.accel(np.ones(3), np.zeros((3, 3)), **options)
+    if set(options) <= {"theta", "quadrupole"}:
+        with pytest.raises(exc, match=msg):
+            tree.tolerance(**options)
+
+
+def test_registry_entry():
+    assert backends.is_exact("tree") is False
+    assert "tree" in backends.names()
+    b = backends.get("tree")
+    m, x = random_system(50, seed=1)
+    ref = reference.accel(m, x)
+    assert backends.relative_error(b.accel(m, x, theta=0.0), ref) <= 1e-12
+
+
+def test_tolerance_is_monotone(tree):
+    ts = [tree.tolerance(theta=t) for t in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    assert ts == sorted(ts)
+    assert tree.tolerance(theta=0.0) <= 1e-12
+    assert tree.tolerance() <= 0.25
+    assert tree.tolerance(theta=0.5, quadrupole=True) < tree.tolerance(theta=0.5)
