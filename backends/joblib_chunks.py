@@ -9,7 +9,7 @@ workers share, and cuts the pair triangle into ``chunks`` *lanes* of equal pair 
 buffer: one ``joblib.delayed`` task per worker takes lanes from a counter in the buffer
 (:func:`_lanes`) until none is left, so lanes go to whichever worker is free. The
 parent sums the lanes in lane order and multiplies by ``G s**2``. The result
-is the same bit for bit for a given ``chunks`` (default ``4 * n_workers``), whichever worker
+is the same bit for bit for a given ``chunks`` (default ``n_workers``), whichever worker
 ran which lane, with processes or threads. If the sum is not finite (a pair closer than
 about 1e-18 of the system's extent) or the extent is extreme, the call is redone on the
 exact path: row chunks of :func:`backends.numba_parallel.accel_block`, each returned as a
@@ -436,7 +436,7 @@ def accel(
         Worker processes or threads; default the number of usable cores.
     chunks : int, optional
         Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``4 * n_workers``, at most ``N // 2``. The result depends
+        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers`` or ``prefer``.
     prefer : {"processes", "threads"}, optional
         joblib's loky process backend (default) or its threading backend.

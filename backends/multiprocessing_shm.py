@@ -13,7 +13,7 @@ segment. The parent sums the lanes in lane order and multiplies by ``G s**2``. L
 to whichever worker is free (a worker slowed by another program takes fewer), and a call
 costs one round trip per worker, not per lane; yet the sum does not depend on which worker
 ran a lane: the result is the same bit for bit for a given ``chunks`` (default
-``4 * n_workers``). If the
+``n_workers``). If the
 sum is not finite (a pair closer than about 1e-18 of the system's extent) or the extent is
 extreme, the call is redone on the exact path: row chunks of the non-symmetric row kernel
 :func:`backends.numba_parallel.accel_block`, each returned as a small array.
@@ -383,7 +383,7 @@ def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=Non
         running pool's replaces the pool.
     chunks : int, optional
         Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``4 * n_workers``, at most ``N // 2``. The result depends
+        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers``.
 
     Returns

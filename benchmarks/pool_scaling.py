@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     )
     p.add_argument("--n", type=int, nargs="+", default=[10_000, 20_000], help="sizes N")
     p.add_argument("--workers", type=int, default=2, help="workers and Numba threads")
-    p.add_argument("--chunks", type=int, default=None, help="lanes per call (None: 4 x workers)")
+    p.add_argument("--chunks", type=int, default=None, help="lanes per call (None: one per worker)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per N")
     p.add_argument("--small-n", type=int, default=1000, help="N of the per-call floor")
     p.add_argument("--starts", type=int, default=3, help="pool start-ups timed")
