@@ -340,24 +340,13 @@ def _rect_lanes(a0: int, a1: int, b0: int, b1: int, nlanes: int) -> list[list[tu
 def _scale(lo, hi, softening: float) -> float:
     """Power of two ``s`` putting ``max(extent, softening) * s`` in ``[1, 2)``; 0: exact path.
 
-    The same rule as ``numba_parallel``'s: ``s`` is capped so that the scaled coordinates
-    stay below 2**1000, and a half-extent above 2**179 gets 0 (scaling it down could flush an
-    ``r**2`` that float64 still resolves to zero).
+    ``numba_parallel``'s own rule, applied to bounds that every rank agrees on.
     """
-    half = 0.5 * softening
-    amax = 0.0
-    for k in range(3):
-        half = max(half, 0.5 * float(hi[k]) - 0.5 * float(lo[k]))
-        amax = max(amax, abs(float(lo[k])), abs(float(hi[k])))
-    if half > 2.0**179:
-        return 0.0
-    s = 1.0
-    if half > 0.0:
-        while half * s >= 1.0:
-            s *= 0.5
-        while half * s < 0.5 and amax * s < 2.0**999:
-            s *= 2.0
-    return s
+    from backends.numba_parallel import _scale as scale
+
+    lo = np.ascontiguousarray(lo, dtype=np.float64)
+    hi = np.ascontiguousarray(hi, dtype=np.float64)
+    return float(scale(lo, hi, float(softening)))
 
 
 def _soa(m: np.ndarray, x: np.ndarray, s: float) -> np.ndarray:
