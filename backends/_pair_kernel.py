@@ -26,12 +26,15 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 __all__ = [
+    "ALIGN",
     "FLUSH",
     "FM",
     "R2_MIN32",
     "TILE",
     "TILE32",
     "TINY",
+    "empty32",
+    "empty64",
     "inv_r3",
     "pair_block",
     "pair_block32",
@@ -41,6 +44,7 @@ __all__ = [
 
 FM = {"reassoc", "contract", "afn", "arcp", "nsz"}  #: fast-math flags, chosen one by one
 TILE = 4096  #: sources per cache tile (7 * TILE doubles touched per tile)
+ALIGN = 16  #: rows per whole vector block of the pair loops (8 float64 lanes, unrolled twice)
 TILE32 = 512  #: sources per cache tile of the float32 kernel
 FLUSH = 64  #: rows of float32 partial sums before they are added to the float64 accumulators
 R2_MIN32 = 2.0**-80  #: float32 kernel: smallest r2 (w = r2**-1.5 <= 2**120 stays finite)
@@ -67,6 +71,28 @@ def wide_vectors(typingctx):
     return types.none(), codegen
 
 
+@njit(inline="always")
+def empty64(rows, cols):
+    """Uninitialised ``(rows, cols)`` float64 array on a 64-byte (cache line) boundary.
+
+    Numba aligns new arrays to 32 bytes only; a 512-bit load from a row that is not on a
+    cache-line boundary touches two lines, and such a split costs the pair loops up to a
+    third of their speed (it varied from run to run with the allocator's luck). With
+    ``cols`` a multiple of 8 every row is aligned too.
+    """
+    flat = np.empty(rows * cols + 8, dtype=np.float64)
+    off = ((64 - flat.ctypes.data % 64) % 64) // 8
+    return flat[off : off + rows * cols].reshape((rows, cols))
+
+
+@njit(inline="always")
+def empty32(rows, cols):
+    """Float32 :func:`empty64` (rows aligned when ``cols`` is a multiple of 16)."""
+    flat = np.empty(rows * cols + 16, dtype=np.float32)
+    off = ((64 - flat.ctypes.data % 64) % 64) // 4
+    return flat[off : off + rows * cols].reshape((rows, cols))
+
+
 @njit(inline="always", fastmath=FM, error_model="numpy")
 def inv_r3(r2):
     """``r2 ** -1.5`` for ``r2 > 0`` from the float32 estimate, corrected in float64.
@@ -89,12 +115,18 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
     ``a_i += m_j w d``, ``a_j -= m_i w d`` with ``d = x_j - x_i`` and ``w = r**-3``. With
     ``diagonal`` true, ``pa is pb`` and the two ranges are the same: only ``j > i`` is
     computed. A pair with ``r2 == 0`` contributes nothing.
+
+    Loop shapes: the vectorized inner loop pays a scalar remainder when its length is not a
+    multiple of the vector block, so a row of a diagonal block starts at the last multiple
+    of :data:`ALIGN` (counted from ``b0``) at or below ``i + 1`` and gives the few sources
+    ``j <= i`` before it weight 0: every row then runs whole vectors when the block's length
+    is a multiple of :data:`ALIGN` (as the padded blocks of ``numba_parallel`` are).
     """
     wide_vectors()
     for jt in range(b0, b1, TILE):
         je = min(jt + TILE, b1)
         for i in range(a0, min(a1, je) if diagonal else a1):
-            js = max(jt, i + 1) if diagonal else jt
+            js = max(jt, b0 + ((i + 1 - b0) // ALIGN) * ALIGN) if diagonal else jt
             xs = pb[0, js:je]  # views from index js: no wraparound test, the loop vectorizes
             ys = pb[1, js:je]
             zs = pb[2, js:je]
@@ -109,22 +141,41 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
             ax = 0.0
             ay = 0.0
             az = 0.0
-            for k in range(xs.shape[0]):
-                dx = xs[k] - xi
-                dy = ys[k] - yi
-                dz = zs[k] - zi
-                r2 = dx * dx + dy * dy + dz * dz + eps2
-                ok = r2 > 0.0
-                w = inv_r3(r2 if ok else 1.0)
-                w = w if ok else 0.0
-                sj = ms[k] * w
-                si = mi * w
-                ax += dx * sj
-                ay += dy * sj
-                az += dz * sj
-                bx[k] -= dx * si
-                by[k] -= dy * si
-                bz[k] -= dz * si
+            if diagonal:  # sources k <= lim precede row i: weight 0
+                lim = i - js
+                for k in range(xs.shape[0]):
+                    dx = xs[k] - xi
+                    dy = ys[k] - yi
+                    dz = zs[k] - zi
+                    r2 = dx * dx + dy * dy + dz * dz + eps2
+                    ok = r2 > 0.0 and k > lim
+                    w = inv_r3(r2 if ok else 1.0)
+                    w = w if ok else 0.0
+                    sj = ms[k] * w
+                    si = mi * w
+                    ax += dx * sj
+                    ay += dy * sj
+                    az += dz * sj
+                    bx[k] -= dx * si
+                    by[k] -= dy * si
+                    bz[k] -= dz * si
+            else:  # the same loop without the mask
+                for k in range(xs.shape[0]):
+                    dx = xs[k] - xi
+                    dy = ys[k] - yi
+                    dz = zs[k] - zi
+                    r2 = dx * dx + dy * dy + dz * dz + eps2
+                    ok = r2 > 0.0
+                    w = inv_r3(r2 if ok else 1.0)
+                    w = w if ok else 0.0
+                    sj = ms[k] * w
+                    si = mi * w
+                    ax += dx * sj
+                    ay += dy * sj
+                    az += dz * sj
+                    bx[k] -= dx * si
+                    by[k] -= dy * si
+                    bz[k] -= dz * si
             acc_a[0, i] += ax
             acc_a[1, i] += ay
             acc_a[2, i] += az
@@ -183,7 +234,9 @@ def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
         i1 = min(a1, je) if diagonal else a1
         buf[:, : je - jt] = zero
         for i in range(a0, i1):
-            js = max(jt, i + 1) if diagonal else jt
+            # as in pair_block: a diagonal row starts on an ALIGN boundary, earlier sources masked
+            js = max(jt, b0 + ((i + 1 - b0) // ALIGN) * ALIGN) if diagonal else jt
+            lim = i - js if diagonal else -1
             xs = pb[0, js:je]
             ys = pb[1, js:je]
             zs = pb[2, js:je]
@@ -213,6 +266,7 @@ def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
                 y2 = y * y
                 y3 = y2 * y
                 w = y3 + y3 * (c15 - c15 * (r2 * y2))  # y**3 (1 + 3/2 e), e = 1 - r2 y**2
+                w = w if k > lim else zero
                 sj = ms[k] * w
                 si = mi * w
                 ax += dx * sj
@@ -239,4 +293,7 @@ def pair_blocks(pa, acc_a, pb, acc_b, tasks, eps2):
     """
     for t in range(tasks.shape[0]):
         a0, a1, b0, b1 = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3]
-        pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, a0 == b0 and a1 == b1)
+        if a0 == b0 and a1 == b1:  # two inlined copies, each specialised to its shape
+            pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, True)
+        else:
+            pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, False)

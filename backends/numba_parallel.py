@@ -114,15 +114,28 @@ import numpy as np
 from numba import njit, parallel_chunksize, prange
 
 from backends._contract import check_precision, evaluate, validate
+from backends._pair_kernel import (
+    ALIGN,
+    TILE,
+    TILE32,
+    empty32,
+    empty64,
+    inv_r3,
+    pair_block,
+    pair_block32,
+    wide_vectors,
+)
 from backends._pair_kernel import FM as _FM
-from backends._pair_kernel import TILE, TILE32, inv_r3, pair_block, pair_block32, wide_vectors
 
 __all__ = [
+    "LANES_MAX_N",
     "MIN_BLOCK",
     "TILE",
     "accel",
     "accel_block",
     "block_count",
+    "block_edges",
+    "lane_count",
     "prepare",
     "schedule",
     "simd_report",
@@ -131,6 +144,9 @@ __all__ = [
 
 MIN_BLOCK = 64  #: fewest rows per block (smaller N gets fewer blocks than 2 per thread)
 BLOCKS_PER_THREAD = 2  #: row blocks per thread (at least 2: a round has nb / 2 block pairs)
+#: Largest N for the small-N lanes path (per-thread accumulators, one parallel region); the
+#: tournament above it. Its scratch is 24 B x 8192 = 192 KiB per thread (24 MiB at T = 128).
+LANES_MAX_N = 8192
 _ROWS = 256  # rows per parallel block of the exact path
 _TINY = 2.0**-120  # smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
 _MASS_RANGE = 2.0**-100  # float32 mode: smaller masses relative to the largest use float64
@@ -170,33 +186,43 @@ def _bounds(x, lo, hi):
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _soa(m, x, s):
-    """``(4, N)`` array of scaled x, y, z and the masses."""
+def _soa(m, x, s, width=0):
+    """``(4, max(N, width))`` array of scaled x, y, z and the masses.
+
+    Columns past ``N`` are padding: massless copies of particle 0, which add exactly nothing
+    to any sum (their weight ``m = 0``; a pad meets particle 0 and every other pad at
+    ``r2 == 0`` or ``r2 == eps2`` with ``d == 0``).
+    """
     n = m.shape[0]
-    p = np.empty((4, n))
+    p = empty64(4, max(n, width))
     for i in range(n):
         p[0, i] = x[i, 0] * s
         p[1, i] = x[i, 1] * s
         p[2, i] = x[i, 2] * s
         p[3, i] = m[i]
+    for i in range(n, p.shape[1]):
+        p[0, i] = p[0, 0]
+        p[1, i] = p[1, 0]
+        p[2, i] = p[2, 0]
+        p[3, i] = 0.0
     return p
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _prepare(m, x, softening):
-    """Scale ``s`` (0: use the exact path) and the scaled ``(4, N)`` SoA copy."""
+def _prepare(m, x, softening, width=0):
+    """Scale ``s`` (0: use the exact path) and the scaled SoA copy, padded to ``width``."""
     lo = np.full(3, np.inf)
     hi = np.full(3, -np.inf)
     _bounds(x, lo, hi)
     s = _scale(lo, hi, softening)
-    return _soa(m, x, s if s > 0.0 else 1.0), s
+    return _soa(m, x, s if s > 0.0 else 1.0, width), s
 
 
-prepare = _prepare  #: ``prepare(m, x, softening) -> (p, s)``: the float64 inputs of the kernels
+prepare = _prepare  #: ``prepare(m, x, softening[, width]) -> (p, s)``: the float64 kernel inputs
 
 
 @njit(cache=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _prepare32(m, x, softening):
+def _prepare32(m, x, softening, width=0):
     """Float32 ``(7, N)`` SoA of centred, scaled coordinates and scaled masses.
 
     Returns ``(p, s, sm)``: rows x, y, z, m, and the float32 residuals of x, y, z
@@ -205,10 +231,11 @@ def _prepare32(m, x, softening):
     putting ``max(extent, softening) * s`` in ``[1, 2)``; masses ``m * sm`` with ``sm`` a
     power of two putting the largest mass in ``[1, 2)``. ``s == 0``: the inputs are out
     of float32's reach (extent above 2**179, or a non-zero mass below 2**-100 of the
-    largest); the caller uses float64.
+    largest); the caller uses float64. Columns past ``N`` (up to ``width``) are massless
+    copies of particle 0 (see :func:`_soa`).
     """
     n = m.shape[0]
-    p = np.zeros((7, n), dtype=np.float32)
+    p = empty32(7, max(n, width))
     lo = np.full(3, np.inf)
     hi = np.full(3, -np.inf)
     _bounds(x, lo, hi)
@@ -242,6 +269,9 @@ def _prepare32(m, x, softening):
             p[k, i] = h
             p[4 + k, i] = np.float32(c - np.float64(h))
         p[3, i] = np.float32(m[i] * sm)
+    for i in range(n, p.shape[1]):
+        for k in range(7):
+            p[k, i] = p[k, 0] if k != 3 else np.float32(0.0)
     return p, s, sm
 
 
@@ -254,6 +284,25 @@ def block_count(n: int, threads: int) -> int:
     nb = BLOCKS_PER_THREAD * max(1, threads)
     nb = min(nb, max(2, n // MIN_BLOCK))
     return max(2, nb - nb % 2)
+
+
+def lane_count(n: int, threads: int) -> int:
+    """Lanes of the small-N path: one per thread, fewer below MIN_BLOCK rows a block."""
+    return max(1, min(threads, n // (2 * MIN_BLOCK)))
+
+
+@functools.lru_cache(maxsize=64)
+def block_edges(n: int, nb: int) -> np.ndarray:
+    """Edges of ``nb`` row blocks of near-equal size, each a multiple of ``ALIGN`` rows.
+
+    The rows are padded up to the next multiple of :data:`backends._pair_kernel.ALIGN`
+    (the last edge; at most ``ALIGN - 1`` massless pad rows), so every inner loop of the
+    pair kernel runs whole vector blocks with no scalar remainder.
+    """
+    units = -(-n // ALIGN)
+    edges = (np.arange(nb + 1, dtype=np.int64) * units // nb) * ALIGN
+    edges.flags.writeable = False
+    return edges
 
 
 @functools.lru_cache(maxsize=64)
@@ -296,10 +345,10 @@ def _finish(acc, out, scale):
 
 
 @njit(inline="always")
-def _count(work, a0, a1, b0, b1, first):
-    """Add the pairs of one task to the running thread's entry of ``work``."""
-    na = a1 - a0
-    nb = b1 - b0
+def _count(work, a0, a1, b0, b1, first, n):
+    """Add the pairs of one task (padding excluded) to the running thread's entry of ``work``."""
+    na = min(a1, n) - min(a0, n)
+    nb = min(b1, n) - min(b0, n)
     extra = (na * (na - 1) + nb * (nb - 1)) // 2 if first else 0
     work[numba.get_thread_id()] += na * nb + extra
 
@@ -316,7 +365,7 @@ def _pairs(p, acc, out, edges, tasks, starts, eps2, scale, work):
                 pair_block(p, acc, a0, a1, p, acc, a0, a1, eps2, True)
                 pair_block(p, acc, b0, b1, p, acc, b0, b1, eps2, True)
             pair_block(p, acc, a0, a1, p, acc, b0, b1, eps2, False)
-            _count(work, a0, a1, b0, b1, r == 0)
+            _count(work, a0, a1, b0, b1, r == 0, out.shape[0])
     return _finish(acc, out, scale)
 
 
@@ -328,13 +377,93 @@ def _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
             a = tasks[t, 0]
             b = tasks[t, 1]
             a0, a1, b0, b1 = edges[a], edges[a + 1], edges[b], edges[b + 1]
-            buf = np.empty((3, TILE32), dtype=np.float32)  # private to the task
+            buf = empty32(3, TILE32)  # private to the task
             if r == 0:
                 pair_block32(p, acc, a0, a1, p, acc, a0, a1, eps2, True, buf)
                 pair_block32(p, acc, b0, b1, p, acc, b0, b1, eps2, True, buf)
             pair_block32(p, acc, a0, a1, p, acc, b0, b1, eps2, False, buf)
-            _count(work, a0, a1, b0, b1, r == 0)
+            _count(work, a0, a1, b0, b1, r == 0, out.shape[0])
     return _finish(acc, out, scale)
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _finish_lanes(accs, out, scale):
+    """``out = (sum of the lane accumulators, in lane order) * scale``, rows in parallel."""
+    n = out.shape[0]
+    bad = 0
+    for i in prange(n):
+        for k in range(3):
+            t = accs[k, i]
+            for c in range(1, accs.shape[0] // 3):
+                t += accs[3 * c + k, i]
+            out[i, k] = (((t * scale[0]) * scale[1]) * scale[2]) * scale[3]
+            bad += 0 if np.isfinite(t) else 1
+    return bad == 0
+
+
+@njit(inline="always")
+def _count_lane(work, b0, b1, n):
+    """Add the pairs of rows ``b0..b1`` with every later row (padding excluded) to ``work``."""
+    na = min(b1, n) - min(b0, n)
+    work[numba.get_thread_id()] += na * (n - min(b1, n)) + na * (na - 1) // 2
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _lanes(m, x, G, softening, edges, out, work):
+    """Small-N float64 path (:func:`lane_count`): prepare, ``L`` lanes, sum, in one call.
+
+    ``edges`` cuts the padded rows into ``2 L`` blocks; lane ``c`` owns the pairs whose first
+    row lies in block ``c`` or ``2 L - 1 - c`` (its rows against themselves and every later
+    row: equal pair counts, long inner loops) and adds them into its own ``(3, W)``
+    accumulator. One parallel region of ``L`` lanes, statically one per thread, then the
+    lanes are summed in lane order, rows in parallel. False if the result is not finite or
+    the extent is out of reach (``s == 0``): the caller takes the exact path.
+    """
+    nl = (edges.shape[0] - 1) // 2
+    w = edges[-1]
+    n = out.shape[0]
+    p, s = _prepare(m, x, softening, w)
+    if s == 0.0:
+        return False
+    eps = softening * s
+    eps2 = eps * eps
+    accs = empty64(3 * nl, w)  # lane c: rows 3 c .. 3 c + 2
+    for lane in prange(nl):
+        c = np.int64(lane)  # prange's index is unsigned: mixed with int64 it would be a float
+        acc = accs[3 * c : 3 * c + 3]
+        acc[:, :] = 0.0
+        for h in range(2):
+            b = c if h == 0 else 2 * nl - 1 - c
+            b0, b1 = edges[b], edges[b + 1]
+            pair_block(p, acc, b0, b1, p, acc, b0, b1, eps2, True)
+            pair_block(p, acc, b0, b1, p, acc, b1, w, eps2, False)
+            _count_lane(work, b0, b1, n)
+    return _finish_lanes(accs, out, np.array([G, s, s, 1.0]))
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _lanes32(m, x, G, softening, edges, out, work):
+    """Float32 :func:`_lanes` (:func:`pair_block32` on :func:`_prepare32`'s copy)."""
+    nl = (edges.shape[0] - 1) // 2
+    w = edges[-1]
+    n = out.shape[0]
+    p, s, sm = _prepare32(m, x, softening, w)
+    if s == 0.0:
+        return False
+    eps2 = np.float32(softening * s) ** 2
+    accs = empty64(3 * nl, w)
+    for lane in prange(nl):
+        c = np.int64(lane)
+        acc = accs[3 * c : 3 * c + 3]
+        acc[:, :] = 0.0
+        buf = empty32(3, TILE32)  # private to the lane
+        for h in range(2):
+            b = c if h == 0 else 2 * nl - 1 - c
+            b0, b1 = edges[b], edges[b + 1]
+            pair_block32(p, acc, b0, b1, p, acc, b0, b1, eps2, True, buf)
+            pair_block32(p, acc, b0, b1, p, acc, b1, w, eps2, False, buf)
+            _count_lane(work, b0, b1, n)
+    return _finish_lanes(accs, out, np.array([G, s, s, 1.0 / sm]))
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -376,16 +505,26 @@ def _exact(out, m, x, G, softening):
 
 
 def _symmetric(m, x, G, softening, precision, work):
-    """Run the tournament on trusted inputs; None where the exact path must take over."""
+    """Run the lanes or the tournament on trusted inputs; None where the exact path must."""
     n = m.shape[0]
-    nb = block_count(n, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    if n <= LANES_MAX_N:
+        edges = block_edges(n, 2 * lane_count(n, threads))
+        out = np.empty((n, 3))
+        if precision == "float32":
+            if _lanes32(m, x, G, softening, edges, out, work):
+                return out
+            work[:] = 0
+        return out if _lanes(m, x, G, softening, edges, out, work) else None
+    nb = block_count(n, threads)
     tasks, starts = schedule(nb)
-    edges = (np.arange(nb + 1, dtype=np.int64) * n) // nb
+    edges = block_edges(n, nb)
+    width = int(edges[-1])
     out = np.empty((n, 3))
-    acc = np.zeros((3, n))
+    acc = _zeros64(3, width)
     with parallel_chunksize(1):  # block pairs are handed out one at a time
         if precision == "float32":
-            p, s, sm = _prepare32(m, x, softening)
+            p, s, sm = _prepare32(m, x, softening, width)
             if s > 0.0:
                 eps2 = np.float32(softening * s) ** 2
                 scale = np.array([G, s, s, 1.0 / sm])
@@ -393,13 +532,21 @@ def _symmetric(m, x, G, softening, precision, work):
                     return out
                 acc[:] = 0.0
                 work[:] = 0
-        p, s = _prepare(m, x, softening)
+        p, s = _prepare(m, x, softening, width)
         if s > 0.0:
             eps = softening * s
             scale = np.array([G, s, s, 1.0])
             if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
                 return out
     return None
+
+
+@njit(cache=True, nogil=True)
+def _zeros64(rows, cols):
+    """Zeroed :func:`backends._pair_kernel.empty64`."""
+    a = empty64(rows, cols)
+    a[:, :] = 0.0
+    return a
 
 
 def _kernel(m, x, G, softening, precision="float64", work=None):

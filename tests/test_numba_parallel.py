@@ -26,6 +26,7 @@ import backends
 from backends import numba_parallel as npl
 from backends import reference, relative_error
 from backends._contract import FLOAT32_TOLERANCE
+from backends._pair_kernel import ALIGN
 from backends.numba_loops import accel_plain
 
 TOL = 1e-13  # the bound the kernel's docstring promises (the project's error metric)
@@ -93,6 +94,39 @@ def test_block_count(threads):
     assert npl.block_count(1_000_000, 128) == 256
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 4099, 100_003])
+@pytest.mark.parametrize("nb", [2, 4, 6, 32])
+def test_block_edges_are_aligned_and_cover_the_rows(n, nb):
+    edges = npl.block_edges(n, nb)
+    assert edges[0] == 0 and n <= edges[-1] < n + ALIGN and len(edges) == nb + 1
+    assert (edges % ALIGN == 0).all() and (np.diff(edges) >= 0).all()
+    assert np.diff(edges).max() - np.diff(edges).min() <= ALIGN  # near-equal blocks
+
+
+def test_scratch_arrays_start_on_cache_lines():
+    m, x = random_system(1001, seed=1)
+    for _ in range(5):  # the allocator's offset varies; every copy must be aligned
+        p, _ = npl.prepare(m, x, 0.0, 1008)
+        p32 = npl._prepare32(m, x, 0.0, 1008)[0]
+        assert p.ctypes.data % 64 == 0 and p32.ctypes.data % 64 == 0
+        assert p.shape == (4, 1008) and p32.shape == (7, 1008)
+        assert (p[3, 1001:] == 0.0).all() and (p32[3, 1001:] == 0.0).all()  # massless pads
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize(("n", "softening"), [(300, 0.0), (1001, 0.01), (2500, 0.0)])
+def test_lanes_and_tournament_agree(monkeypatch, n, softening, precision):
+    """The small-N lanes and the tournament: same pairs, different order of the sums."""
+    m, x = random_system(n, seed=n)
+    lanes = npl.accel(m, x, softening=softening, precision=precision)
+    monkeypatch.setattr(npl, "LANES_MAX_N", 0)
+    tour = npl.accel(m, x, softening=softening, precision=precision)
+    bound = TOL if precision == "float64" else 1e-6
+    assert relative_error(lanes, tour) <= bound
+    if precision == "float64":
+        assert relative_error(lanes, reference.accel(m, x, softening=softening)) <= TOL
+
+
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_repeated_calls_bitwise_identical(precision):
     m, x = random_system(3001, seed=3)
@@ -126,6 +160,7 @@ import json, sys
 import numpy as np
 import numba
 from backends import benchmark_system, numba_parallel as npl
+npl.LANES_MAX_N = int(sys.argv[3])  # 0: the tournament at every N
 m, x = benchmark_system(int(sys.argv[1]), seed=5)
 a = npl.accel(m, x, softening=0.001)
 b = npl.accel(m, x, softening=0.001)
@@ -136,10 +171,10 @@ print(json.dumps({"threads": numba.get_num_threads(), "work": work.tolist()}))
 """
 
 
-def _child(threads, n, path):
+def _child(threads, n, path, lanes_max_n):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n), str(path)],
+        [sys.executable, "-c", _CHILD, str(n), str(path), str(lanes_max_n)],
         env=env,
         capture_output=True,
         text=True,
@@ -151,11 +186,17 @@ def _child(threads, n, path):
     return np.load(path), info
 
 
-@pytest.fixture(scope="module")
-def across_threads(tmp_path_factory):
-    """Results and work spread with NUMBA_NUM_THREADS = 1, 2, 3, 8, 16, 64 (N = 4 099)."""
-    tmp = tmp_path_factory.mktemp("threads")
-    return {t: _child(t, 4099, tmp / f"t{t}.npy") for t in (1, 2, 3, 8, 16, 64)}
+@pytest.fixture(scope="module", params=["tournament", "lanes"])
+def across_threads(request, tmp_path_factory):
+    """Results and work spread with NUMBA_NUM_THREADS = 1, 2, 3, 8, 16, 64 (N = 4 099).
+
+    Once on each decomposition: the tournament (forced with ``LANES_MAX_N = 0``) and the
+    small-N lanes (4 099 <= ``LANES_MAX_N``).
+    """
+    assert 4099 <= npl.LANES_MAX_N
+    limit = 0 if request.param == "tournament" else npl.LANES_MAX_N
+    tmp = tmp_path_factory.mktemp(request.param)
+    return {t: _child(t, 4099, tmp / f"t{t}.npy", limit) for t in (1, 2, 3, 8, 16, 64)}
 
 
 def test_results_agree_across_thread_counts(across_threads):
@@ -173,7 +214,7 @@ def test_every_thread_does_a_share(across_threads):
     for t, (_, info) in across_threads.items():
         work = np.array(info["work"])
         assert work.shape == (t,) and work.sum() == pairs, t
-        if t <= 16:  # 4 099 rows give 64 blocks: 32 block pairs per round for 64 threads
+        if t <= 16:  # 4 099 rows: 64 blocks of >= 64 rows (32 pairs a round), or 32 lanes
             assert (work > 0).all(), (t, work)
     work16 = np.array(across_threads[16][1]["work"])
     assert work16.min() > 0.2 * pairs / 16  # a share each, not a token
