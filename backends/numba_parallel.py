@@ -116,6 +116,7 @@ from numba import njit, parallel_chunksize, prange
 from backends._contract import check_precision, evaluate, validate
 from backends._pair_kernel import (
     ALIGN,
+    R2_MIN32,
     TILE,
     TILE32,
     empty32,
@@ -123,6 +124,7 @@ from backends._pair_kernel import (
     inv_r3,
     pair_block,
     pair_block32,
+    raw_rsqrt32,
     wide_vectors,
 )
 from backends._pair_kernel import FM as _FM
@@ -148,7 +150,6 @@ BLOCKS_PER_THREAD = 2  #: row blocks per thread (at least 2: a round has nb / 2 
 #: tournament above it. Its scratch is 24 B x 8192 = 192 KiB per thread (24 MiB at T = 128).
 LANES_MAX_N = 8192
 _ROWS = 256  # rows per parallel block of the exact path
-_TINY = 2.0**-120  # smallest scaled r2 given to the float32 estimate (float32 min is 2**-126)
 _MASS_RANGE = 2.0**-100  # float32 mode: smaller masses relative to the largest use float64
 _inv_r3 = inv_r3
 
@@ -450,7 +451,7 @@ def _lanes32(m, x, G, softening, edges, out, work):
     p, s, sm = _prepare32(m, x, softening, w)
     if s == 0.0:
         return False
-    eps2 = np.float32(softening * s) ** 2
+    eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
     accs = empty64(3 * nl, w)
     for lane in prange(nl):
         c = np.int64(lane)
@@ -526,7 +527,7 @@ def _symmetric(m, x, G, softening, precision, work):
         if precision == "float32":
             p, s, sm = _prepare32(m, x, softening, width)
             if s > 0.0:
-                eps2 = np.float32(softening * s) ** 2
+                eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
                 scale = np.array([G, s, s, 1.0 / sm])
                 if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
                     return out
@@ -575,6 +576,7 @@ def _block(targets, m, sources, G, softening):
         _exact_rows(out, targets, m, sources, G, softening, 0, nt)
         return out
     wide_vectors()
+    raw_rsqrt32()  # _inv_r3 refines the bare estimate itself
     p = _soa(m, sources, s)
     eps = softening * s
     eps2 = eps * eps
