@@ -65,14 +65,17 @@ import numpy as np
 from backends._contract import evaluate, validate
 from backends._pools import (
     WorkerTraceback,
+    aligned_empty,
     check_knobs,
     check_main_guard,
     lane_count,
-    lane_tasks,
+    lane_plan,
     maybe_inject_fault,
     prepare,
     row_bounds,
+    run_lane,
     startup_failure,
+    store_particles,
     sum_lanes,
     warm_parent,
     warm_worker,
@@ -138,16 +141,16 @@ def _results(outcomes) -> list:
 def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
     """Pairs of lane ``lane`` of ``lanes`` into its accumulator (a worker process or thread).
 
-    ``buf`` is the flat shared buffer ``[p (4, N) | lanes x (3, N) | lane counter]``.
+    ``buf`` is the flat shared buffer ``[p (4, W) | lanes x (3, W) | lane counter]`` in the
+    blocked layout of :func:`backends._pools.lane_plan` (``W`` its ``width``).
     """
-    from backends._pair_kernel import pair_blocks
-
     maybe_inject_fault()
+    plan = lane_plan(n, lanes)
+    w = plan.width
     buf = np.asarray(buf)  # a joblib memmap becomes a plain (writable) ndarray view
-    p = buf[: 4 * n].reshape(4, n)
-    acc = buf[(4 + 3 * lane) * n : (7 + 3 * lane) * n].reshape(3, n)
-    acc[...] = 0.0
-    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    p = buf[: 4 * w].reshape(4, w)
+    acc = buf[(4 + 3 * lane) * w : (7 + 3 * lane) * w].reshape(3, w)
+    run_lane(plan, p, acc, lane, eps2)
     return lane
 
 
@@ -160,7 +163,7 @@ def _lanes(buf, path: str | None, n: int, lanes: int, eps2: float) -> list[int]:
     call does not wait for the parent to hand out each lane (on a busy machine the parent's
     dispatch threads may wait long for a core).
     """
-    slot = (4 + 3 * lanes) * n
+    slot = (4 + 3 * lanes) * lane_plan(n, lanes).width
     counter = np.asarray(buf)[slot : slot + 1]
     done = []
     with _counter_lock(path) as lock:
@@ -240,7 +243,7 @@ class _Runner:
             size = max(size, 2 * (0 if self.buf is None else self.buf.shape[0]), 1 << 13)
             self.release()
             if self.key[1] == "threads":
-                self.buf = np.empty(size)
+                self.buf = aligned_empty(size)
             else:
                 folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
                 self.path = os.path.join(folder, f"{BUFFER_PREFIX}{os.getpid()}-{next(_names)}")
@@ -262,15 +265,17 @@ class _Runner:
 
         n = m.shape[0]
         lanes = lane_count(n, chunks)
+        plan = lane_plan(n, lanes)
+        w = plan.width
         p, s = prepare(m, x, softening)
         if s > 0.0:
-            buf = self.buffer((4 + 3 * lanes) * n + 1)
-            buf[: 4 * n] = p.reshape(-1)
+            buf = self.buffer((4 + 3 * lanes) * w + 1)
+            store_particles(plan, p, np.asarray(buf[: 4 * w]).reshape(4, w))
             eps = softening * s
             task = delayed(_guarded)
             n_workers, prefer = self.key
             if n_workers > 1 and (prefer == "threads" or _HAVE_FLOCK):
-                buf[(4 + 3 * lanes) * n] = 0.0  # the lane counter
+                buf[(4 + 3 * lanes) * w] = 0.0  # the lane counter
                 args = (_lanes, buf, self.path, n, lanes, eps * eps)
                 done = _results(self.parallel(task(*args) for _ in range(n_workers)))
                 if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
@@ -278,8 +283,8 @@ class _Runner:
             else:  # one worker (joblib runs it here), or no flock: one task per lane
                 tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
                 _results(self.parallel(tasks))
-            acc = np.asarray(buf[4 * n : (4 + 3 * lanes) * n]).reshape(lanes, 3, n)
-            out = sum_lanes(acc, G, s)
+            acc = np.asarray(buf[4 * w : (4 + 3 * lanes) * w]).reshape(lanes, 3, w)
+            out = sum_lanes(plan, acc, G, s)
             if out is not None:
                 return out
         # extreme extent, or a pair too close for the fast path: exact row kernel

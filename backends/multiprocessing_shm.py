@@ -57,14 +57,17 @@ import numpy as np
 from backends._contract import evaluate, validate
 from backends._pools import (
     WorkerTraceback,
+    aligned,
     check_knobs,
     check_main_guard,
     lane_count,
-    lane_tasks,
+    lane_plan,
     maybe_inject_fault,
     prepare,
     row_bounds,
+    run_lane,
     startup_failure,
+    store_particles,
     sum_lanes,
     warm_kernel,
     warm_parent,
@@ -136,16 +139,26 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     return _segment
 
 
+def _layout(n: int, width: int) -> tuple[int, int, int]:
+    """Offsets in doubles of ``x``, ``p`` and the lane accumulators in the segment.
+
+    The segment is ``[m (N) | x (N, 3) | p (4, width) | lanes x (3, width)]``, each part
+    starting on an :data:`backends._pools.ALIGN` boundary (the segment itself is page aligned).
+    """
+    off_x = aligned(n)
+    off_p = off_x + aligned(3 * n)
+    return off_x, off_p, off_p + 4 * width
+
+
 def _lane(name: str, n: int, lanes: int, lane: int, eps2: float) -> int:
     """Pairs of lane ``lane`` of ``lanes`` into its accumulator in segment ``name``."""
-    from backends._pair_kernel import pair_blocks
-
     maybe_inject_fault()
     buf = _attach(name).buf
-    p = np.ndarray((4, n), np.float64, buf, offset=32 * n)
-    acc = np.ndarray((3, n), np.float64, buf, offset=(64 + 24 * lane) * n)
-    acc[...] = 0.0
-    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    plan = lane_plan(n, lanes)
+    _, off_p, off_acc = _layout(n, plan.width)
+    p = np.ndarray((4, plan.width), np.float64, buf, offset=8 * off_p)
+    acc = np.ndarray((3, plan.width), np.float64, buf, offset=8 * (off_acc + 3 * plan.width * lane))
+    run_lane(plan, p, acc, lane, eps2)
     return lane
 
 
@@ -172,7 +185,7 @@ def _chunk(name: str, n: int, lo: int, hi: int, G: float, softening: float) -> n
     maybe_inject_fault()
     buf = _attach(name).buf
     m = np.ndarray((n,), np.float64, buf)
-    x = np.ndarray((n, 3), np.float64, buf, offset=8 * n)
+    x = np.ndarray((n, 3), np.float64, buf, offset=8 * aligned(n))
     return accel_block(x[lo:hi], m, x, G, softening)
 
 
@@ -211,9 +224,9 @@ class _Pool:
             self.shutdown(kill=True)
             raise
 
-    def reserve(self, n: int, lanes: int) -> str:
-        """Make the segment hold ``[m | x | p | lanes accumulators]`` for N; return its name."""
-        need = (64 + 24 * lanes) * n
+    def reserve(self, n: int, width: int, lanes: int) -> str:
+        """Make the segment hold ``[m | x | p | lanes accumulators]`` (:func:`_layout`)."""
+        need = 8 * (_layout(n, width)[2] + 3 * lanes * width)
         if self.segment is None or self.segment.size < need:
             old = 0 if self.segment is None else self.segment.size
             self._unlink()
@@ -312,23 +325,25 @@ def _submit_all(pool: _Pool, fn, args_list: list[tuple]) -> list:
 def _run(m, x, G, softening, n_workers, chunks) -> np.ndarray:
     n = m.shape[0]
     lanes = lane_count(n, chunks)
+    plan = lane_plan(n, lanes)
+    off_x, off_p, off_acc = _layout(n, plan.width)
     p, s = prepare(m, x, softening)
     with _lock:
         pool = _get_pool(n_workers)
-        name = pool.reserve(n, lanes)
+        name = pool.reserve(n, plan.width, lanes)
         if s > 0.0:
-            pool.view((4, n), 32 * n)[...] = p
+            store_particles(plan, p, pool.view((4, plan.width), 8 * off_p))
             eps = softening * s
             pool.next_lane.value = 0
             done = _submit_all(pool, _lanes, [(name, n, lanes, eps * eps)] * pool.n_workers)
             if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
                 raise RuntimeError(f"backend {NAME!r}: lanes computed {done}, wanted {lanes}")
-            out = sum_lanes(pool.view((lanes, 3, n), 64 * n), G, s)
+            out = sum_lanes(plan, pool.view((lanes, 3, plan.width), 8 * off_acc), G, s)
             if out is not None:
                 return out
         # extreme extent, or a pair too close for the fast path: exact row kernel
         pool.view((n,), 0)[...] = m
-        pool.view((n, 3), 8 * n)[...] = x
+        pool.view((n, 3), 8 * off_x)[...] = x
         bounds = row_bounds(n, chunks)
         blocks = _submit_all(pool, _chunk, [(name, n, lo, hi, G, softening) for lo, hi in bounds])
         return np.concatenate(blocks)
