@@ -21,14 +21,19 @@ folder) mapped by :class:`numpy.memmap`; joblib hands a memory map to its worker
 name, so only names, lane numbers and scalars are pickled. With ``n_workers=1`` joblib runs
 the tasks in the calling process. ``prefer="threads"``: joblib's threading backend,
 ``n_workers`` threads of this process sharing an ordinary array; ``pair_blocks`` releases the
-GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N + 1`` doubles in the buffer,
-reused across calls and grown (doubling) when too small; the exact path also maps the
-inputs for the workers (arrays above :data:`MAX_NBYTES`). The double after the
-accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file
-(processes) or a lock (threads).
+GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) W + 2`` doubles in the buffer
+(``W >= N``: the blocked layout of :func:`backends._pools.lane_plan`, every row block
+starting on a 128-byte boundary), reused across calls and grown (doubling) when too small;
+the exact path also maps the inputs for the workers (arrays above :data:`MAX_NBYTES`). The
+double after the accumulators is the lane counter, guarded by ``fcntl.flock`` on the
+buffer's file (processes) or a lock (threads); the next counts the tasks that have ended.
 
-joblib's result collection polls every 10 ms, which sets the floor of a call's time at small
-N (a call whose tasks all finish while they are being dispatched skips it).
+joblib's own result collection looks for finished tasks every 10 ms and sleeps in between,
+which made 10 ms the floor of a call. The lanes' call does not wait for it
+(:meth:`_Runner.collect`): ``Parallel`` returns a generator once the tasks are dispatched
+(``return_as="generator"``), the calling thread waits for the tasks' end itself (a countdown
+for threads, the count of ended tasks in the shared buffer for processes), then consumes
+the generator. The exact path still pays joblib's polling.
 
 Lifetime: one ``Parallel`` object per ``prefer`` is kept open (entered as a context
 manager) and reused across calls; a call with another ``n_workers`` replaces it, and so
@@ -522,8 +527,8 @@ def accel(
     n_workers : int, optional
         Worker processes or threads; default the number of usable cores.
     chunks : int, optional
-        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
+        Lanes of the pair triangle per call (tasks; each has an accumulator of about ``3 N``
+        doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers`` or ``prefer``.
     prefer : {"processes", "threads"}, optional
         joblib's loky process backend (default) or its threading backend.

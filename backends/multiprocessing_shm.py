@@ -19,9 +19,12 @@ extreme, the call is redone on the exact path: row chunks of the non-symmetric r
 :func:`backends.numba_parallel.accel_block`, each returned as a small array.
 
 Data path: only the segment name, N, lane numbers and scalars travel through the task
-queue. Memory: one segment of ``(8 + 3 chunks) N`` doubles (``[m | x | p | lanes]``, the
-masses and positions only written for the exact path), reused across calls and grown
-(doubling) when it is too small; workers attach by name and keep the mapping.
+queue. Memory: one segment of about ``4 N + (4 + 3 chunks) W`` doubles (``[m | x | p |
+lanes]``, :func:`_layout`; the masses and positions only written for the exact path; ``W
+>= N`` the width of the blocked layout of :func:`backends._pools.lane_plan`, in which every
+row block starts on a 128-byte boundary), reused across calls and grown (doubling) when it
+is too small; workers attach by name and keep the mapping. The parent copies the scaled
+particles in and sums the lanes with serial compiled loops (:mod:`backends._pool_kernels`).
 
 Lifetime: the pool and the segment are created on first use and reused; a call with a
 different ``n_workers`` replaces the pool, and so does a call that finds a worker gone.
@@ -397,8 +400,8 @@ def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=Non
         Worker processes; default the number of usable cores. A value different from the
         running pool's replaces the pool.
     chunks : int, optional
-        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
+        Lanes of the pair triangle per call (tasks; each has an accumulator of about ``3 N``
+        doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers``.
 
     Returns
