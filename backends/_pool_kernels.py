@@ -21,13 +21,26 @@ __all__ = ["scatter", "sum_blocks"]
 
 @njit(cache=True, nogil=True)
 def scatter(p, dst, edges, starts):
-    """Copy the ``(4, N)`` array ``p`` into the blocked ``(4, W)`` array ``dst``."""
-    for b in range(edges.shape[0] - 1):
+    """Copy the ``(4, N)`` array ``p`` into the blocked ``(4, W)`` array ``dst``.
+
+    The gap after each block gets copies of the block's last particle with mass 0: never
+    read by today's kernel, and harmless to one that would sweep a block's columns up to a
+    multiple of 16 (a zero mass adds exactly 0; its distances are those of a real pair).
+    """
+    width = dst.shape[1]
+    nb = edges.shape[0] - 1
+    for b in range(nb):
         lo = edges[b]
+        hi = edges[b + 1]
         d = starts[b] - lo
         for k in range(4):
-            for i in range(lo, edges[b + 1]):
+            for i in range(lo, hi):
                 dst[k, i + d] = p[k, i]
+        end = starts[b + 1] if b + 1 < nb else width
+        for c in range(hi + d, end):
+            for k in range(3):
+                dst[k, c] = p[k, hi - 1]
+            dst[3, c] = 0.0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

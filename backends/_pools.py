@@ -27,9 +27,9 @@ In the buffers the workers share, the scaled particles ``(4, width)`` and every 
 accumulator ``(3, width)`` store block ``b`` from column ``starts[b]``, a multiple of
 :data:`ALIGN` (:class:`LanePlan`), so that every block the pair kernel sweeps starts on a
 cache-line boundary whatever N is (on the Ice Lake development VM a misaligned block start
-cost the kernel 6-8 %). A lane zeroes, and the parent's sum reads, only the blocks the lane
-writes (:func:`zero_lane`, :func:`sum_lanes`); the parent copies the particles in with
-:func:`store_particles`.
+cost the kernel 6-8 %); the gaps hold massless copies of a block's last particle. A lane
+zeroes, and the parent's sum reads, only the blocks the lane writes (:func:`zero_lane`,
+:func:`sum_lanes`); the parent copies the particles in with :func:`store_particles`.
 """
 
 from __future__ import annotations
