@@ -1,22 +1,35 @@
 """Shared helpers of the process-pool backends (``multiprocessing``, ``joblib``).
 
 Knob validation, the default worker count, the decomposition of the pair triangle into
-lanes (and of the rows, for the exact fallback), the fixed-order sum of the lanes, the
-worker start-up report and the check that a script's workers will not re-run its call.
-Imports numpy only (Numba when a kernel is warmed).
+lanes and their blocked layout in the shared buffers (and the rows, for the exact
+fallback), the fixed-order sum of the lanes, the worker start-up report and the check that
+a script's workers will not re-run its call. Imports numpy only (Numba, with
+:mod:`backends._pool_kernels`, when a kernel runs).
 
 The pair triangle
 -----------------
-The rows ``0..N`` are cut into ``2 L`` near-equal blocks; *lane* ``c`` (``0 <= c < L``) owns
-the pairs ``(i, j)``, ``j > i``, whose first row ``i`` lies in block ``c`` or in block
-``2 L - 1 - c``. A short block near the top of the triangle (many pairs per row) is thus
-paired with one near the bottom (few pairs per row), so every lane holds about
-``N (N - 1) / (2 L)`` pairs. Each lane's rows are a list of block pairs for
-:func:`backends._pair_kernel.pair_blocks`: the diagonal block ``(b, b)`` and the rectangle
-``(b, rows after b)``. Every unordered pair belongs to exactly one lane, and each lane adds
-into its own ``(3, N)`` accumulator, so lanes may run on any worker in any order; the caller
-sums the lanes in lane order, so the result depends on ``L`` only, never on the worker count
-or the schedule.
+The rows ``0..N`` are cut into ``2 L k`` near-equal blocks (:func:`block_count`: ``L`` lanes,
+``k`` the least number keeping blocks at most :data:`MAX_BLOCK` rows); *fold* ``c`` is the
+pair of row blocks ``c`` and ``2 L k - 1 - c``, and lane ``l`` owns the folds ``l, l + L,
+...``. A row block ``r`` of a fold brings the pairs ``(i, j)``, ``j > i``, whose first row
+``i`` lies in ``r``: its diagonal block ``(r, r)`` and the rectangles ``(r, b)`` for every
+later block ``b``. A short block near the top of the triangle (many pairs per row) is thus
+paired with one near the bottom (few pairs per row), every fold holds the same number of
+pairs, and so does every lane (``N (N - 1) / (2 L)``), in the same shapes: square
+rectangles of one block by one block and two diagonal blocks per fold. Every unordered pair
+belongs to exactly one lane, and each lane adds into its own ``(3, N)`` accumulator, so
+lanes may run on any worker in any order; the caller sums the lanes in lane order, so the
+result depends on ``L`` only, never on the worker count or the schedule.
+
+The blocked layout
+------------------
+In the buffers the workers share, the scaled particles ``(4, width)`` and every lane
+accumulator ``(3, width)`` store block ``b`` from column ``starts[b]``, a multiple of
+:data:`ALIGN` (:class:`LanePlan`), so that every block the pair kernel sweeps starts on a
+cache-line boundary whatever N is (on the Ice Lake development VM a misaligned block start
+cost the kernel 6-8 %); the gaps hold massless copies of a block's last particle. A lane
+zeroes, and the parent's sum reads, only the blocks the lane writes (:func:`zero_lane`,
+:func:`sum_lanes`); the parent copies the particles in with :func:`store_particles`.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import os
 import sys
 import time
 import tokenize
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +57,13 @@ FAULT_ENV = "NBODY_BACKENDS_TEST_FAULT_FILE"
 #: at N = 20 000 with 2 workers (Xeon Ice Lake, 2 cores, 2026-12-01, interleaved): 2 lanes gave
 #: 0.96-1.06x numba_parallel for multiprocessing, 8 lanes 0.84-0.86x.
 CHUNKS_PER_WORKER = 1
+
+#: Doubles (128 bytes): every row block starts at a multiple of this in the shared buffers
+#: (64-byte aligned vector loads; misaligned block starts made the pair kernel 6-8 % slower).
+ALIGN = 16
+
+#: Most rows per row block (the pair kernel's cache tile, ``backends._pair_kernel.TILE``).
+MAX_BLOCK = 4096
 
 
 def usable_cores() -> int:
@@ -98,28 +119,121 @@ def lane_count(n: int, chunks: int) -> int:
     return max(1, min(chunks, n // 2))
 
 
+def block_count(n: int, lanes: int) -> int:
+    """Return the number of row blocks of the pair triangle: ``2 lanes k``.
+
+    ``k`` is the least with blocks of at most :data:`MAX_BLOCK` rows (1 if a block would be
+    left empty), so every lane gets ``k`` folds.
+    """
+    k = max(1, -(-n // (2 * lanes * MAX_BLOCK)))
+    return 2 * lanes * (k if 2 * lanes * k <= n else 1)
+
+
+def _lane_block_pairs(nb: int, lanes: int, lane: int) -> list[tuple[int, int]]:
+    """Block pairs ``(a, b)``, ``a <= b``, of lane ``lane``: folds ``lane, lane + lanes, ...``.
+
+    Fold ``c`` is the row blocks ``c`` and ``nb - 1 - c``; a row block ``r`` contributes its
+    diagonal block ``(r, r)`` and the rectangles ``(r, b)`` for every later block ``b``.
+    """
+    pairs = []
+    for c in range(lane, nb // 2, lanes):
+        for r in (c, nb - 1 - c):
+            pairs += [(r, b) for b in range(r, nb)]
+    return pairs
+
+
+class LanePlan(NamedTuple):
+    """The blocked layout and the work of every lane for ``n`` particles and ``lanes`` lanes.
+
+    Row block ``b`` (particles ``edges[b]:edges[b + 1]``) is stored in the columns
+    ``starts[b]:starts[b] + edges[b + 1] - edges[b]`` of every row of the shared
+    ``(4, width)`` particle array and of each ``(3, width)`` lane accumulator; every start
+    is a multiple of :data:`ALIGN`, the columns between blocks are never touched by the
+    kernel. ``tasks[l]`` are lane ``l``'s block pairs in those stored columns (rows
+    ``(a0, a1, b0, b1)`` for :func:`backends._pair_kernel.pair_blocks`); ``touched[l, b]``
+    says whether lane ``l`` writes block ``b`` (it zeroes and the sum reads only those).
+    """
+
+    n: int
+    lanes: int
+    edges: np.ndarray
+    starts: np.ndarray
+    width: int
+    tasks: tuple
+    touched: np.ndarray
+
+
+@functools.lru_cache(maxsize=32)
+def lane_plan(n: int, lanes: int) -> LanePlan:
+    """Return the :class:`LanePlan` of ``n`` particles in ``lanes`` lanes (cached, read-only)."""
+    nb = block_count(n, lanes)
+    edges = np.arange(nb + 1, dtype=np.int64) * n // nb
+    sizes = np.diff(edges)
+    starts = np.zeros(nb, dtype=np.int64)
+    starts[1:] = np.cumsum(-(-sizes // ALIGN) * ALIGN)[:-1]
+    width = int(starts[-1] + -(-sizes[-1] // ALIGN) * ALIGN)
+    tasks, touched = [], np.zeros((lanes, nb), dtype=np.bool_)
+    for lane in range(lanes):
+        rows = []
+        for a, b in _lane_block_pairs(nb, lanes, lane):
+            if a == b and sizes[a] < 2:
+                continue  # a diagonal block of one row has no pair
+            rows.append((starts[a], starts[a] + sizes[a], starts[b], starts[b] + sizes[b]))
+            touched[lane, a] = touched[lane, b] = True
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
+        arr.flags.writeable = False
+        tasks.append(arr)
+    for arr in (edges, starts, touched):
+        arr.flags.writeable = False
+    return LanePlan(n, lanes, edges, starts, width, tuple(tasks), touched)
+
+
 def lane_tasks(n: int, lanes: int, lane: int) -> np.ndarray:
-    """Return the block pairs of lane ``lane`` of ``lanes`` (module docstring).
+    """Return the block pairs of lane ``lane`` of ``lanes`` in particle indices (module docstring).
 
     Returns
     -------
     (K, 4) ndarray of int64
         Rows ``(a0, a1, b0, b1)``: a diagonal block (``a0 == b0``, ``a1 == b1``) or the
-        rectangle of the block's rows against all later rows. Empty tasks are left out.
+        rectangle of a row block against a later block. Blocks without a pair are left out.
     """
-    nb = 2 * lanes
-    tasks = []
-    for b in (lane, nb - 1 - lane):
-        lo, hi = b * n // nb, (b + 1) * n // nb
-        if hi - lo > 1:
-            tasks.append((lo, hi, lo, hi))
-        if hi > lo and hi < n:
-            tasks.append((lo, hi, hi, n))
-    return np.array(tasks, dtype=np.int64).reshape(-1, 4)
+    plan = lane_plan(n, lanes)
+    edges, starts = plan.edges, plan.starts
+    index = {int(s): int(e) for s, e in zip(starts, edges[:-1], strict=True)}
+    rows = [
+        (index[a0], index[a0] + a1 - a0, index[b0], index[b0] + b1 - b0)
+        for a0, a1, b0, b1 in plan.tasks[lane].tolist()
+    ]
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
-def sum_lanes(acc: np.ndarray, G: float, s: float) -> np.ndarray | None:
-    """Sum the ``(L, 3, N)`` lane accumulators in lane order and scale by ``G * s * s``.
+def zero_lane(plan: LanePlan, acc: np.ndarray, lane: int) -> None:
+    """Zero the blocks of lane ``lane``'s ``(3, width)`` accumulator ``acc`` that it writes."""
+    sizes = np.diff(plan.edges)
+    for b in np.flatnonzero(plan.touched[lane]):
+        acc[:, plan.starts[b] : plan.starts[b] + sizes[b]] = 0.0
+
+
+def run_lane(plan: LanePlan, p: np.ndarray, acc: np.ndarray, lane: int, eps2: float) -> None:
+    """Zero lane ``lane``'s blocks of ``acc`` (``(3, width)``) and add its pairs (GIL-free).
+
+    ``p`` is the ``(4, width)`` scaled particles in the blocked layout.
+    """
+    from backends._pair_kernel import pair_blocks
+
+    zero_lane(plan, acc, lane)
+    pair_blocks(p, acc, p, acc, plan.tasks[lane], eps2)
+
+
+def store_particles(plan: LanePlan, p: np.ndarray, dst: np.ndarray) -> None:
+    """Copy the ``(4, N)`` scaled particles ``p`` into the blocked ``(4, width)`` array ``dst``."""
+    from backends._pool_kernels import scatter
+
+    scatter(p, dst, plan.edges, plan.starts)
+
+
+def sum_lanes(plan: LanePlan, acc: np.ndarray, G: float, s: float) -> np.ndarray | None:
+    """Sum the ``(L, 3, width)`` lane accumulators in lane order and scale by ``G * s * s``.
 
     Returns
     -------
@@ -127,16 +241,24 @@ def sum_lanes(acc: np.ndarray, G: float, s: float) -> np.ndarray | None:
         None if the sum is not finite (a pair too close for the fast path: the caller
         redoes the evaluation on the exact path).
     """
-    total = acc[0].copy()
-    for c in range(1, acc.shape[0]):
-        total += acc[c]
-    if not np.isfinite(total).all():
-        return None
-    out = np.empty((acc.shape[2], 3))
+    from backends._pool_kernels import sum_blocks
+
+    out = np.empty((plan.n, 3))
     with np.errstate(over="ignore"):  # an overflow is the contract's check_result's to report
-        np.multiply(total.T, G * s, out=out)
-        out *= s
-    return out
+        ok = sum_blocks(acc, plan.touched, plan.edges, plan.starts, G * s, s, out)
+    return out if ok else None
+
+
+def aligned(count: int) -> int:
+    """``count`` rounded up to a multiple of :data:`ALIGN`."""
+    return -(-count // ALIGN) * ALIGN
+
+
+def aligned_empty(size: int) -> np.ndarray:
+    """Return an uninitialised float64 array of ``size`` starting on an :data:`ALIGN` boundary."""
+    raw = np.empty(size + ALIGN)
+    skip = (-raw.ctypes.data // 8) % ALIGN
+    return raw[skip : skip + size]
 
 
 def row_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
@@ -200,10 +322,13 @@ def warm_worker(pause: float) -> int:
 
 
 def warm_parent() -> None:
-    """Load the parent's share of the kernels (the scaling copy) before the first call."""
+    """Load the parent's share of the kernels (scaling copy, copy-in, sum) before the first call."""
     m = np.ones(2)
     x = np.zeros((2, 3))
-    prepare(m, x, 0.0)
+    p, s = prepare(m, x, 0.0)
+    plan = lane_plan(2, 1)
+    store_particles(plan, p, np.zeros((4, plan.width)))
+    sum_lanes(plan, np.zeros((1, 3, plan.width)), 1.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------

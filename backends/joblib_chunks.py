@@ -21,14 +21,19 @@ folder) mapped by :class:`numpy.memmap`; joblib hands a memory map to its worker
 name, so only names, lane numbers and scalars are pickled. With ``n_workers=1`` joblib runs
 the tasks in the calling process. ``prefer="threads"``: joblib's threading backend,
 ``n_workers`` threads of this process sharing an ordinary array; ``pair_blocks`` releases the
-GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) N + 1`` doubles in the buffer,
-reused across calls and grown (doubling) when too small; the exact path also maps the
-inputs for the workers (arrays above :data:`MAX_NBYTES`). The double after the
-accumulators is the lane counter, guarded by ``fcntl.flock`` on the buffer's file
-(processes) or a lock (threads).
+GIL, so the threads run in parallel. Memory: ``(4 + 3 chunks) W + 2`` doubles in the buffer
+(``W >= N``: the blocked layout of :func:`backends._pools.lane_plan`, every row block
+starting on a 128-byte boundary), reused across calls and grown (doubling) when too small;
+the exact path also maps the inputs for the workers (arrays above :data:`MAX_NBYTES`). The
+double after the accumulators is the lane counter, guarded by ``fcntl.flock`` on the
+buffer's file (processes) or a lock (threads); the next counts the tasks that have ended.
 
-joblib's result collection polls every 10 ms, which sets the floor of a call's time at small
-N (a call whose tasks all finish while they are being dispatched skips it).
+joblib's own result collection looks for finished tasks every 10 ms and sleeps in between,
+which made 10 ms the floor of a call. The lanes' call does not wait for it
+(:meth:`_Runner.collect`): ``Parallel`` returns a generator once the tasks are dispatched
+(``return_as="generator"``), the calling thread waits for the tasks' end itself (a countdown
+for threads, the count of ended tasks in the shared buffer for processes), then consumes
+the generator. The exact path still pays joblib's polling.
 
 Lifetime: one ``Parallel`` object per ``prefer`` is kept open (entered as a context
 manager) and reused across calls; a call with another ``n_workers`` replaces it, and so
@@ -65,14 +70,17 @@ import numpy as np
 from backends._contract import evaluate, validate
 from backends._pools import (
     WorkerTraceback,
+    aligned_empty,
     check_knobs,
     check_main_guard,
     lane_count,
-    lane_tasks,
+    lane_plan,
     maybe_inject_fault,
     prepare,
     row_bounds,
+    run_lane,
     startup_failure,
+    store_particles,
     sum_lanes,
     warm_parent,
     warm_worker,
@@ -85,6 +93,16 @@ NAME = "joblib"
 PREFER = {"processes": "loky", "threads": "threading"}  #: ``prefer=`` -> joblib backend
 MAX_NBYTES = "64K"  #: arrays above this size are memory-mapped, not pickled (joblib syntax)
 START_TIMEOUT = 300.0  #: seconds for all workers to start and load the kernel
+#: Seconds between the end of the last task and the collection of the results, for joblib's
+#: callback thread to record them (else joblib's 10 ms polling sleep follows); 0: only
+#: yield the GIL.
+CALLBACK_GRACE = {"threads": 0.0, "processes": 5e-4}
+#: Processes: the seconds between looks at the count of ended tasks are ``POLL_SHARE`` of
+#: the time waited so far, within ``POLL`` (few wake-ups of the parent while the workers
+#: hold the cores; a call ends at most 5 % or 2 ms after its last task)
+POLL = (2e-4, 2e-3)
+POLL_SHARE = 0.05
+HEALTH_EVERY = 0.01  #: processes: seconds between looks for a dead worker while waiting
 BUFFER_PREFIX = "nbody-joblib-"  #: file names of the processes' shared buffers start with this
 
 _lock = threading.RLock()
@@ -138,16 +156,16 @@ def _results(outcomes) -> list:
 def _lane(buf, n: int, lanes: int, lane: int, eps2: float) -> int:
     """Pairs of lane ``lane`` of ``lanes`` into its accumulator (a worker process or thread).
 
-    ``buf`` is the flat shared buffer ``[p (4, N) | lanes x (3, N) | lane counter]``.
+    ``buf`` is the flat shared buffer ``[p (4, W) | lanes x (3, W) | lane counter]`` in the
+    blocked layout of :func:`backends._pools.lane_plan` (``W`` its ``width``).
     """
-    from backends._pair_kernel import pair_blocks
-
     maybe_inject_fault()
+    plan = lane_plan(n, lanes)
+    w = plan.width
     buf = np.asarray(buf)  # a joblib memmap becomes a plain (writable) ndarray view
-    p = buf[: 4 * n].reshape(4, n)
-    acc = buf[(4 + 3 * lane) * n : (7 + 3 * lane) * n].reshape(3, n)
-    acc[...] = 0.0
-    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    p = buf[: 4 * w].reshape(4, w)
+    acc = buf[(4 + 3 * lane) * w : (7 + 3 * lane) * w].reshape(3, w)
+    run_lane(plan, p, acc, lane, eps2)
     return lane
 
 
@@ -158,22 +176,54 @@ def _lanes(buf, path: str | None, n: int, lanes: int, eps2: float) -> list[int]:
     buffer's file ``path`` (processes) or by a lock of this process (threads: ``path`` is
     None). One such task per worker and call: lanes go to whichever worker is free, and a
     call does not wait for the parent to hand out each lane (on a busy machine the parent's
-    dispatch threads may wait long for a core).
+    dispatch threads may wait long for a core). The next double counts the tasks that have
+    ended, however they ended: the parent waits on it (:meth:`_Runner.collect`).
     """
-    slot = (4 + 3 * lanes) * n
-    counter = np.asarray(buf)[slot : slot + 1]
+    slot = (4 + 3 * lanes) * lane_plan(n, lanes).width
+    counter = np.asarray(buf)[slot : slot + 2]
     done = []
     with _counter_lock(path) as lock:
-        while True:
+        try:
+            while True:
+                with lock:
+                    lane = int(counter[0])
+                    counter[0] = lane + 1
+                if lane >= lanes:
+                    return done
+                done.append(_lane(buf, n, lanes, lane, eps2))
+        finally:
             with lock:
-                lane = int(counter[0])
-                counter[0] = lane + 1
-            if lane >= lanes:
-                return done
-            done.append(_lane(buf, n, lanes, lane, eps2))
+                counter[1] += 1
 
 
 _thread_lock = threading.Lock()  # the lane counter's lock in threads mode
+
+
+class _Countdown:
+    """Counts the tasks of a threads-mode call down to zero; :meth:`wait` blocks until then."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.cond = threading.Condition()
+
+    def release(self) -> None:
+        with self.cond:
+            self.count -= 1
+            if self.count <= 0:
+                self.cond.notify_all()
+
+    def wait(self) -> None:
+        with self.cond:
+            while self.count > 0:
+                self.cond.wait(0.5)
+
+
+def _counted(countdown: _Countdown, fn, *args):
+    """Run ``fn(*args)`` (a thread of the pool), then release ``countdown``, however it ends."""
+    try:
+        return fn(*args)
+    finally:
+        countdown.release()
 
 
 class _FileLock:
@@ -229,6 +279,9 @@ class _Runner:
             pre_dispatch="all",
             max_nbytes=MAX_NBYTES,
             mmap_mode="r",
+            # the call hands back a generator once the tasks are dispatched, so that run()
+            # can wait for them itself (see collect)
+            return_as="generator",
         )
         self.parallel.__enter__()
         self.buf: np.ndarray | None = None  # the shared buffer (processes: a np.memmap)
@@ -240,7 +293,7 @@ class _Runner:
             size = max(size, 2 * (0 if self.buf is None else self.buf.shape[0]), 1 << 13)
             self.release()
             if self.key[1] == "threads":
-                self.buf = np.empty(size)
+                self.buf = aligned_empty(size)
             else:
                 folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
                 self.path = os.path.join(folder, f"{BUFFER_PREFIX}{os.getpid()}-{next(_names)}")
@@ -262,31 +315,70 @@ class _Runner:
 
         n = m.shape[0]
         lanes = lane_count(n, chunks)
+        plan = lane_plan(n, lanes)
+        w = plan.width
         p, s = prepare(m, x, softening)
         if s > 0.0:
-            buf = self.buffer((4 + 3 * lanes) * n + 1)
-            buf[: 4 * n] = p.reshape(-1)
+            buf = self.buffer((4 + 3 * lanes) * w + 2)
+            store_particles(plan, p, np.asarray(buf[: 4 * w]).reshape(4, w))
             eps = softening * s
             task = delayed(_guarded)
             n_workers, prefer = self.key
             if n_workers > 1 and (prefer == "threads" or _HAVE_FLOCK):
-                buf[(4 + 3 * lanes) * n] = 0.0  # the lane counter
+                slot = (4 + 3 * lanes) * w
+                buf[slot : slot + 2] = 0.0  # the lane counter, the tasks ended
                 args = (_lanes, buf, self.path, n, lanes, eps * eps)
-                done = _results(self.parallel(task(*args) for _ in range(n_workers)))
+                done = self.collect(args, slot)
                 if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
                     raise RuntimeError(f"lanes computed {done}, wanted {lanes}")
             else:  # one worker (joblib runs it here), or no flock: one task per lane
                 tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
-                _results(self.parallel(tasks))
-            acc = np.asarray(buf[4 * n : (4 + 3 * lanes) * n]).reshape(lanes, 3, n)
-            out = sum_lanes(acc, G, s)
+                _results(list(self.parallel(tasks)))
+            acc = np.asarray(buf[4 * w : (4 + 3 * lanes) * w]).reshape(lanes, 3, w)
+            out = sum_lanes(plan, acc, G, s)
             if out is not None:
                 return out
         # extreme extent, or a pair too close for the fast path: exact row kernel
         task = delayed(_guarded)
         bounds = row_bounds(n, chunks)
         blocks = self.parallel(task(_chunk, m, x, lo, hi, G, softening) for lo, hi in bounds)
-        return np.concatenate(_results(blocks))
+        return np.concatenate(_results(list(blocks)))
+
+    def collect(self, args: tuple, slot: int) -> list:
+        """Run one ``_lanes`` task per worker; return the results without joblib's polling.
+
+        joblib's ``Parallel`` looks for finished tasks every 10 ms and sleeps in between, so
+        a call would end up to 10 ms after its last task. ``Parallel`` here returns a
+        generator once the tasks are dispatched (``return_as="generator"``), and this thread
+        waits for the tasks itself: threads release a countdown when they end (however they
+        end); worker processes count the ended tasks in the shared buffer (the double at
+        ``slot + 1``), which this thread looks at after sleeps of :data:`POLL_SHARE` of the
+        time waited so far (a worker that dies ends the wait too, and joblib reports it).
+        Then it gives joblib's callback thread :data:`CALLBACK_GRACE` seconds to record the
+        results and collects them; were they not recorded yet, joblib would poll as usual:
+        the same answer, later.
+        """
+        from joblib import delayed
+
+        n_workers, prefer = self.key
+        if prefer == "threads":
+            countdown = _Countdown(n_workers)
+            task = delayed(_guarded)(_counted, countdown, *args)
+            outputs = self.parallel(task for _ in range(n_workers))
+            countdown.wait()
+        else:
+            outputs = self.parallel(delayed(_guarded)(*args) for _ in range(n_workers))
+            ended = np.asarray(self.buf)[slot + 1 : slot + 2]
+            start = check = time.monotonic()
+            while ended[0] < n_workers:
+                now = time.monotonic()
+                if now >= check:  # a dead worker ends no task: joblib reports it below
+                    if not self.healthy():
+                        break
+                    check = now + HEALTH_EVERY
+                time.sleep(min(POLL[1], max(POLL[0], POLL_SHARE * (now - start))))
+        time.sleep(CALLBACK_GRACE[prefer])
+        return _results(list(outputs))
 
     def warm(self) -> tuple[int, ...]:
         """Run short warm-up tasks until every worker has answered (or a deadline passes)."""
@@ -299,7 +391,7 @@ class _Runner:
         while len(pids) < want:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(pids)} of {want} workers started")
-            pids.update(self.parallel(delayed(warm_worker)(0.05) for _ in range(n_workers)))
+            pids.update(list(self.parallel(delayed(warm_worker)(0.05) for _ in range(n_workers))))
         return tuple(sorted(pids))
 
     def healthy(self) -> bool:
@@ -435,8 +527,8 @@ def accel(
     n_workers : int, optional
         Worker processes or threads; default the number of usable cores.
     chunks : int, optional
-        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
+        Lanes of the pair triangle per call (tasks; each has an accumulator of about ``3 N``
+        doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers`` or ``prefer``.
     prefer : {"processes", "threads"}, optional
         joblib's loky process backend (default) or its threading backend.

@@ -19,9 +19,12 @@ extreme, the call is redone on the exact path: row chunks of the non-symmetric r
 :func:`backends.numba_parallel.accel_block`, each returned as a small array.
 
 Data path: only the segment name, N, lane numbers and scalars travel through the task
-queue. Memory: one segment of ``(8 + 3 chunks) N`` doubles (``[m | x | p | lanes]``, the
-masses and positions only written for the exact path), reused across calls and grown
-(doubling) when it is too small; workers attach by name and keep the mapping.
+queue. Memory: one segment of about ``4 N + (4 + 3 chunks) W`` doubles (``[m | x | p |
+lanes]``, :func:`_layout`; the masses and positions only written for the exact path; ``W
+>= N`` the width of the blocked layout of :func:`backends._pools.lane_plan`, in which every
+row block starts on a 128-byte boundary), reused across calls and grown (doubling) when it
+is too small; workers attach by name and keep the mapping. The parent copies the scaled
+particles in and sums the lanes with serial compiled loops (:mod:`backends._pool_kernels`).
 
 Lifetime: the pool and the segment are created on first use and reused; a call with a
 different ``n_workers`` replaces the pool, and so does a call that finds a worker gone.
@@ -57,14 +60,17 @@ import numpy as np
 from backends._contract import evaluate, validate
 from backends._pools import (
     WorkerTraceback,
+    aligned,
     check_knobs,
     check_main_guard,
     lane_count,
-    lane_tasks,
+    lane_plan,
     maybe_inject_fault,
     prepare,
     row_bounds,
+    run_lane,
     startup_failure,
+    store_particles,
     sum_lanes,
     warm_kernel,
     warm_parent,
@@ -136,16 +142,26 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     return _segment
 
 
+def _layout(n: int, width: int) -> tuple[int, int, int]:
+    """Offsets in doubles of ``x``, ``p`` and the lane accumulators in the segment.
+
+    The segment is ``[m (N) | x (N, 3) | p (4, width) | lanes x (3, width)]``, each part
+    starting on an :data:`backends._pools.ALIGN` boundary (the segment itself is page aligned).
+    """
+    off_x = aligned(n)
+    off_p = off_x + aligned(3 * n)
+    return off_x, off_p, off_p + 4 * width
+
+
 def _lane(name: str, n: int, lanes: int, lane: int, eps2: float) -> int:
     """Pairs of lane ``lane`` of ``lanes`` into its accumulator in segment ``name``."""
-    from backends._pair_kernel import pair_blocks
-
     maybe_inject_fault()
     buf = _attach(name).buf
-    p = np.ndarray((4, n), np.float64, buf, offset=32 * n)
-    acc = np.ndarray((3, n), np.float64, buf, offset=(64 + 24 * lane) * n)
-    acc[...] = 0.0
-    pair_blocks(p, acc, p, acc, lane_tasks(n, lanes, lane), eps2)
+    plan = lane_plan(n, lanes)
+    _, off_p, off_acc = _layout(n, plan.width)
+    p = np.ndarray((4, plan.width), np.float64, buf, offset=8 * off_p)
+    acc = np.ndarray((3, plan.width), np.float64, buf, offset=8 * (off_acc + 3 * plan.width * lane))
+    run_lane(plan, p, acc, lane, eps2)
     return lane
 
 
@@ -172,7 +188,7 @@ def _chunk(name: str, n: int, lo: int, hi: int, G: float, softening: float) -> n
     maybe_inject_fault()
     buf = _attach(name).buf
     m = np.ndarray((n,), np.float64, buf)
-    x = np.ndarray((n, 3), np.float64, buf, offset=8 * n)
+    x = np.ndarray((n, 3), np.float64, buf, offset=8 * aligned(n))
     return accel_block(x[lo:hi], m, x, G, softening)
 
 
@@ -211,9 +227,9 @@ class _Pool:
             self.shutdown(kill=True)
             raise
 
-    def reserve(self, n: int, lanes: int) -> str:
-        """Make the segment hold ``[m | x | p | lanes accumulators]`` for N; return its name."""
-        need = (64 + 24 * lanes) * n
+    def reserve(self, n: int, width: int, lanes: int) -> str:
+        """Make the segment hold ``[m | x | p | lanes accumulators]`` (:func:`_layout`)."""
+        need = 8 * (_layout(n, width)[2] + 3 * lanes * width)
         if self.segment is None or self.segment.size < need:
             old = 0 if self.segment is None else self.segment.size
             self._unlink()
@@ -312,23 +328,25 @@ def _submit_all(pool: _Pool, fn, args_list: list[tuple]) -> list:
 def _run(m, x, G, softening, n_workers, chunks) -> np.ndarray:
     n = m.shape[0]
     lanes = lane_count(n, chunks)
+    plan = lane_plan(n, lanes)
+    off_x, off_p, off_acc = _layout(n, plan.width)
     p, s = prepare(m, x, softening)
     with _lock:
         pool = _get_pool(n_workers)
-        name = pool.reserve(n, lanes)
+        name = pool.reserve(n, plan.width, lanes)
         if s > 0.0:
-            pool.view((4, n), 32 * n)[...] = p
+            store_particles(plan, p, pool.view((4, plan.width), 8 * off_p))
             eps = softening * s
             pool.next_lane.value = 0
             done = _submit_all(pool, _lanes, [(name, n, lanes, eps * eps)] * pool.n_workers)
             if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
                 raise RuntimeError(f"backend {NAME!r}: lanes computed {done}, wanted {lanes}")
-            out = sum_lanes(pool.view((lanes, 3, n), 64 * n), G, s)
+            out = sum_lanes(plan, pool.view((lanes, 3, plan.width), 8 * off_acc), G, s)
             if out is not None:
                 return out
         # extreme extent, or a pair too close for the fast path: exact row kernel
         pool.view((n,), 0)[...] = m
-        pool.view((n, 3), 8 * n)[...] = x
+        pool.view((n, 3), 8 * off_x)[...] = x
         bounds = row_bounds(n, chunks)
         blocks = _submit_all(pool, _chunk, [(name, n, lo, hi, G, softening) for lo, hi in bounds])
         return np.concatenate(blocks)
@@ -382,8 +400,8 @@ def accel(masses, positions, G=1.0, *, softening=0.0, n_workers=None, chunks=Non
         Worker processes; default the number of usable cores. A value different from the
         running pool's replaces the pool.
     chunks : int, optional
-        Lanes of the pair triangle per call (tasks; each holds a share of accumulators,
-        ``3 N`` doubles); default ``n_workers``, at most ``N // 2``. The result depends
+        Lanes of the pair triangle per call (tasks; each has an accumulator of about ``3 N``
+        doubles); default ``n_workers``, at most ``N // 2``. The result depends
         on ``chunks`` (the order of summation), never on ``n_workers``.
 
     Returns

@@ -125,6 +125,49 @@ def test_lanes_are_balanced(chunks):
     assert max(pairs) / min(pairs) < 1.001, pairs
 
 
+@pytest.mark.parametrize("n", [2, 5, 33, 1001, 9000])
+@pytest.mark.parametrize("lanes", [1, 2, 3, 8])
+def test_blocked_layout_reads_only_what_the_lanes_write(n, lanes):
+    """Block starts are aligned; gaps and blocks a lane does not write are never read.
+
+    The accumulators start full of NaN (as stale data in a reused buffer could be): a lane
+    must zero what it writes, and the sum must skip the rest, or the result is not finite.
+    """
+    lanes = _pools.lane_count(n, lanes)
+    plan = _pools.lane_plan(n, lanes)
+    assert all(s % _pools.ALIGN == 0 for s in plan.starts) and plan.width % _pools.ALIGN == 0
+    assert np.diff(plan.edges).max() <= max(_pools.MAX_BLOCK, -(-n // (2 * lanes)))
+    for lane in range(lanes):  # the stored tasks are lane_tasks moved to the block starts
+        stored = plan.tasks[lane]
+        moved = _pools.lane_tasks(n, lanes, lane)
+        np.testing.assert_array_equal(stored[:, 1] - stored[:, 0], moved[:, 1] - moved[:, 0])
+        np.testing.assert_array_equal(stored[:, 3] - stored[:, 2], moved[:, 3] - moved[:, 2])
+    m, x = random_system(n, seed=n)
+    p, s = _pools.prepare(m, x, 0.01)
+    stored = np.full((4, plan.width), np.nan)
+    _pools.store_particles(plan, p, stored)
+    assert np.isfinite(stored).all()  # gaps hold massless copies of a block's last particle
+    for b in range(len(plan.starts)):
+        lo, hi = plan.edges[b], plan.edges[b + 1]
+        np.testing.assert_array_equal(
+            stored[:, plan.starts[b] : plan.starts[b] + hi - lo], p[:, lo:hi]
+        )
+    acc = np.full((lanes, 3, plan.width), np.nan)
+    for lane in range(lanes):
+        _pools.run_lane(plan, stored, acc[lane], lane, (0.01 * s) ** 2)
+    out = _pools.sum_lanes(plan, acc, 0.7, s)
+    assert out is not None and np.isfinite(out).all()
+    rows = np.arange(0, n, max(1, n // 40))
+    ref = reference.accel_rows(m, x, 0.7, 0.01, rows)
+    assert backends.relative_error(out[rows], ref) <= TOL
+
+
+def test_aligned_empty_is_aligned():
+    for size in (1, 17, 1000):
+        a = _pools.aligned_empty(size)
+        assert a.shape == (size,) and a.ctypes.data % (8 * _pools.ALIGN) == 0
+
+
 def test_workers_reports_the_effective_count():
     for name in MODULES:
         mod = _module(name)
