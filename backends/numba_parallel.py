@@ -14,21 +14,23 @@ over every Numba thread by a round-robin tournament of row blocks:
    accuracy; it keeps every ``r**2`` below the float32 overflow that step 3 must avoid.
    (Extents above ~1e54, where scaling down could flush an ``r**2`` to zero, take the exact
    path of step 4 instead.)
-3. **Reciprocal square root without sqrt or division.** ``r**-3`` is computed from the float32
-   hardware estimate ``y ~ 1/sqrt(r2)`` (``vrsqrtps`` and one Newton step in float32, about
-   23 correct bits, emitted by LLVM for ``float32(1) / sqrt(float32(r2))`` under the ``afn``
-   and ``arcp`` flags) and then corrected in float64 in one step of third order:
-   with ``e = 1 - r2 * y**2`` (|e| < 3e-7, computed exactly by a fused multiply-add),
-   ``r**-3 = y**3 * (1 - e)**(-3/2) ~= y**3 * (1 + e * (3/2 + 15/8 * e))``; the neglected
-   term (35/16) e**3 < 1e-19 is far below float64 rounding. The result has the 2-3 ulp
-   rounding error of ``1 / (r2 * sqrt(r2))``; the float64 divider and square-root unit
-   (the bottleneck of the textbook loop) is never used.
+3. **Reciprocal square root without sqrt or division.** ``r**-3`` is computed from the bare
+   float32 hardware estimate ``y ~ 1/sqrt(r2)`` (``vrsqrtps``, 12 bits, emitted by LLVM for
+   ``float32(1) / sqrt(float32(r2))`` under ``afn``/``arcp`` with its Newton step switched
+   off: :func:`backends._pair_kernel.raw_rsqrt32`) and then corrected in float64 in one
+   step: with ``e = 1 - r2 * y**2`` (|e| < 7.4e-4, computed exactly by a fused
+   multiply-add), ``r**-3 = y**3 * (1 - e)**(-3/2)``, summed as the series to ``e**5``
+   (five fused multiply-adds; the neglected terms are below 1e-18). The result has the 2-3
+   ulp rounding error of ``1 / (r2 * sqrt(r2))``; the float64 divider and square-root unit
+   (the bottleneck of the textbook loop) is never used. (LLVM's float32 Newton step plus a
+   second-order correction cost 8 % more, on AVX-512 and on AVX2 code alike.)
 4. **Selects, not branches.** A coincident pair (``r2 == 0`` with zero softening) gets
    ``r2 := 1`` and a weight 0 by a vector blend, so it contributes exactly nothing. A pair so
-   close that ``r2 * s**2 < 2**-120`` (a separation below ~1e-18 of the system's extent) is
-   sent to the estimate as 0 and poisons the sum with NaN; the kernel then detects the
-   non-finite result and recomputes everything with the exact ``sqrt`` and division loop
-   (:func:`_exact_rows`), so no input gets a silently wrong answer from the fast path.
+   close that ``r2 * s**2`` is below float32's normal range (``2**-126``: a separation below
+   ~1e-19 of the system's extent) gets an infinite estimate (``vrsqrtps`` takes a subnormal
+   input as zero) and poisons the sum; the kernel then detects the non-finite result and
+   recomputes everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`),
+   so no input gets a silently wrong answer from the fast path.
 5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
    Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
    ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
@@ -51,7 +53,24 @@ over every Numba thread by a round-robin tournament of row blocks:
 7. **Cache blocking.** Within a block pair the sources are swept in tiles of ``TILE``
    columns, so the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of
    the block pass over it: no cache cliff up to N = 1e5.
-8. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
+8. **Whole vectors, aligned.** The rows are padded to a multiple of ``ALIGN = 16`` with
+   massless copies of particle 0 (they add exactly nothing) and every block edge is a
+   multiple of 16 (:func:`block_edges`), so an inner loop never ends in a scalar remainder;
+   a row of a diagonal block starts on a 16-row boundary with the few sources before it
+   masked out. The scratch arrays start on a cache line
+   (:func:`backends._pair_kernel.empty64`: Numba aligns to 32 bytes only, and 512-bit loads
+   that straddle two lines cost the float32 loop up to a third of its speed, varying from
+   run to run with the allocator).
+9. **Small N: one parallel region.** Up to :data:`LANES_MAX_N` particles the tournament's
+   ``2 T - 1`` rounds (each ending in a barrier) cost more than they save, so :func:`_lanes`
+   runs ``L = T`` lanes in a single region (fewer if blocks would get under
+   :data:`MIN_BLOCK` rows; :func:`lane_count`): lane ``c`` takes the rows of blocks ``c`` and
+   ``2 L - 1 - c`` of ``2 L`` against themselves and every later row (equal pair counts, long
+   rows), into its own ``(3, N)`` accumulator; a second, row-parallel pass sums the lanes in
+   lane order. At N = 1 000 on 2 threads this took the kernel from 2.3-2.5 to 3.4-3.5 x
+   10^9 interactions/s; at 3 000 it still gained 10-25 %, at 6 000-10 000 the two were
+   level. Preparation, lanes and sum are one compiled call (no Python between them).
+10. **Fast-math flags chosen one by one**: ``reassoc`` (vector partial sums), ``contract``
    (fused multiply-add), ``afn`` and ``arcp`` (the float32 estimate) and ``nsz``; never
    ``nnan``/``ninf``, which would let LLVM drop the NaN signalling of step 4.
    ``error_model="numpy"`` removes Python's division-by-zero check, the branch that otherwise
@@ -61,11 +80,13 @@ Memory: scratch is the ``(4, N)`` SoA copy and one shared ``(3, N)`` float64 acc
 56 bytes per particle, independent of the thread count (float32 mode: a ``(7, N)`` float32
 copy and the same accumulator, 52 bytes per particle, plus a 6 KiB buffer per running task).
 At N = 1e6 and T = 128 that is 56 MB, the size of the inputs and output themselves; a
-per-thread accumulator design would need 128 x 24 MB = 3 GB there. The schedule has
+per-thread accumulator design would need 128 x 24 MB = 3 GB there. The small-N lanes use
+per-thread accumulators, but only up to N = :data:`LANES_MAX_N` = 8 192: at most 192 KiB
+per thread (24 MiB at T = 128), whatever N. The schedule has
 ``nb (nb - 1) / 2`` block pairs (32 640 at T = 128), built once per block count and cached.
 
-Determinism: for a given thread count the blocks, the rounds and the order in which each
-accumulator element receives its contributions are fixed (a block is touched by one task
+Determinism: for a given thread count the blocks, the rounds (or lanes) and the order in
+which each accumulator element receives its contributions are fixed (a block is touched by one task
 per round, rounds run in order), whichever thread runs which task: two calls give bitwise
 identical results. Another thread count changes the blocks, hence the summation order: the
 results then agree to rounding (measured below 5e-14 between 1, 2, 3, 8, 16 and 64
@@ -85,9 +106,10 @@ in the core lose their digits to the coordinates' magnitude). Masses are scaled 
 of two into ``[1, 2)``. ``r**-3`` is the cube of the bare float32 hardware estimate
 (``vrsqrt14ps``, 14 bits; :func:`backends._pair_kernel.raw_rsqrt32`) with one first-order
 correction, about 1e-7 relative. Each row's sum over a tile of 512 sources and each
-source's sum over 64 rows are float32, then added to the float64 accumulator. ``r2`` is
-clamped at 2**-80 of the scaled extent squared (a coincident pair contributes 0; pairs
-closer than ~1e-12 of the extent are softened to that distance). Inputs float32 cannot hold
+source's sum over 64 rows are float32, then added to the float64 accumulator. The
+softening is at least 2**-40 of the scaled extent (``eps2 >= 2**-80``: ``r2 > 0``, so a
+coincident pair contributes 0 with no test in the loop; this changes ``r**-3`` by less than
+float32 rounding for every separation above ~4e-9 of the extent). Inputs float32 cannot hold
 (extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
 result are computed in float64 instead. Measured max / rms per-particle relative error
 against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01): benchmark system
@@ -713,9 +735,10 @@ def simd_report() -> str:
     fma = re.findall(r"vfn?m(?:add|sub)\d+pd\s+%([xyz])mm", asm)
     widths = {"x": 128, "y": 256, "z": 512}
     bits = max((widths[r] for r in fma), default=64)
-    feats = ll.get_host_cpu_features().flatten().split(",")
+    # the target Numba compiles for: the host, unless NUMBA_CPU_NAME/NUMBA_CPU_FEATURES say
+    feats = (numba.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()).split(",")
     isa = "AVX-512" if "+avx512f" in feats else ("AVX2" if "+avx2" in feats else "SSE")
     return (
         f"{bits}-bit vectors ({bits // 64} float64 lanes) in the pair loop; "
-        f"LLVM CPU {ll.get_host_cpu_name()} ({isa})"
+        f"LLVM CPU {numba.config.CPU_NAME or ll.get_host_cpu_name()} ({isa})"
     )
