@@ -19,11 +19,12 @@ over every Numba thread by a round-robin tournament of row blocks:
    ``float32(1) / sqrt(float32(r2))`` under ``afn``/``arcp`` with its Newton step switched
    off: :func:`backends._pair_kernel.raw_rsqrt32`) and then corrected in float64 in one
    step: with ``e = 1 - r2 * y**2`` (|e| < 7.4e-4, computed exactly by a fused
-   multiply-add), ``r**-3 = y**3 * (1 - e)**(-3/2)``, summed as the series to ``e**5``
-   (five fused multiply-adds; the neglected terms are below 1e-18). The result has the 2-3
-   ulp rounding error of ``1 / (r2 * sqrt(r2))``; the float64 divider and square-root unit
-   (the bottleneck of the textbook loop) is never used. (LLVM's float32 Newton step plus a
-   second-order correction cost 8 % more, on AVX-512 and on AVX2 code alike.)
+   multiply-add), ``r**-3 = y**3 * (1 - e)**(-3/2)``, summed as the series to ``e**4``
+   (four fused multiply-adds; the neglected terms are below 6e-16 for the worst estimate,
+   1e-17 for a typical one). The result is within a few ulps of ``1 / (r2 * sqrt(r2))``;
+   the float64 divider and square-root unit (the bottleneck of the textbook loop) is never
+   used. (LLVM's float32 Newton step plus a second-order correction cost 8-15 % more, a
+   fifth-order term 4-7 %, on AVX-512 and on AVX2 code alike.)
 4. **Selects, not branches.** A coincident pair (``r2 == 0`` with zero softening) gets
    ``r2 := 1`` and a weight 0 by a vector blend, so it contributes exactly nothing. A pair so
    close that ``r2 * s**2`` is below float32's normal range (``2**-126``: a separation below
