@@ -32,6 +32,7 @@ __all__ = [
     "R2_MIN32",
     "TILE",
     "TILE32",
+    "W32",
     "empty32",
     "empty64",
     "inv_r3",
@@ -47,6 +48,11 @@ ALIGN = 16  #: rows per whole vector block of the pair loops (8 float64 lanes, u
 TILE32 = 512  #: sources per cache tile of the float32 kernel
 FLUSH = 64  #: rows of float32 partial sums before they are added to the float64 accumulators
 R2_MIN32 = 2.0**-80  #: float32 kernel: least eps2 (w = r2**-1.5 <= 2**120 stays finite)
+_C53 = float(np.float32(5.0 / 3.0))  # float32 kernel's correction constant, rounded
+#: float32 kernel: its sums are the true ones divided by this (the caller rescales). About
+#: 1.5, exactly ``1 / (_C53 - 1)``: an exact estimate (``e = 0``) then gets weight 1 with no
+#: bias from the rounding of 5/3
+W32 = 1.0 / (_C53 - 1.0)
 
 
 @intrinsic
@@ -212,8 +218,13 @@ def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
     ``r2 > 0``, so a coincident pair (``d == 0``) contributes exactly 0 with no test in the
     loop; it is a Plummer softening of ``2**-40`` of the scaled extent, which changes
     ``r**-3`` by under ``2**-24`` (float32 rounding) for every separation above ``2**-28``
-    of the extent (measured: 1e-7 at most on the test systems). ``r**-3`` is the cube of
-    the float32 ``rsqrt`` estimate with one Newton step (about 22 correct bits). Partial sums
+    of the extent (measured: 1e-7 at most on the test systems). ``r**-3`` comes from the
+    bare float32 ``rsqrt`` estimate ``y`` with one first-order correction,
+    ``y**3 (1 + 3/2 e)`` with ``e = 1 - r2 y**2`` (leaving ``15/8 e**2``: 3e-8 for the 14-bit
+    AVX-512 estimate, 1e-6 for the 12-bit AVX2 one), computed as
+    ``y**3 (5/3 - r2 y**2) ~ r**-3 /`` :data:`W32` in four vector operations: the
+    accumulated sums are the true ones divided by ``W32``, and the caller multiplies the
+    constant back in float64 with its other scale factors. Partial sums
     stay float32 only briefly: a row's sum over one tile of at most :data:`TILE32` sources
     (in vector lanes) and a source's sum over :data:`FLUSH` rows (in ``buf``, a
     ``(3, TILE32)`` float32 scratch) are then added to the float64 accumulators.
@@ -222,7 +233,7 @@ def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
     raw_rsqrt32()
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    c15 = np.float32(1.5)
+    c53 = np.float32(_C53)
     for jt in range(b0, b1, TILE32):
         je = min(jt + TILE32, b1)
         i1 = min(a1, je) if diagonal else a1
@@ -259,8 +270,9 @@ def pair_block32(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal, buf):
                 y = one / np.sqrt(r2)  # the bare rsqrt estimate (raw_rsqrt32)
                 y2 = y * y
                 y3 = y2 * y
-                w = y3 + y3 * (c15 - c15 * (r2 * y2))  # y**3 (1 + 3/2 e), e = 1 - r2 y**2
-                w = w if k > lim else zero
+                w = y3 * (c53 - r2 * y2)  # y**3 (1 + 3/2 e) / W32, e = 1 - r2 y**2
+                if diagonal:  # an int32 compare: one vector of 16 lanes, not two of 8
+                    w = w if np.int32(k) > np.int32(lim) else zero
                 sj = ms[k] * w
                 si = mi * w
                 ax += dx * sj

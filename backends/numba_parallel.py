@@ -142,6 +142,7 @@ from backends._pair_kernel import (
     R2_MIN32,
     TILE,
     TILE32,
+    W32,
     empty32,
     empty64,
     inv_r3,
@@ -487,7 +488,7 @@ def _lanes32(m, x, G, softening, edges, out, work):
             pair_block32(p, acc, b0, b1, p, acc, b0, b1, eps2, True, buf)
             pair_block32(p, acc, b0, b1, p, acc, b1, w, eps2, False, buf)
             _count_lane(work, b0, b1, n)
-    return _finish_lanes(accs, out, np.array([G, s, s, 1.0 / sm]))
+    return _finish_lanes(accs, out, np.array([G, s, s, W32 / sm]))
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
@@ -551,7 +552,7 @@ def _symmetric(m, x, G, softening, precision, work):
             p, s, sm = _prepare32(m, x, softening, width)
             if s > 0.0:
                 eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
-                scale = np.array([G, s, s, 1.0 / sm])
+                scale = np.array([G, s, s, W32 / sm])
                 if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
                     return out
                 acc[:] = 0.0
