@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default first
-#: Bound on the max per-particle relative error of a ``precision="float32"`` result.
+#: Bound on the max per-particle relative error of a ``precision="float32"`` result. (Not
+#: for a particle whose force nearly cancels, nor one dominated by a partner closer than
+#: about 1e-10 of the system's size: float32 coordinates cannot resolve that; see the README.)
 FLOAT32_TOLERANCE = 1e-4
 
 _REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected

@@ -105,19 +105,26 @@ by a power of two, and split into float32 pairs ``hi + lo``; a separation is com
 (float32 coordinates alone give errors of 1e-2 on a Plummer sphere at N = 3e4: close pairs
 in the core lose their digits to the coordinates' magnitude). Masses are scaled by a power
 of two into ``[1, 2)``. ``r**-3`` is the cube of the bare float32 hardware estimate
-(``vrsqrt14ps``, 14 bits; :func:`backends._pair_kernel.raw_rsqrt32`) with one first-order
-correction, about 1e-7 relative. Each row's sum over a tile of 512 sources and each
-source's sum over 64 rows are float32, then added to the float64 accumulator. The
+(``vrsqrt14ps``, 14 bits, or ``vrsqrtps``, 12 bits, on AVX2;
+:func:`backends._pair_kernel.raw_rsqrt32`) with one first-order correction (3e-8 and 1e-6
+relative), in four vector operations (see :func:`backends._pair_kernel.pair_block32`; the
+constant :data:`backends._pair_kernel.W32` is multiplied back at the end). Each row's sum
+over a tile of 512 sources and each source's sum over 64 rows are float32, then added to
+the float64 accumulator. The
 softening is at least 2**-40 of the scaled extent (``eps2 >= 2**-80``: ``r2 > 0``, so a
 coincident pair contributes 0 with no test in the loop; this changes ``r**-3`` by less than
 float32 rounding for every separation above ~4e-9 of the extent). Inputs float32 cannot hold
 (extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
 result are computed in float64 instead. Measured max / rms per-particle relative error
-against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01): benchmark system
-1.5e-6 / 7.6e-8 (N = 2 000), 6.1e-7 / 4.2e-8 (N = 10 000), 1.5e-6 / 2.9e-8 (N = 100 000);
-Plummer sphere with masses log-uniform over five decades 9.4e-7 / 7.6e-8, 1.1e-6 / 4.9e-8
-and 2.5e-6 / 3.0e-8. The bound promised and tested is
-:data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. Throughput: see ``docs/numba_parallel.md``.
+against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01, AVX-512): benchmark
+system 1.2e-6 / 6.7e-8 (N = 2 000), 5.7e-7 / 3.9e-8 (N = 10 000), 8.5e-7 / 2.7e-8
+(N = 100 000); Plummer sphere with masses log-uniform over five decades 1.0e-6 / 6.9e-8,
+2.3e-6 / 5.1e-8 and 2.1e-6 / 2.9e-8. The bound promised and tested is
+:data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. It does not hold for a particle whose
+force is a near-cancellation of much larger pair forces (inside a lattice), nor for one
+dominated by a partner closer than about 1e-10 of the extent (the ``hi + lo`` coordinates
+resolve ``2**-49`` of it); use float64 there. Throughput and these limits, measured: see
+``docs/numba_parallel.md``.
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. Compiled kernels are cached on
 disk (``cache=True``); note that Numba's cache is keyed to this file, so after editing
