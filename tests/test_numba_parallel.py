@@ -348,6 +348,40 @@ def test_float32_benchmark_system_and_plummer(n):
         assert relative_error(npl.accel(m, x, precision="float32"), ref) <= FLOAT32_TOLERANCE
 
 
+def _clumps(n, seed):
+    """Two dense Plummer clumps (scale 1e-3) 1e4 apart: close pairs far from the centre."""
+    m, x = plummer(n, seed=seed)
+    x = 1e-3 * x
+    x[n // 2 :, 0] += 1e4
+    return m, x
+
+
+def _disk(n, seed):
+    """A flat disk: every z equal, so each z separation is exactly zero."""
+    m, x = plummer(n, seed=seed)
+    x[:, 2] = 0.25
+    return m, x
+
+
+def _clusters(n, seed):
+    """Clusters of scale 0.01 at the points of a Plummer sphere of scale 10."""
+    rng = np.random.default_rng(seed)
+    k = n // 40
+    m, centres = plummer(k, seed=seed)
+    x = np.concatenate(
+        [plummer(40, seed=seed + 1 + c)[1] * 0.01 + 10.0 * centres[c] for c in range(k)]
+    )
+    return 10.0 ** rng.uniform(-5.0, 0.0, len(x)), x
+
+
+@pytest.mark.parametrize("make", [_clumps, _disk, _clusters], ids=["clumps", "disk", "clusters"])
+def test_float32_clustered_systems(make):
+    """Systems unlike the benchmark ones keep the float32 bound too."""
+    m, x = make(6000, 31)
+    ref = npl.accel(m, x)
+    assert relative_error(npl.accel(m, x, precision="float32"), ref) <= FLOAT32_TOLERANCE
+
+
 def test_float32_far_from_origin_and_softening():
     """Centring and the hi + lo split keep close pairs of an offset cluster accurate."""
     m, x = plummer(3000, seed=9)
