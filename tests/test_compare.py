@@ -265,6 +265,21 @@ def test_verdict_names_the_fastest_exact_and_approximate_backends():
     assert "rms error <= 0.001: fine tree (300 ms, rms 2.0e-04)" in line
 
 
+def test_verdict_of_a_float32_run_says_no_exact_backend_ran():
+    from backends.compare.report import Row, verdict
+
+    f32 = Row(
+        "numba_parallel", "numba_parallel (float32)", 1000, "ok", best_s=1e-3, error=2e-7,
+        error_rms=5e-8, error_ok=True, options={"precision": "float32"},
+    )  # fmt: skip
+    (line,) = verdict([f32])
+    assert line.startswith("fastest at N=1,000: exact: none run (exact means float64); ")
+    assert line.endswith("rms error <= 0.001: numba_parallel (float32) (1 ms, rms 5.0e-08)")
+    failed = Row("numpy", "numpy", 1000, "ok", best_s=1e-2, error=1e-3, error_ok=False)
+    (line,) = verdict([f32, failed])
+    assert "exact: none passed; " in line
+
+
 def test_approximate_backends_are_predicted_by_n_log_n():
     from backends.compare.report import Row
     from backends.compare.runner import _predict

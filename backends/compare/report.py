@@ -411,14 +411,17 @@ def verdict(rows: list[Row]) -> list[str]:
     if not best:
         return []
 
-    def name(r: Row | None) -> str:
+    # "exact" is float64 direct summation: a float32 run (--precision float32) has none
+    exact_ran = any(r.exact and _float64(r) and r.n == best["n"] for r in rows)
+
+    def name(r: Row | None, ran: bool = True) -> str:
         if r is None:
-            return "none passed"
+            return "none passed" if ran else "none run (exact means float64)"
         rms = "" if r.error_rms is None else f", rms {r.error_rms:.1e}"
         return f"{r.label} ({fmt_time(r.best_s)}{rms})"
 
     return [
-        f"fastest at N={best['n']:,}: exact: {name(best['exact'])}; "
+        f"fastest at N={best['n']:,}: exact: {name(best['exact'], exact_ran)}; "
         f"rms error <= {RMS_GOAL:g}: {name(best[f'rms<={RMS_GOAL:g}'])}"
     ]
 
