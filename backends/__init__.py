@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from backends._contract import (
+    FLOAT32_TOLERANCE,
     PRECISIONS,
     benchmark_system,
     interactions,
@@ -45,6 +46,7 @@ __all__ = [
     "names",
     "precisions",
     "relative_error",
+    "tolerance",
     "unavailable_reason",
     "validate",
 ]
@@ -210,6 +212,53 @@ def is_exact(name: str) -> bool:
     ``tolerance(**options) -> float``, a bound on the rms per-particle relative error.
     """
     return _spec(name).exact
+
+
+#: The declared error of an exact backend in float64: direct summation, exact to rounding.
+EXACT_TOLERANCE = 1e-12
+
+
+def tolerance(name: str, **options) -> float:
+    """Return the rms per-particle relative error that backend ``name`` declares for ``options``.
+
+    Exact backends declare ``1e-12`` in float64 (direct summation, exact to rounding) and
+    ``FLOAT32_TOLERANCE`` (1e-4) with ``precision="float32"``; an approximate backend's
+    bound comes from its module's ``tolerance(**options)`` (its settings, e.g. ``theta=`` or
+    ``eps=``; options that do not change the bound are ignored). The error metric is the
+    project's per-particle relative error (:func:`relative_error` is its max); the bound is
+    on its root mean square over the particles.
+
+    Parameters
+    ----------
+    name : str
+        A registered backend (it need not be usable here for an exact one).
+    **options
+        The keyword options the backend would be called with.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError, TypeError
+        Unknown backend, or an option value the backend rejects.
+    BackendUnavailableError
+        An approximate backend whose module cannot be imported here.
+    """
+    spec = _spec(name)
+    if spec.exact:
+        precision = options.get("precision", "float64")
+        if precision is None or precision == "float64":
+            return EXACT_TOLERANCE
+        if len(spec.precisions) > 1 and precision in spec.precisions:
+            return FLOAT32_TOLERANCE
+        from backends._contract import check_precision
+
+        check_precision(precision)  # a bad spelling: the contract's ValueError
+        raise TypeError(f"backend {name!r} has no precision option (float64 only)")
+    module = get(name).module
+    return float(module.tolerance(**options))
 
 
 def _spec(name: str) -> _Spec:

@@ -2,6 +2,9 @@ r"""Backend ``tree``: a Barnes-Hut octree with a group walk, in Numba (approxima
 
 Strategy
 --------
+Steps 1-3 are the octree shared with ``fmm`` and the distributed tree
+(:mod:`backends._octree`).
+
 1. **Keys and order.** Positions are rescaled by a power of two ``s`` (exact) so the extent
    of the system lies in ``[1, 2)``; each particle gets a 63-bit Morton key (21 bits per
    axis, computed in parallel) and the particles are sorted by key (NumPy ``argsort``)
@@ -72,6 +75,9 @@ import numpy as np
 from numba import njit, parallel_chunksize, prange
 
 from backends._contract import evaluate, validate
+from backends._octree import FM as _FM
+from backends._octree import LEVELS as _LEVELS
+from backends._octree import prepare
 from backends.numba_parallel import _inv_r3, _scale
 
 __all__ = ["DEFAULT_LEAF_SIZE", "DEFAULT_THETA", "EXACT_OPTIONS", "accel", "tolerance"]
@@ -82,12 +88,9 @@ DEFAULT_GROUP_SIZE = 64  #: default maximum targets per group (one shared walk)
 #: Options under which the result is direct summation (exact to rounding).
 EXACT_OPTIONS = {"theta": 0.0}
 
-_FM = {"reassoc", "contract", "afn", "arcp", "nsz"}
-_LEVELS = 21  # Morton levels: 21 bits per axis, 63-bit keys
 #: Groups per chunk handed to a thread. (Chunks of one group cost ~400 B of memory per
 #: particle at N = 1e6 in Numba 0.68's scheduler; 32 keeps the balance and the memory.)
 _CHUNK = 32
-_NF = 18  # node float fields
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F15 = np.float32(1.5)
@@ -96,238 +99,6 @@ _F75 = np.float32(7.5)
 #: Nodes closer than 1e-4 of the extent (scaled units) are never multipoles: it keeps the
 #: float32 powers ``u**-3.5`` of the quadrupole term far from overflow.
 _NEAR2 = 1e-8
-# node float fields: 0 mass, 1-3 centre of mass, 4 radius**2 about it, 5-10 M_xx, M_yy,
-# M_zz, M_xy, M_xz, M_yz, 11-13 box min, 14-16 box max, 17 sum of |masses|
-
-
-@njit(inline="always")
-def _spread(v):
-    """Spread the low 21 bits of ``v`` to every third bit."""
-    v &= 0x1FFFFF
-    v = (v | (v << 32)) & 0x1F00000000FFFF
-    v = (v | (v << 16)) & 0x1F0000FF0000FF
-    v = (v | (v << 8)) & 0x100F00F00F00F00F
-    v = (v | (v << 4)) & 0x10C30C30C30C30C3
-    v = (v | (v << 2)) & 0x1249249249249249
-    return v
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _keys(x, lo, ks):
-    """Morton keys (int64, 63 bits) of ``0.5 * (x - lo) * ks`` on a ``2**21`` grid."""
-    n = x.shape[0]
-    top = (1 << _LEVELS) - 1
-    keys = np.empty(n, dtype=np.int64)
-    for i in prange(n):
-        key = 0
-        for k in range(3):
-            v = (0.5 * x[i, k] - 0.5 * lo[k]) * ks  # halves: no overflow near 1e308
-            q = int(v) if v < top else top
-            key |= _spread(max(q, 0)) << (2 - k)
-        keys[i] = key
-    return keys
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _sorted_soa(m, x, order, s, ms):
-    n = m.shape[0]
-    p = np.empty((4, n))
-    for i in prange(n):
-        j = order[i]
-        p[0, i] = x[j, 0] * s
-        p[1, i] = x[j, 1] * s
-        p[2, i] = x[j, 2] * s
-        p[3, i] = m[j] * ms
-    return p
-
-
-@njit(inline="always")
-def _grow(a, need):
-    if need <= a.shape[0]:
-        return a
-    b = np.empty(max(need, 2 * a.shape[0]), dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@njit(cache=True, nogil=True)
-def _build(keys, leaf_size):
-    """Octree over sorted ``keys``: per node ``(start, end, first_child, n_children)``."""
-    n = keys.shape[0]
-    cap = 2 * (n // max(leaf_size, 1)) + 64
-    start = np.empty(cap, dtype=np.int64)
-    end = np.empty(cap, dtype=np.int64)
-    child = np.empty(cap, dtype=np.int64)
-    nchild = np.zeros(cap, dtype=np.int64)
-    start[0] = 0
-    end[0] = n
-    nn = 1
-    q = 0
-    while q < nn:
-        s = start[q]
-        e = end[q]
-        child[q] = 0
-        nchild[q] = 0
-        diff = keys[s] ^ keys[e - 1]
-        if e - s <= leaf_size or diff == 0:
-            q += 1
-            continue
-        hb = 0  # highest differing bit: the level at which this range splits
-        while (diff >> (hb + 1)) != 0:
-            hb += 1
-        shift = hb - hb % 3
-        prefix = (keys[s] >> (shift + 3)) << (shift + 3)
-        if nn + 8 > start.shape[0]:
-            start = _grow(start, nn + 8)
-            end = _grow(end, nn + 8)
-            child = _grow(child, nn + 8)
-            nchild = _grow(nchild, nn + 8)
-        child[q] = nn
-        c = s
-        for d in range(8):
-            bound = prefix + ((d + 1) << shift)  # first key of the next octant
-            lo = c if d < 7 else e  # (octant 7 ends at e; its bound may overflow)
-            hi = e
-            while lo < hi:  # first index in [c, e) with key >= bound
-                mid = (lo + hi) >> 1
-                if keys[mid] < bound:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo > c:
-                start[nn] = c
-                end[nn] = lo
-                nn += 1
-                c = lo
-        nchild[q] = nn - child[q]
-        q += 1
-    return start[:nn].copy(), end[:nn].copy(), child[:nn].copy(), nchild[:nn].copy()
-
-
-@njit(inline="always", fastmath=_FM)
-def _leaf_moments(p, f, q, s, e, quadrupole):
-    """Fields of node ``q`` from its particles ``s:e``."""
-    mt = 0.0
-    ma = 0.0
-    sx = 0.0
-    sy = 0.0
-    sz = 0.0
-    for k in range(3):
-        f[q, 11 + k] = p[k, s]
-        f[q, 14 + k] = p[k, s]
-    for j in range(s, e):
-        mj = p[3, j]
-        mt += mj
-        ma += abs(mj)
-        sx += mj * p[0, j]
-        sy += mj * p[1, j]
-        sz += mj * p[2, j]
-        for k in range(3):
-            f[q, 11 + k] = min(f[q, 11 + k], p[k, j])
-            f[q, 14 + k] = max(f[q, 14 + k], p[k, j])
-    if mt != 0.0:
-        cx = sx / mt
-        cy = sy / mt
-        cz = sz / mt
-    else:
-        cx = 0.5 * (f[q, 11] + f[q, 14])
-        cy = 0.5 * (f[q, 12] + f[q, 15])
-        cz = 0.5 * (f[q, 13] + f[q, 16])
-    b2 = 0.0
-    for j in range(s, e):
-        dx = p[0, j] - cx
-        dy = p[1, j] - cy
-        dz = p[2, j] - cz
-        b2 = max(b2, dx * dx + dy * dy + dz * dz)
-        if quadrupole:
-            mj = p[3, j]
-            f[q, 5] += mj * dx * dx
-            f[q, 6] += mj * dy * dy
-            f[q, 7] += mj * dz * dz
-            f[q, 8] += mj * dx * dy
-            f[q, 9] += mj * dx * dz
-            f[q, 10] += mj * dy * dz
-    f[q, 0] = mt
-    f[q, 1] = cx
-    f[q, 2] = cy
-    f[q, 3] = cz
-    f[q, 4] = b2
-    f[q, 17] = ma
-
-
-@njit(inline="always", fastmath=_FM)
-def _node_moments(f, q, c0, c1, quadrupole):
-    """Fields of internal node ``q`` from those of its children ``c0:c1``."""
-    mt = 0.0
-    ma = 0.0
-    sx = 0.0
-    sy = 0.0
-    sz = 0.0
-    for k in range(3):
-        f[q, 11 + k] = f[c0, 11 + k]
-        f[q, 14 + k] = f[c0, 14 + k]
-    for c in range(c0, c1):
-        mt += f[c, 0]
-        ma += f[c, 17]
-        sx += f[c, 0] * f[c, 1]
-        sy += f[c, 0] * f[c, 2]
-        sz += f[c, 0] * f[c, 3]
-        for k in range(3):
-            f[q, 11 + k] = min(f[q, 11 + k], f[c, 11 + k])
-            f[q, 14 + k] = max(f[q, 14 + k], f[c, 14 + k])
-    if mt != 0.0:
-        cx = sx / mt
-        cy = sy / mt
-        cz = sz / mt
-    else:
-        cx = 0.5 * (f[q, 11] + f[q, 14])
-        cy = 0.5 * (f[q, 12] + f[q, 15])
-        cz = 0.5 * (f[q, 13] + f[q, 16])
-    b = 0.0  # a bound on the radius about the centre of mass: max |c_c - c| + b_c
-    for c in range(c0, c1):
-        if f[c, 4] < 0.0:  # massless child
-            continue
-        dx = f[c, 1] - cx
-        dy = f[c, 2] - cy
-        dz = f[c, 3] - cz
-        b = max(b, np.sqrt(dx * dx + dy * dy + dz * dz) + np.sqrt(f[c, 4]))
-        if quadrupole:  # parallel-axis shift of the children's second moments
-            mc = f[c, 0]
-            f[q, 5] += f[c, 5] + mc * dx * dx
-            f[q, 6] += f[c, 6] + mc * dy * dy
-            f[q, 7] += f[c, 7] + mc * dz * dz
-            f[q, 8] += f[c, 8] + mc * dx * dy
-            f[q, 9] += f[c, 9] + mc * dx * dz
-            f[q, 10] += f[c, 10] + mc * dy * dz
-    f[q, 0] = mt
-    f[q, 1] = cx
-    f[q, 2] = cy
-    f[q, 3] = cz
-    f[q, 4] = b * b
-    f[q, 17] = ma
-
-
-@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
-def _moments(p, start, end, child, nchild, leaves, quadrupole):
-    """Compute the node fields (module docstring, step 3).
-
-    Leaves from their particles in parallel, then internal nodes from their children in
-    reverse breadth-first order (children before parents).
-    """
-    nn = start.shape[0]
-    f = np.zeros((nn, _NF))
-    for k in prange(leaves.shape[0]):
-        q = leaves[k]
-        _leaf_moments(p, f, q, start[q], end[q], quadrupole)
-    for q in range(nn - 1, -1, -1):
-        if nchild[q] > 0:
-            _node_moments(f, q, child[q], child[q] + nchild[q], quadrupole)
-    for q in prange(nn):
-        if f[q, 17] == 0.0:
-            f[q, 4] = -1.0  # no mass at all: skipped by the walk
-        elif f[q, 0] == 0.0 or abs(f[q, 0]) < 1e-12 * f[q, 17]:
-            f[q, 4] = np.inf  # masses of both signs cancelling: never a multipole
-    return f
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -624,24 +395,13 @@ def _unsort(acc, order, scale):
 
 def _tree(m, x, softening, theta, quadrupole, leaf_size, group_size):
     """Build the tree; returns what :func:`_evaluate` needs, plus the order and scale."""
-    lo = x.min(axis=0)
-    hi = x.max(axis=0)
-    s = float(_scale(lo, hi, softening))
+    s = float(_scale(x.min(axis=0), x.max(axis=0), softening))
     fast = s > 0.0  # else: extent beyond 2**179, no scaling, the exact kernel
     s = s if fast else 1.0
-    half = float(np.max(0.5 * hi - 0.5 * lo))
-    ks = float(1 << 21) / half if half > 0.0 else 0.0
-    keys = _keys(x, lo, ks)
-    order = np.argsort(keys)
-    keys = keys[order]
-    mmax = float(np.max(np.abs(m)))
-    ms = 2.0 ** -math.frexp(mmax)[1] if mmax > 0.0 else 1.0  # masses to [0.5, 1): exact
-    p = _sorted_soa(m, x, order, s, ms)
-    start, end, child, nchild = _build(keys, leaf_size)
-    f = _moments(p, start, end, child, nchild, np.flatnonzero(nchild == 0), quadrupole)
-    nodes = _walk_nodes(f, start, end, child, nchild)
-    groups = _groups(start, end, child, nchild, group_size)
-    return p, f, nodes, groups, order, s, ms, fast
+    t = prepare(m, x, s, leaf_size, quadrupole)
+    nodes = _walk_nodes(t.f, t.start, t.end, t.child, t.nchild)
+    groups = _groups(t.start, t.end, t.child, t.nchild, group_size)
+    return t.p, t.f, nodes, groups, t.order, s, t.ms, fast
 
 
 def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
