@@ -1,13 +1,29 @@
-"""Command line: ``python -m backends compare`` and ``python -m backends list``.
+"""Command line: ``python -m backends COMMAND``.
 
-See :mod:`backends.compare` for what is measured and how.
+``compare`` and ``list`` (:mod:`backends.compare`); every other command is a module of its
+own, listed in ``_COMMANDS`` and imported only when it runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from backends.compare import main
+#: Commands with a module of their own: name -> "module:function" taking ``argv`` (the
+#: arguments after the command's name) and returning the exit status.
+_COMMANDS: dict[str, str] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the command named by the first argument; return its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _COMMANDS:
+        module, _, func = _COMMANDS[argv[0]].partition(":")
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    from backends.compare import main as compare_main
+
+    return compare_main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())
