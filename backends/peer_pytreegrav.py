@@ -35,10 +35,13 @@ import warnings
 import numpy as np
 
 from backends._contract import evaluate, validate
+from backends._geometry import is_linear
 
 __all__ = ["DEFAULT_THETA", "accel_bruteforce", "accel_tree", "library_versions", "tolerance"]
 
 DEFAULT_THETA = 0.7  #: pytreegrav's default opening angle
+#: Systems of at least this many particles are checked for lying along a line.
+LINE_MIN_N = 32
 
 
 def library_versions() -> dict[str, str]:
@@ -115,6 +118,8 @@ def _tree(m, x, G, softening, theta, quadrupole):
 
     if not m.any():  # no mass anywhere: the tree's centres of mass would be 0/0
         return np.zeros(x.shape)
+    if m.shape[0] >= LINE_MIN_N and is_linear(x):  # no bound holds on a line: sum directly
+        return _bruteforce(m, x, G, softening)
     g, tree = _tree_once(pytreegrav, m, x, G, theta, quadrupole)
     coincident = getattr(tree, "HasCoincidentPoints", None)
     if coincident is None:  # a pytreegrav without the flag: look for repeated rows

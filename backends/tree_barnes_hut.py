@@ -77,8 +77,10 @@ from numba import njit, parallel_chunksize, prange
 from backends._contract import evaluate, validate
 from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
+from backends._geometry import is_linear
 from backends._octree import prepare
 from backends.numba_parallel import _inv_r3, _scale
+from backends.numba_parallel import _kernel as _direct_sum
 
 __all__ = ["DEFAULT_LEAF_SIZE", "DEFAULT_THETA", "EXACT_OPTIONS", "accel", "tolerance"]
 
@@ -87,6 +89,8 @@ DEFAULT_LEAF_SIZE = 16  #: default maximum particles per leaf
 DEFAULT_GROUP_SIZE = 64  #: default maximum targets per group (one shared walk)
 #: Options under which the result is direct summation (exact to rounding).
 EXACT_OPTIONS = {"theta": 0.0}
+#: Systems of at least this many particles are checked for lying along a line (step 0).
+LINE_MIN_N = 32
 
 #: Groups per chunk handed to a thread. (Chunks of one group cost ~400 B of memory per
 #: particle at N = 1e6 in Numba 0.68's scheduler; 32 keeps the balance and the memory.)
@@ -405,6 +409,8 @@ def _tree(m, x, softening, theta, quadrupole, leaf_size, group_size):
 
 
 def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
+    if m.shape[0] >= LINE_MIN_N and is_linear(x):
+        return _direct_sum(m, x, G, softening)  # direct summation (module docstring, step 0)
     p, f, nodes, groups, order, s, ms, fast = _tree(
         m, x, softening, theta, quadrupole, leaf_size, group_size
     )
