@@ -1,4 +1,4 @@
-"""Geometry checks shared by the approximate backends: is a system (nearly) a line?
+"""Geometry checks shared by the approximate backends: is a system (nearly) a line.
 
 On particles along a line the forces from the two sides cancel: the net acceleration of a
 particle is a small difference of large sums, and a multipole method's truncation error, a

@@ -75,9 +75,9 @@ import numpy as np
 from numba import njit, parallel_chunksize, prange
 
 from backends._contract import evaluate, validate
+from backends._geometry import is_linear
 from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
-from backends._geometry import is_linear
 from backends._octree import prepare
 from backends.numba_parallel import _inv_r3, _scale
 from backends.numba_parallel import _kernel as _direct_sum

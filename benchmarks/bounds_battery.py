@@ -126,11 +126,7 @@ def report(results, grid, out=sys.stdout) -> int:
             vals = [r[4] for r in recs if r[4] is not None]
             cells.append(f"{max(vals):.1e}" if vals else "refused")
         out.write(f"| {s} | " + " | ".join(cells) + " |\n")
-    out.write(
-        "| declared | "
-        + " | ".join(f"{backends.tolerance(b):.1e}" for b in names)
-        + " |\n"
-    )
+    out.write("| declared | " + " | ".join(f"{backends.tolerance(b):.1e}" for b in names) + " |\n")
     return failed
 
 
