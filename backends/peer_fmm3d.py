@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from backends._contract import evaluate, validate
+from backends._geometry import centred
 
 __all__ = ["DEFAULT_EPS", "MIN_SEPARATION", "accel", "library_versions", "tolerance"]
 
@@ -108,8 +109,7 @@ def _fmm(m, x, G, eps):
     # centred on its bounding box: fmm3dpy works in coordinates relative to its root box,
     # and a system far from the origin lost digits there (shifted by 1e8: rms 1e-7 at any
     # eps); differences of nearby float64 values are exact, so centring loses nothing
-    centre = 0.5 * x.min(axis=0) + 0.5 * x.max(axis=0)
-    src = np.ascontiguousarray((x - centre).T)
+    src = np.ascontiguousarray(centred(x).T)
     out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=m, pg=2)
     acc = np.ascontiguousarray(np.asarray(out.grad, dtype=np.float64).T)  # (N, 3), new array
     acc *= G * factor

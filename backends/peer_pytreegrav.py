@@ -35,7 +35,7 @@ import warnings
 import numpy as np
 
 from backends._contract import evaluate, validate
-from backends._geometry import is_linear
+from backends._geometry import centred, is_linear
 
 __all__ = ["DEFAULT_THETA", "accel_bruteforce", "accel_tree", "library_versions", "tolerance"]
 
@@ -120,6 +120,7 @@ def _tree(m, x, G, softening, theta, quadrupole):
         return np.zeros(x.shape)
     if m.shape[0] >= LINE_MIN_N and is_linear(x):  # no bound holds on a line: sum directly
         return _bruteforce(m, x, G, softening)
+    x = centred(x)  # far from the origin its centres of mass lose digits (module docstring)
     g, tree = _tree_once(pytreegrav, m, x, G, theta, quadrupole)
     coincident = getattr(tree, "HasCoincidentPoints", None)
     if coincident is None:  # a pytreegrav without the flag: look for repeated rows

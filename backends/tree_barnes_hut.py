@@ -75,7 +75,7 @@ import numpy as np
 from numba import njit, parallel_chunksize, prange
 
 from backends._contract import evaluate, validate
-from backends._geometry import is_linear
+from backends._geometry import centred, is_linear
 from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import prepare
@@ -399,6 +399,7 @@ def _unsort(acc, order, scale):
 
 def _tree(m, x, softening, theta, quadrupole, leaf_size, group_size):
     """Build the tree; returns what :func:`_evaluate` needs, plus the order and scale."""
+    x = centred(x)
     s = float(_scale(x.min(axis=0), x.max(axis=0), softening))
     fast = s > 0.0  # else: extent beyond 2**179, no scaling, the exact kernel
     s = s if fast else 1.0
@@ -465,8 +466,8 @@ def tolerance(*, theta=DEFAULT_THETA, quadrupole=False, **_) -> float:
     if theta == 0.0:
         return 1e-12
     t = min(theta, 1.0)
-    bound = 0.6 * t**3.5 if quadrupole else 2.0 * t**3
-    return min(1.0, max(1e-6, bound))  # 1e-6: float32 arithmetic of the multipole terms
+    bound = 0.6 * t**3.5 if quadrupole else 0.75 * t**2.2
+    return max(1e-6, bound)  # 1e-6: float32 arithmetic of the multipole terms
 
 
 def accel(
