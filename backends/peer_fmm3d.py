@@ -44,6 +44,12 @@ __all__ = ["DEFAULT_EPS", "MIN_SEPARATION", "accel", "library_versions", "tolera
 DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says otherwise
 #: Closest separation accepted, relative to the system's extent (``ValueError`` below it).
 MIN_SEPARATION = 1e-10
+#: Largest ratio of the system's extent to its median nearest-neighbour distance accepted
+#: (``ValueError`` above): beyond it fmm3dpy's rounding floor exceeds ``FLOOR``.
+MAX_RANGE = 2e7
+#: The declared bound is ``max(EPS_FACTOR * eps, FLOOR)`` (:func:`tolerance`).
+EPS_FACTOR = 3.0
+FLOOR = 1e-9
 _FACTOR: list[float] = []  # measured kernel convention, cached: [4 pi] for fmm3dpy 2.x
 
 
@@ -65,8 +71,14 @@ def _check_eps(eps) -> float:
 
 
 def tolerance(eps=DEFAULT_EPS, **_options) -> float:
-    """Bound on the rms per-particle relative error at precision ``eps``: ``max(eps, 1e-12)``."""
-    return max(_check_eps(eps), 1e-12)
+    """Bound on the rms per-particle relative error at precision ``eps``.
+
+    ``max(EPS_FACTOR * eps, FLOOR)``: 3 ``eps``, and never below 1e-9, the rounding floor of
+    fmm3dpy's box-relative arithmetic on systems spanning up to ``MAX_RANGE`` times their
+    typical spacing (measured: rms up to 0.94 ``eps`` on a clustered system at eps 1e-6,
+    3e-10 at any eps <= 1e-9 for two clusters 1e6 apart; ``docs/peers.md``).
+    """
+    return max(EPS_FACTOR * _check_eps(eps), FLOOR)
 
 
 def _factor() -> float:
@@ -93,6 +105,14 @@ def _check_separations(x: np.ndarray) -> None:
     extent = float((x.max(axis=0) - x.min(axis=0)).max())
     dist, pair = cKDTree(x).query(x, k=2)
     i = int(np.argmin(dist[:, 1]))
+    typical = float(np.median(dist[:, 1]))
+    if extent > MAX_RANGE * typical:
+        raise ValueError(
+            f"positions: the system spans {extent:.3g}, {extent / typical:.3g} times its median "
+            f"nearest-neighbour distance ({typical:.3g}); above {MAX_RANGE:g} times, fmm3dpy's "
+            f"rounding (about 1e-17 times that ratio, rms) breaks the declared bound "
+            f"(at least {FLOOR:g}): use an exact backend, or split the system"
+        )
     if dist[i, 1] < MIN_SEPARATION * extent:
         raise ValueError(
             f"positions: particles {i} and {int(pair[i, 1])} are {dist[i, 1]:.3g} apart, closer "
