@@ -58,7 +58,7 @@ def _benchmark(rng, n, seed):
 
 
 def _plummer(rng, n, seed):
-    return np.full(n, 1.0 / n), _plummer_positions(rng, n)
+    return np.full(n, 1.0 / max(n, 1)), _plummer_positions(rng, n)
 
 
 def _disc(rng, n, seed):

@@ -183,13 +183,22 @@ def test_only_the_line_is_linear():
 
 def test_centred_is_exact_far_from_the_origin():
     m, x = systems.make("clustered", 500, seed=1)
-    far = x + 1e8
-    c = centred(far)
-    assert np.abs(c.max(axis=0) + c.min(axis=0)).max() <= 1e-8
-    d_far = far[1:] - far[:-1]
-    np.testing.assert_array_equal(c[1:] - c[:-1], d_far)  # separations unchanged, bit for bit
+    for shift in (1e8, -3e4, 1e15):
+        far = x + shift
+        c = centred(far)
+        assert np.abs(c.max(axis=0) + c.min(axis=0)).max() <= 1e-6 * abs(shift)
+        # separations unchanged, bit for bit
+        np.testing.assert_array_equal(c[1:] - c[:-1], far[1:] - far[:-1])
+    assert centred(x) is x  # spans the origin: moving it would round the coordinates near 0
+    m, x = systems.make("clumps", 500, seed=1)  # clumps at 0 and 1e6: left alone
+    assert centred(x) is x
+    half = x.copy()
+    half[:, 1] += 1e9  # far on one axis only: only that axis moves
+    c = centred(half)
+    np.testing.assert_array_equal(c[:, [0, 2]], x[:, [0, 2]])
+    assert abs(c[:, 1].mean()) < 100.0
     huge = np.array([[-1.7e308, 0, 0], [1.7e308, 0, 0]])
-    assert centred(huge) is huge  # would overflow: left alone
+    assert centred(huge) is huge
 
 
 def test_systems_are_deterministic_and_valid():
