@@ -24,8 +24,8 @@ per-particle relative error, ``0.15 theta**2`` (monopole) or ``0.04 theta**3`` (
 calibrated on the hard systems of :mod:`backends.systems` (the thin shell is the worst:
 3.3e-2 at the default theta 0.7, where a Gaussian blob gives 4.8e-3). Two things the wrapper
 does for it: positions are centred on their bounding box first
-(:func:`backends._geometry.centred`; uncentred, a cluster of size 1e-3 shifted to 1e8 lost
-its centres of mass to rounding), and a system lying along a line
+(:func:`backends._geometry.centred`; uncentred, a crowded cluster shifted to 1e8 measured
+twice its unshifted error, its centres of mass rounded), and a system lying along a line
 (:func:`backends._geometry.is_linear`) is summed by pytreegrav's brute force instead, exact:
 there forces cancel and no opening angle bounds the relative error (rms 0.13 at theta 0.7,
 N = 3 000, growing with N).
