@@ -9,7 +9,8 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
 * ``epsilon`` is Plummer softening (default 0). With ``epsilon == 0`` a pair at zero
   separation contributes nothing: coincident particles are skipped, never a NaN or inf.
 * ``masses`` has shape ``(N,)`` and ``positions`` shape ``(N, 3)``; anything array-like and
-  real is accepted and converted once to C-contiguous float64. The result is a new
+  real is accepted (read-only, memory-mapped, strided or byte-swapped arrays and nested
+  lists too) and converted once to C-contiguous float64. The result is a new
   ``(N, 3)`` float64 NumPy array; the caller's arrays are never modified.
 * N = 0 gives a ``(0, 3)`` array; N = 1 gives zeros.
 * Any finite input in the float64 range is accepted. The kernel is homogeneous: scaling the
@@ -110,8 +111,9 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
     Returns
     -------
     Inputs
-        C-contiguous float64 arrays (new arrays unless the input already was C-contiguous
-        float64, which is then shared read-only with the kernel, never written) and floats.
+        C-contiguous, writeable, native-endian float64 arrays (new arrays unless the input
+        already was a writeable C-contiguous float64 array, which is then shared with the
+        kernel and never written; read-only arrays and memory maps are copied once) and floats.
 
     Raises
     ------
@@ -136,8 +138,8 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
             f"masses and positions must have the same length N; got {m.shape[0]} masses "
             f"and {x.shape[0]} positions"
         )
-    m = np.ascontiguousarray(m, dtype=np.float64)
-    x = np.ascontiguousarray(x, dtype=np.float64)
+    m = _kernel_array(m)
+    x = _kernel_array(x)
     for arr, name in ((m, "masses"), (x, "positions")):
         if not np.isfinite(arr).all():
             bad = np.argwhere(~np.isfinite(arr))[0]
@@ -145,6 +147,19 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
             got = float(arr[tuple(bad)])
             raise ValueError(f"{name} must be finite; got {got!r} at index [{where}]")
     return Inputs(m, x, G, softening)
+
+
+def _kernel_array(arr: np.ndarray) -> np.ndarray:
+    """Return a C-contiguous, writeable, native-endian float64 ndarray of ``arr``'s values.
+
+    ``arr`` itself when it already is one (shared with the kernel, never written), else one
+    copy: read-only arrays and read-only memory maps are copied too, since compiled code
+    (Numba, the peers' kernels) is typed on the flag and may refuse or recompile for it.
+    """
+    out = np.ascontiguousarray(arr, dtype=np.float64)
+    if not out.flags.writeable or type(out) is not np.ndarray:
+        out = np.array(out, dtype=np.float64, order="C", copy=True)
+    return out
 
 
 def check_precision(precision) -> str:
