@@ -20,6 +20,13 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
   (see :func:`rescale`), so every backend returns the exactly scaled result whenever it is a
   normal float64, and raises ``FloatingPointError`` where it is not (overflow, or a nonzero
   acceleration below the smallest normal float64, about 2.2e-308).
+* Precision: every backend computes in float64 by default and accepts ``precision="float64"``;
+  those whose registry entry lists it (:func:`backends.precisions`) also take
+  ``precision="float32"`` (single-precision pair arithmetic; the result is still float64,
+  within :data:`FLOAT32_TOLERANCE` of float64, or computed in float64 where float32 cannot
+  hold the inputs). Any other value, ``None`` included, and ``"float32"`` on a float64-only
+  backend, is a ``ValueError`` naming what is valid, on every backend (:func:`check_precision`,
+  the one rule).
 * Throughput is reported as N(N-1)/t interactions per second, whatever trick a kernel uses.
 * The error of a result ``a`` against the oracle ``ref`` is
   ``max_i |a_i - ref_i| / |ref_i|`` (Euclidean norms per particle); particles with
@@ -162,12 +169,44 @@ def _kernel_array(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def check_precision(precision) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``."""
+def check_precision(precision, supported=PRECISIONS, backend=None, others=()) -> str:
+    """Return ``precision`` if backend ``backend`` computes in it, else raise ``ValueError``.
+
+    The one rule for ``precision=``, the same on every backend and at every door
+    (:func:`backends.accel`, :meth:`backends.Backend.accel`, :func:`backends.tolerance`, the
+    modules' own ``accel``):
+
+    * the value is one of the strings in :data:`PRECISIONS` (``"float64"``, ``"float32"``);
+      anything else (``None``, ``"float16"``, ``np.float32``, ``32``) is a ``ValueError``
+      naming the valid spellings;
+    * ``"float64"`` (the default) is accepted by every backend;
+    * ``"float32"`` by the backends whose registry entry lists it
+      (:func:`backends.precisions`); on any other it is a ``ValueError`` naming the
+      backends that have it.
+
+    Parameters
+    ----------
+    precision : object
+        The value passed as ``precision=``.
+    supported : tuple of str, optional
+        The precisions the backend has (its registry entry's; default: all).
+    backend : str, optional
+        The backend's name, for the message.
+    others : sequence of str, optional
+        The backends that have ``"float32"``, for the message.
+    """
+    where = f" (backend {backend!r})" if backend else ""
     if not isinstance(precision, str) or precision not in PRECISIONS:
         valid = ", ".join(repr(p) for p in PRECISIONS)
-        raise ValueError(f"precision must be one of {valid}; got {precision!r}")
-    return precision
+        raise ValueError(f"precision must be one of {valid}{where}; got {precision!r}")
+    if precision not in supported:
+        have = ", ".join(repr(p) for p in supported)
+        extra = f"; the backends with precision={precision!r} are: {', '.join(others)}"
+        raise ValueError(
+            f"precision={precision!r} is not a mode of backend {backend!r}, which computes in "
+            f"{have} only{extra if others else ''}"
+        )
+    return str(precision)
 
 
 def check_result(acc: np.ndarray, backend: str) -> np.ndarray:

@@ -76,3 +76,35 @@ def test_nearest_takes_every_input_layout(tmp_path):
     for label, mm, xx in _layouts(m, x, tmp_path):
         got = backends.accel_nearest(mm, xx, k=8)
         assert backends.relative_error(got, expected) <= 1e-13, label
+
+
+# --- precision=: one rule on every backend (backends._contract.check_precision) -----------
+
+BAD_PRECISIONS = [None, "float16", "FLOAT32", " float32", "double", np.float32, 32, b"float32"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_precision_follows_one_rule_on_every_backend(name):
+    b = _usable(name)
+    m, x = _system(20)
+    has32 = "float32" in backends.precisions(name)
+    for bad in BAD_PRECISIONS:
+        for call in (
+            lambda p: b.accel(m, x, precision=p),
+            lambda p: backends.accel(m, x, backend=name, precision=p),
+            lambda p: backends.tolerance(name, precision=p),
+        ):
+            with pytest.raises(ValueError, match=r"precision must be one of 'float64', 'float32'"):
+                call(bad)
+    np.testing.assert_array_equal(b.accel(m, x, precision="float64"), b.accel(m, x))
+    assert backends.tolerance(name, precision="float64") == backends.tolerance(name)
+    if has32:
+        assert b.accel(m, x, precision="float32").dtype == np.float64
+        assert backends.tolerance(name, precision="float32") >= backends.tolerance(name)
+    else:
+        for call in (
+            lambda: b.accel(m, x, precision="float32"),
+            lambda: backends.tolerance(name, precision="float32"),
+        ):
+            with pytest.raises(ValueError, match=r"not a mode of backend .*numba_parallel"):
+                call()
