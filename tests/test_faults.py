@@ -2,15 +2,26 @@
 
 * Read-only, memory-mapped, non-contiguous, byte-swapped and non-float64 inputs work on every
   backend (the contract converts once, at the door) and give the same answer as plain arrays.
+* ``precision=`` follows one rule on every backend and door (the contract's
+  ``check_precision``).
+* ``compare`` checks every ``--setting`` with the backend's own checks, ``--n`` against the
+  machine's memory and every output file by opening it, before any work (exit 2, one line).
 """
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import backends
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL = backends.names()
 
 
@@ -108,3 +119,81 @@ def test_precision_follows_one_rule_on_every_backend(name):
         ):
             with pytest.raises(ValueError, match=r"not a mode of backend .*numba_parallel"):
                 call()
+
+
+# --- compare: every --setting is checked by the backend's own checks before any work -------
+
+BAD_SETTINGS = [
+    ("tree:theta=-1", "theta must be finite and >= 0; got -1"),
+    ("tree:theta=abc", "theta must be a real number"),
+    ("tree:nope=1", "backend 'tree' has no option 'nope'; its options are: theta"),
+    ("tree:quadrupole=2", "quadrupole must be True or False"),
+    ("tree:leaf_size=0", "leaf_size must be >= 1"),
+    ("tree:precision=float32", "precision='float32' is not a mode of backend 'tree'"),
+    ("tree:softening=0.1", "softening is the system's, not a setting"),
+    ("numpy:block=0", "block must be a positive integer"),
+    ("numpy:precision=none", "precision must be one of 'float64', 'float32'"),
+    ("numba:block=4", "backend 'numba' has no option 'block'; its options are: precision"),
+    ("numba_parallel:precision=float16", "precision must be one of"),
+    ("jax:block=-3", "block must be a positive integer"),
+    ("jax:device=nowhere", "no such JAX device here"),
+    ("multiprocessing:n_workers=0", "n_workers must be"),
+    ("joblib:prefer=nope", "prefer"),
+    ("joblib:chunks=1.5", "chunks must be"),
+    ("pytreegrav_tree:theta=2", "theta must be in (0, 1]"),
+    ("fmm3d:eps=0", "eps"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SETTINGS)
+def test_check_options_rejects_what_the_backend_rejects(text, message):
+    from backends.compare import args
+
+    name = text.partition(":")[0]
+    _usable(name)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        args.parse_setting(text)
+
+
+def test_check_options_accepts_good_settings_without_running_anything():
+    from backends.compare import args
+
+    for text in (
+        "numpy:block=64",
+        "tree:theta=0.5,quadrupole=true",
+        "numba_parallel:precision=float32",
+    ):
+        name, options = args.parse_setting(text)
+        assert name == text.partition(":")[0] and options
+        args.check_options(name, options)
+
+
+def _compare(*argv, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "backends", "compare", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--setting", "tree:theta=-1"], "theta must be finite and >= 0"),
+        (["--setting", "tree:nope=1"], "has no option 'nope'"),
+        (["--setting", "numpy:block=0"], "block must be a positive integer"),
+        (["--n", "1e20"], "more than this machine can hold"),
+        (["--n", "1e400"], "must be a positive integer"),
+        (["--json", "/proc/version"], "cannot be written"),
+    ],
+)
+def test_compare_refuses_bad_arguments_before_any_work(argv, message, tmp_path):
+    r = _compare("--n", "50", "--backends", "numpy", "tree", *argv, tmp_path=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []
+    errors = [line for line in r.stderr.splitlines() if line.startswith("python -m backends")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
