@@ -197,3 +197,40 @@ def test_compare_refuses_bad_arguments_before_any_work(argv, message, tmp_path):
     assert r.stdout == "" and list(tmp_path.iterdir()) == []
     errors = [line for line in r.stderr.splitlines() if line.startswith("python -m backends")]
     assert len(errors) == 1 and message in errors[0], r.stderr
+
+
+# --- jax: an explicit block is capped at what N needs, or refused with its cost -------------
+
+JAX_PEAK = """
+import resource, sys
+import backends
+m, x = backends.benchmark_system(int(sys.argv[1]))
+b = backends.get("jax")
+b.accel(m, x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+b.accel(m, x, block=int(sys.argv[2]))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize(("n", "block"), [(10, 4096), (3, 100_000)])
+def test_jax_large_block_costs_no_more_than_n_needs(n, block):
+    _usable("jax")
+    r = subprocess.run(
+        [sys.executable, "-c", JAX_PEAK, str(n), str(block)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    grown_mb = float(r.stdout.split()[-1])
+    assert grown_mb < 50, f"block={block} at N = {n} raised peak memory by {grown_mb:.0f} MB"
+
+
+def test_jax_block_is_refused_with_its_cost_when_it_cannot_fit():
+    b = _usable("jax")
+    m, x = backends.benchmark_system(200_000)
+    with pytest.raises(ValueError, match=r"block=65536 at N = 200000 needs about .* GiB"):
+        b.accel(m, x, block=65536)
+    small_m, small_x = backends.benchmark_system(10)
+    np.testing.assert_allclose(b.accel(small_m, small_x, block=4096), b.accel(small_m, small_x))
