@@ -58,8 +58,8 @@ __all__ = [
 
 PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default first
 #: Bound on the max per-particle relative error of a ``precision="float32"`` result. (Not
-#: for a particle whose force nearly cancels, nor one dominated by a partner closer than
-#: about 1e-10 of the system's size: float32 coordinates cannot resolve that; see the README.)
+#: for a particle whose force nearly cancels; rows float32 cannot resolve, with a partner
+#: closer than ~1e-8 of the system's size, are computed in float64: backends._float32_guard.)
 FLOAT32_TOLERANCE = 1e-4
 
 _REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected

@@ -16,8 +16,10 @@ bounding box and scaled by a power of two, then each is split into a float32 pai
 ``hi + lo`` (``lo`` the float32 rounding of the remainder), and a separation is
 ``(hi_j - hi_i) + (lo_j - lo_i)``: accurate to float32 rounding of the separation itself,
 even for a close pair far from the origin. Masses are scaled by a power of two so that the
-largest is in ``[1, 2)``. Inputs float32 cannot hold (an extent above 2**179, or a non-zero
-mass below 2**-100 of the largest) are computed in float64 instead. Measured max / rms
+largest is in ``[1, 2)``. Inputs float32 cannot hold (an extent above 2**179, a non-zero
+mass below 2**-100 of the largest, or a softening above 2**60 half-extents) are computed in
+float64 instead, and so are the rows of particles with a partner closer than 2**-26 of the
+extent (:mod:`backends._float32_guard`) and a result that is not finite. Measured max / rms
 per-particle relative error (CPU, 2026-12-01, against float64): 7.2e-7 / 3.3e-8 on the
 benchmark system and 1.3e-6 / 3.8e-8 on a Plummer sphere with masses over five decades,
 N = 10 000; the bound promised is :data:`backends._contract.FLOAT32_TOLERANCE` (1e-4).
@@ -38,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from backends import BackendUnavailableError
+from backends import BackendUnavailableError, _float32_guard
 from backends._contract import check_precision, evaluate, validate
 
 _SMALL = 1024  # up to here P is a power of two (>= 8); above it a multiple of _SMALL
@@ -233,8 +235,11 @@ def _check_block(n: int, block: int | None, platform: str) -> None:
 def _kernel(m, x, G, softening, device, block, precision="float64"):
     n = m.shape[0]
     p, block = block_plan(n, block, device.platform)
-    split = _split32(m, x, softening) if precision == "float32" else None
+    split = None
+    if precision == "float32" and not _float32_guard.needs_float64(x, softening):
+        split = _split32(m, x, softening)  # None: out of float32's reach, float64 below
     if split is not None:
+        rows = _float32_guard.close_rows(x, softening)
         hi, lo, ms, eps2, factor = split
         pad = [np.zeros((p, 3), np.float32), np.zeros((p, 3), np.float32), np.zeros(p, np.float32)]
         pad[0][:n], pad[1][:n], pad[2][:n] = hi, lo, ms
@@ -243,7 +248,11 @@ def _kernel(m, x, G, softening, device, block, precision="float64"):
             res = _accel_padded32(*args, n, eps2, block=block)
             res.block_until_ready()
             out = np.asarray(res)
-        return (out[:n] * G) * factor  # a new float64 array
+        with np.errstate(over="ignore", invalid="ignore"):  # rows repaired or redone below
+            out = (out[:n] * G) * factor  # a new float64 array
+        _float32_guard.repair(out, rows, m, x, G, softening)
+        if np.isfinite(out).all():
+            return out
     mp = np.zeros(p)
     mp[:n] = m
     xp = np.zeros((p, 3))

@@ -234,3 +234,59 @@ def test_jax_block_is_refused_with_its_cost_when_it_cannot_fit():
         b.accel(m, x, block=65536)
     small_m, small_x = backends.benchmark_system(10)
     np.testing.assert_allclose(b.accel(small_m, small_x, block=4096), b.accel(small_m, small_x))
+
+
+# --- float32: the float64 answer to FLOAT32_TOLERANCE, or float64's own error; never NaN -----
+
+FLOAT32 = [name for name in ALL if "float32" in backends.precisions(name)]
+
+
+def _float32_matches_float64(b, m, x, softening=0.0, label=""):
+    try:
+        ref = b.accel(m, x, softening=softening)
+    except FloatingPointError:
+        with pytest.raises(FloatingPointError):
+            b.accel(m, x, softening=softening, precision="float32")
+        return
+    got = b.accel(m, x, softening=softening, precision="float32")
+    assert np.isfinite(got).all(), f"{b.name} {label}: non-finite float32 result"
+    err = backends.relative_error(got, ref)
+    assert err <= backends.FLOAT32_TOLERANCE, f"{b.name} {label}: float32 error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("size", [1e-150, 1e-5, 1.0, 1e7, 1e150])
+def test_float32_with_softening_far_above_the_system(name, size):
+    b = _usable(name)
+    m, x = _system(40, seed=7)
+    x = x * size
+    for ratio in (1e-3, 1.0, 1e6, 1e15, 1e19, 1e25, 1e38, 1e60, 1e120, 1e250):
+        softening = ratio * size
+        if not np.isfinite(softening) or softening > 1e300:
+            continue
+        _float32_matches_float64(b, m, x, softening, f"size {size:g}, softening {softening:g}")
+
+
+def _wide(n, decades, seed):
+    rng = np.random.default_rng(seed)
+    sign = np.sign(rng.standard_normal((n, 3)))
+    return rng.random(n) + 0.01, sign * 10.0 ** rng.uniform(-decades, decades, (n, 3))
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("decades", [4, 8, 12, 20, 40, 140])
+def test_float32_on_a_system_spanning_many_decades(name, decades):
+    b = _usable(name)
+    for seed in range(3):
+        m, x = _wide(40, decades, seed)
+        _float32_matches_float64(b, m, x, 0.0, f"1e-{decades} to 1e{decades}, seed {seed}")
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+def test_float32_tight_binaries_in_a_cluster(name):
+    b = _usable(name)
+    m, x = backends.benchmark_system(300, seed=5)
+    for k, gap in enumerate((1e-6, 1e-9, 1e-12, 1e-15, 1e-30)):
+        x[2 * k + 1] = x[2 * k] + gap * np.array([0.6, -0.8, 0.0])
+    _float32_matches_float64(b, m, x, 0.0, "binaries")
+    _float32_matches_float64(b, m, x + 1e6, 0.0, "binaries far from the origin")
