@@ -239,22 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(parser, option: str, path: str | None) -> None:
-    if path is None:
-        return
+def _check_output(parser, option: str, path: str | None, seen: dict) -> None:
+    """Check an output file as compare does (writable, not a folder, not given twice)."""
     from backends.compare.args import _check_output as check
 
-    check(parser, option, path, {})
+    check(parser, option, path, seen)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse and check everything; errors exit with status 2 before any work."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_output(parser, "--json", args.json)
-    _check_output(parser, "--plot", args.plot)
-    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
-        parser.error("--json and --plot are the same file")
+    seen: dict[str, str] = {}
+    _check_output(parser, "--json", args.json, seen)
+    _check_output(parser, "--plot", args.plot, seen)
     if args.plot is not None:
         if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
             parser.error(f"--plot {args.plot!r}: the file name must end in .png, .svg or .pdf")
