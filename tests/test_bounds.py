@@ -30,7 +30,7 @@ SETTINGS = {
         {"theta": 0.3, "quadrupole": True, "leaf_size": 1, "group_size": 1},
     ],
     "pytreegrav_tree": [{}, {"theta": 1.0, "quadrupole": True}],
-    "fmm3d": [{"eps": 1e-3}, {"eps": 1e-6}],
+    "fmm3d": [{"eps": 1e-3}],  # fmm3dpy is slow on the far clumps: tighter eps in the slow run
     "fmm": [{}, {"eps": 1e-3}, {"eps": 1e-9}],
 }
 #: More settings for the slow run.
@@ -46,7 +46,7 @@ SLOW_SETTINGS = {
         *({"theta": t} for t in (0.3, 0.5, 1.0)),
         *({"theta": t, "quadrupole": True} for t in (0.3, 0.5, 0.7)),
     ],
-    "fmm3d": [{}, *({"eps": e} for e in (1e-2, 1e-4, 1e-9))],
+    "fmm3d": [{}, *({"eps": e} for e in (1e-2, 1e-4, 1e-6, 1e-9))],
     "fmm": [*({"eps": e} for e in (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12))],
 }
 
@@ -96,8 +96,6 @@ def _check(name, options, n, which=systems.SYSTEMS, seed=3):
 
 @pytest.mark.parametrize(("name", "options"), _cases(SETTINGS))
 def test_declared_bound_holds_on_the_hard_systems(name, options):
-    if name == "fmm3d" and options.get("eps", 1e-12) < 1e-9:
-        pytest.skip("fmm3dpy takes minutes on far clumps at tight eps: in the slow run")
     _check(name, options, 1500)
 
 
