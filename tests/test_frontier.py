@@ -212,3 +212,59 @@ def test_sigterm_exits_143_and_writes_nothing(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "interrupted" in err and not out.exists()
+
+
+# --------------------------------------------------------------------------- test backends
+
+
+def accel_refuses(masses, positions, G=1.0, *, softening=0.0):
+    """A backend refusing every system with a ValueError, as fmm3d refuses some."""
+    raise ValueError("positions: this test backend refuses every system")
+
+
+def tolerance(**_options) -> float:
+    """The bound of :func:`accel_refuses` (never reached)."""
+    return 1e-3
+
+
+def test_measured_errors_statuses_and_exit_status(monkeypatch, tmp_path, capsys):
+    """Test backends with known errors: the perturbed 'approx' (rms = max = theta * 1e-3),
+    one that raises (FAILED, exit status 1), one that refuses the system (not a failure),
+    and a slow exact row (numpy's sum after 0.3 s).
+    """
+    import compare_test_backends
+
+    spec = backends._Spec
+    for name in ("approx", "raises", "slow"):
+        monkeypatch.setitem(backends._REGISTRY, name, spec(
+            f"compare_test_backends:accel_{name}", name, exact=name != "approx"))  # fmt: skip
+    monkeypatch.setitem(backends._REGISTRY, "refuses",
+                        spec("test_frontier:accel_refuses", "refuses", exact=False))  # fmt: skip
+    assert compare_test_backends.tolerance(theta=1.0) == 2e-3
+    families = [
+        ("approx", "theta", [{"theta": 1.0}, {"theta": 0.25}]),
+        ("raises", "boom", [{}]),
+        ("refuses", "no", [{}]),
+    ]
+    monkeypatch.setattr(frontier, "FAMILIES", families)
+    monkeypatch.setattr(frontier, "EXACT", [("slow", {})])  # 0.3 s: the families run on
+    out = tmp_path / "f.json"
+    args = ["--n", "300", "--repeat", "1", "--budget", "0.01", "--quiet", "--json", str(out)]
+    assert frontier.main(args) == 1  # 'raises' failed
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "refused" in text
+    doc = json.loads(out.read_text())
+    pts = {(p["backend"], p["settings"].get("theta")): p for p in doc["points"]}
+    assert pts[("approx", 1.0)]["rms"] == pytest.approx(1e-3, rel=1e-9)
+    assert pts[("approx", 1.0)]["max"] == pytest.approx(1e-3, rel=1e-9)
+    assert pts[("approx", 0.25)]["rms"] == pytest.approx(2.5e-4, rel=1e-9)
+    assert pts[("approx", 0.25)]["bound"] == pytest.approx(5e-4)
+    assert pts[("slow", None)]["rms"] < 1e-14 and pts[("slow", None)]["exact"]
+    assert [p["pareto"] for p in doc["points"]] == pareto(
+        [(p["seconds"], p["rms"]) for p in doc["points"]]
+    )
+    bad = {q["backend"]: q["status"] for q in doc["not_measured"]}
+    assert bad == {"raises": "failed", "refuses": "refused"}
+    front = {f["rms_target"]: f.get("backend") for f in doc["front"]}
+    assert front[1e-12] == "slow"  # only the exact row reaches it
+    assert front[1e-3] == front[1e-2] == "approx"

@@ -86,7 +86,8 @@ scaled by N(N-1) (marked ~). Errors: rms and max per-particle relative error on 
 against direct summation of those rows (numba_parallel's kernel; --oracle python: the
 pure-Python oracle).
 
-exit status: 0 done; 1 a point failed (raised or returned non-finite values); 2 bad arguments
+exit status: 0 done (a backend refusing the system with a ValueError is "refused", not a
+failure); 1 a point failed (raised otherwise, or returned non-finite values); 2 bad arguments
 (nothing run); 130 Ctrl-C, 143 SIGTERM (nothing written).
 """
 
@@ -103,7 +104,7 @@ class Point:
     rms: float | None = None
     max: float | None = None
     pareto: bool = False
-    status: str = "ok"  # "ok", "extrapolated", "failed", "skipped"
+    status: str = "ok"  # "ok", "extrapolated", "failed", "refused", "skipped"
     first_call_s: float | None = None
     median_s: float | None = None
     times_s: list[float] = field(default_factory=list)
@@ -388,7 +389,9 @@ class Sweep:
             raise
         except Exception as exc:
             text = str(exc).strip().splitlines()
-            point.status = "failed"
+            # a ValueError on a valid system is the backend refusing it (documented, e.g.
+            # fmm3d on a system spanning too many scales); anything else is a failure
+            point.status = "refused" if isinstance(exc, ValueError) else "failed"
             point.note = f"{type(exc).__name__}: {text[0] if text else ''}"
 
     def exact_point(self, name: str, options: dict) -> Point:
@@ -491,7 +494,8 @@ def render(meta: dict, settings: dict, points: list[Point], not_run: dict[str, s
             notes.append(f"[{len(notes) + 1}] {p.label}: {p.note}")
             mark = f" [{len(notes)}]"
         if not p.measured:
-            table.append([p.label, "-", "-", "-", "-", "-", "FAILED" + mark])
+            word = "refused" if p.status == "refused" else "FAILED"
+            table.append([p.label, "-", "-", "-", "-", "-", word + mark])
             continue
         tilde = "~" if p.status == "extrapolated" else ""
         table.append(
