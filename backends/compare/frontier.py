@@ -591,7 +591,12 @@ def to_json(meta: dict, settings: dict, points: list[Point], not_run: dict[str, 
 
 
 def write_plot(path: str, points: list[Point], title: str) -> None:
-    """Time against rms error, log-log: a marker per family, the front as a step line."""
+    """Time against rms error, log-log: a marker per family, the front as a step line.
+
+    A family's points are joined in the order of its settings (cheap to accurate); hollow
+    markers are predicted times; the front's points are circled, and its step line reads:
+    for a required rms on the x axis, the fastest time is the line's height there.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -609,8 +614,7 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
     cmap = colormaps["viridis"]
     fig, ax = plt.subplots(figsize=(8.5, 6), constrained_layout=True)
     k = max(len(groups) - 1, 1)
-    for i, (key, ps) in enumerate(groups.items()):
-        ps = sorted(ps, key=lambda p: p.seconds)
+    for i, (key, ps) in enumerate(groups.items()):  # a family's points in its sweep order
         ax.plot([max(p.rms, floor) for p in ps], [p.seconds for p in ps],
                 marker=markers[i % len(markers)], color=cmap(0.9 * i / k),
                 ls="-" if len(ps) > 1 else "none", lw=0.8, ms=7,
@@ -631,7 +635,7 @@ def write_plot(path: str, points: list[Point], title: str) -> None:
     ax.set_ylabel("time per evaluation (s, best)")
     ax.set_title(title, fontsize="small")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="x-small", ncols=2)
+    ax.legend(fontsize="x-small", ncols=2, loc="lower left")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
