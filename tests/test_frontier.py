@@ -268,3 +268,19 @@ def test_measured_errors_statuses_and_exit_status(monkeypatch, tmp_path, capsys)
     front = {f["rms_target"]: f.get("backend") for f in doc["front"]}
     assert front[1e-12] == "slow"  # only the exact row reaches it
     assert front[1e-3] == front[1e-2] == "approx"
+
+
+def test_exact_rows_too_slow_at_n_are_predicted_from_a_probe(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    args = ["--n", "12000", "--backends", "numba_parallel", "--repeat", "1", "--quiet"]
+    assert frontier.main([*args, "--max-call", "1e-9", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert len(doc["points"]) == 2  # float64 and float32, both predicted
+    scale = backends.interactions(12000) / backends.interactions(frontier.PROBE_N)
+    for p in doc["points"]:
+        assert p["status"] == "extrapolated" and p["times_s"] == []  # nothing timed at N
+        probe = float(p["note"].split(" from ")[1].split(" s at N=10,000")[0])
+        assert p["seconds"] == pytest.approx(probe * scale, rel=1e-2)  # the note's 3 digits
+        assert p["rms"] < (1e-12 if not p["settings"] else 1e-4)
+    assert "~" in text and "predicted" in text
