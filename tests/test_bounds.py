@@ -158,6 +158,21 @@ def test_trees_sum_lines_directly(name, seed):
     assert _rms(backends.accel(m, x, backend=name, **options), ref) <= 1e-12
 
 
+@pytest.mark.parametrize("name", APPROXIMATE)
+def test_bound_holds_on_a_uniform_line(name):
+    """Equal masses on a uniform grid: the net force nearly vanishes mid-line."""
+    _usable(name)
+    n = 3000
+    m, x = np.ones(n), np.zeros((n, 3))
+    x[:, 0] = np.linspace(-5.0, 5.0, n)
+    ref = backends.accel(m, x, backend="numba_parallel")
+    loosest = {"tree": {"theta": 1.0, "leaf_size": 1, "group_size": 1}, "fmm3d": {"eps": 1e-2},
+               "pytreegrav_tree": {"theta": 1.0}, "fmm": {"eps": 1e-2}}.get(name, {})  # fmt: skip
+    for options in ({}, loosest):
+        err = _rms(backends.accel(m, x, backend=name, **options), ref)
+        assert err <= backends.tolerance(name, **options), (options, err)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
