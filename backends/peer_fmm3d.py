@@ -16,7 +16,9 @@ particles spread over 20, eps 1e-6), and below eps 1e-9 a rounding floor set by 
 of the system's extent to its typical spacing (fmm3dpy computes relative to its root box):
 3e-10 to 4.5e-10 for two clumps 1e6 apart, 2e-11 for a tight binary far from a cluster,
 2e-15 for a Gaussian blob. Systems spanning more than ``MAX_RANGE`` times their median
-nearest-neighbour distance, where that floor would exceed 1e-9, are a ``ValueError``.
+nearest-neighbour distance, where that floor would exceed 1e-9, are summed directly by
+fmm3dpy's ``l3ddir`` (O(N^2), exact to rounding; faster there than the FMM, whose adaptive
+tree grows as deep as the ratio of scales).
 Positions are moved next to the origin where that is exact
 (:func:`backends._geometry.centred`): shifted by 1e8, a system kept its errors (before: 1e-7
 at any eps, and order 1 when shifted by 1e15). Small systems are summed directly by fmm3dpy
@@ -56,8 +58,8 @@ __all__ = ["DEFAULT_EPS", "MIN_SEPARATION", "accel", "library_versions", "tolera
 DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says otherwise
 #: Closest separation accepted, relative to the system's extent (``ValueError`` below it).
 MIN_SEPARATION = 1e-10
-#: Largest ratio of the system's extent to its median nearest-neighbour distance accepted
-#: (``ValueError`` above): beyond it fmm3dpy's rounding floor exceeds ``FLOOR``.
+#: Largest ratio of the system's extent to its median nearest-neighbour distance given to
+#: the FMM (summed directly above): beyond it fmm3dpy's rounding floor exceeds ``FLOOR``.
 MAX_RANGE = 2e7
 #: The declared bound is ``max(EPS_FACTOR * eps, FLOOR)`` (:func:`tolerance`).
 EPS_FACTOR = 3.0
@@ -112,41 +114,34 @@ def _factor() -> float:
     return _FACTOR[0]
 
 
-def _check_separations(x: np.ndarray) -> float:
+def _check_separations(x: np.ndarray) -> tuple[float, float]:
     """Refuse particles closer than ``MIN_SEPARATION`` times the system's extent.
 
-    Also systems spanning more than ``MAX_RANGE`` typical spacings; returns the extent.
+    Returns the extent and the median nearest-neighbour distance.
     """
     from scipy.spatial import cKDTree
 
     extent = float((x.max(axis=0) - x.min(axis=0)).max())
     dist, pair = cKDTree(x).query(x, k=2)
     i = int(np.argmin(dist[:, 1]))
-    typical = float(np.median(dist[:, 1]))
-    if extent > MAX_RANGE * typical:
-        raise ValueError(
-            f"positions: the system spans {extent:.3g}, {extent / typical:.3g} times its median "
-            f"nearest-neighbour distance ({typical:.3g}); above {MAX_RANGE:g} times, fmm3dpy's "
-            f"rounding (about 1e-17 times that ratio, rms) breaks the declared bound "
-            f"(at least {FLOOR:g}): use an exact backend, or split the system"
-        )
     if dist[i, 1] < MIN_SEPARATION * extent:
         raise ValueError(
             f"positions: particles {i} and {int(pair[i, 1])} are {dist[i, 1]:.3g} apart, closer "
             f"than {MIN_SEPARATION:g} times the system's extent ({extent:.3g}); fmm3dpy drops or "
             "mis-sums such pairs (and crashed on tighter clusters): use an exact backend"
         )
-    return extent
+    return extent, float(np.median(dist[:, 1]))
 
 
 def _fmm(m, x, G, eps):
     import fmm3dpy
 
     factor = _factor()
-    extent = _check_separations(x)
-    if m.shape[0] >= LINE_MIN_N and is_linear(x):
-        # forces cancel along a line: no precision bounds the per-particle relative error
-        # there (a uniform line at eps 1e-6 measured rms 2e-3), so fmm3dpy sums directly
+    extent, typical = _check_separations(x)
+    if extent > MAX_RANGE * typical or (m.shape[0] >= LINE_MIN_N and is_linear(x)):
+        # too many scales for fmm3dpy's rounding floor to stay below FLOOR, or forces that
+        # cancel along a line (a uniform line at eps 1e-6 measured rms 2e-3): no precision
+        # keeps the bound there, so fmm3dpy sums directly
         src = np.ascontiguousarray(centred(x).T)
         out = fmm3dpy.l3ddir(
             sources=src, targets=src, charges=m, pgt=2, thresh=1e-3 * MIN_SEPARATION * extent
