@@ -244,3 +244,16 @@ def test_systems_reject_bad_arguments(args, msg):
         systems.make(*args)
     with pytest.raises(ValueError, match="shift"):
         systems.make("disc", 10, shift=float("inf"))
+
+
+def test_fmm3d_sums_systems_of_too_many_scales_directly():
+    """Clumps 1e7 apart span 2e7+ typical spacings: fmm3dpy's rounding floor would pass 1e-9."""
+    _usable("fmm3d")
+    from backends import peer_fmm3d
+
+    m, x = systems.make("clumps", 2000, seed=1)
+    x[1000:, 0] += 9e6
+    ref = backends.accel(m, x, backend="numba_parallel")
+    for eps in (1e-3, 1e-12):
+        assert _rms(backends.accel(m, x, backend="fmm3d", eps=eps), ref) <= 1e-12
+    assert peer_fmm3d.MAX_RANGE == 2e7
