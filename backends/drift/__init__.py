@@ -40,7 +40,7 @@ from backends.compare.runner import first_line
 from backends.drift import report
 from backends.drift.args import CROSSING_TIME, parse
 from backends.drift.leapfrog import Initial, Interrupted, integrate
-from backends.drift.plummer import State, plummer, save_state
+from backends.drift.plummer import State, save_state, sphere
 
 __all__ = ["main", "drift"]
 
@@ -61,46 +61,51 @@ class _Run:
         self.signal: KeyboardInterrupt | None = None
 
     def run(self) -> None:
-        jobs = self.args.jobs
-        for index, job in enumerate(jobs, 1):
-            self.bar.start(job.label, self.args.steps, index, len(jobs))
-            b = None
+        """Integrate every job in turn; a Ctrl-C (or SIGTERM) ends the loop where it is."""
+        for index, job in enumerate(self.args.jobs, 1):
             try:
-                b = backends.get(job.name)
-                row, x, v = integrate(
-                    b,
-                    job,
-                    self.state,
-                    self.initial,
-                    dt=self.args.dt,
-                    steps=self.args.steps,
-                    softening=self.args.softening,
-                    energy_every=self.args.energy_every,
-                    progress=self.bar,
-                )
+                self._row(index, job)
             except Interrupted as exc:
                 self.interrupted = (
                     f"{job.label} was at step {exc.step} of {self.args.steps} and is left out"
                 )
                 self.signal = exc.cause
                 return
-            except KeyboardInterrupt as exc:  # while opening the backend
-                self.interrupted = f"{job.label} had not started and is left out"
+            except KeyboardInterrupt as exc:  # opening, closing or saving: not integrating
+                self.interrupted = f"{job.label} is left out (interrupted outside its steps)"
                 self.signal = exc
                 return
-            finally:
-                if b is not None:
-                    try:
-                        b.close()
-                    except Exception as exc:  # the row stands; say that closing failed
-                        print(f"drift: {job.label}: close(): {first_line(exc)}", file=sys.stderr)
-            row.load_s = self.args.load_s.get(job.label)
-            if self.args.save and row.status == "ok":
-                path = Path(self.args.save) / f"{index:02d}-{_slug(job.label)}.npz"
-                save_state(path, State(self.state.masses, x, v))
-                row.state_file = str(path.absolute())
-            self.rows.append(row)
-            self.finals.append(x if row.status == "ok" else None)
+
+    def _row(self, index: int, job) -> None:
+        """Integrate one job, close its backend, save its state, keep its row."""
+        self.bar.start(job.label, self.args.steps, index, len(self.args.jobs))
+        b = None
+        try:
+            b = backends.get(job.name)
+            row, x, v = integrate(
+                b,
+                job,
+                self.state,
+                self.initial,
+                dt=self.args.dt,
+                steps=self.args.steps,
+                softening=self.args.softening,
+                energy_every=self.args.energy_every,
+                progress=self.bar,
+            )
+        finally:
+            if b is not None:
+                try:
+                    b.close()
+                except Exception as exc:  # the row stands; say that closing failed
+                    print(f"drift: {job.label}: close(): {first_line(exc)}", file=sys.stderr)
+        row.load_s = self.args.load_s.get(job.label)
+        if self.args.save and row.status == "ok":
+            path = Path(self.args.save) / f"{index:02d}-{_slug(job.label)}.npz"
+            save_state(path, State(self.state.masses, x, v))
+            row.state_file = str(path.absolute())
+        self.rows.append(row)
+        self.finals.append(x if row.status == "ok" else None)
 
     def positions(self) -> None:
         """Fill in ``position_rms`` against the first exact float64 row that ran."""
@@ -127,7 +132,7 @@ def drift(args) -> int:
     scale = None
     if args.state is None:
         bar.note(f"Plummer sphere, N={args.n:,}: sampling and exact energy")
-        state, scale = plummer(args.n, args.seed)
+        state, scale = sphere(args.n, args.seed)
     else:
         state = args.state
     initial = Initial.of(state, args.softening)

@@ -16,7 +16,7 @@ E = -1/4 without softening):
 
 A finite sample's energy differs from -1/4 by sampling noise (a few per cent at N = 1000).
 So, last, the sample is rescaled ``x -> lam x``, ``v -> v / sqrt(lam)`` with the ``lam`` that
-makes its exact unsoftened energy -1/4 (:func:`plummer` returns ``lam``, 1 + O(N^-1/2)).
+makes its exact unsoftened energy -1/4 (:func:`sphere` returns ``lam``, 1 + O(N^-1/2)).
 This changes units only: the kinetic and potential energies both scale by ``1/lam``, so the
 virial ratio ``2K/|W|`` is the sampled one, 1 within sampling noise.
 
@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MASS_CUT", "State", "load_state", "plummer", "save_state"]
+__all__ = ["HENON_A", "MASS_CUT", "State", "load_state", "sample", "save_state", "sphere"]
 
 #: Fraction of the Plummer mass sampled (the rest, beyond r = 22.8 Henon units, is left out).
 MASS_CUT = 0.999
@@ -106,7 +106,7 @@ def _centre(m: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.array([math.fsum(m * x[:, k]) / total for k in range(3)])
 
 
-def plummer(n: int, seed: int = 0) -> tuple[State, float]:
+def sphere(n: int, seed: int = 0) -> tuple[State, float]:
     """Sample a Plummer sphere in Henon units with an exact unsoftened energy of -1/4.
 
     Parameters
@@ -157,17 +157,24 @@ def load_state(path) -> State:
         zero total mass or fewer than 2 particles; the message says which.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("masses", "positions", "velocities") if k not in f.files]
-            if missing:
-                have = ", ".join(f.files) or "nothing"
-                raise ValueError(
-                    f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                    f"(it has {have}; needed: masses, positions, velocities)"
-                )
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        text = str(exc).strip().splitlines()
+        raise ValueError(f"not a readable .npz file ({text[0] if text else exc!r})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive (np.load read a single array)")
+    with archive as f:
+        missing = [k for k in ("masses", "positions", "velocities") if k not in f.files]
+        if missing:
+            have = ", ".join(f.files) or "nothing"
+            raise ValueError(
+                f"missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(it has {have}; needed: masses, positions, velocities)"
+            )
+        try:
             raw = {k: f[k] for k in ("masses", "positions", "velocities")}
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"not a readable .npz file: {exc}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(f"unreadable array in the archive: {exc}") from None
     for key, arr in raw.items():
         if arr.dtype.kind not in "iuf":
             raise ValueError(f"{key} must hold real numbers; got dtype {arr.dtype}")
