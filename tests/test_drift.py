@@ -127,6 +127,25 @@ def test_potential_matches_math_fsum(n, softening):
     assert energy.kinetic(m, v) == pytest.approx(energy.kinetic_fsum(m, v), rel=2e-16)
 
 
+def test_threaded_potential_is_the_serial_one_bit_for_bit():
+    """Above SERIAL_BELOW the threaded kernel runs: the same sums per folded row pair."""
+    n = energy.SERIAL_BELOW + 101  # odd: the middle row is taken once
+    (m, x, _), _ = plummer.sphere(n, 3)
+    px, py, pz = (np.ascontiguousarray(x[:, k]) for k in range(3))
+    for eps2 in (0.0, 1e-4):
+        a = energy._potential_rows(m, px, py, pz, eps2)
+        b = energy._potential_rows_serial(m, px, py, pz, eps2)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.slow
+def test_threaded_potential_matches_math_fsum():
+    (m, x, _), _ = plummer.sphere(energy.SERIAL_BELOW + 1, 4)
+    exact = energy.potential_fsum(m, x, 0.01)
+    assert energy.potential(m, x, 0.01) == pytest.approx(exact, rel=4e-16)
+
+
 def test_potential_closed_forms_and_coincident_pairs():
     x = np.array([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
     assert energy.potential([2.0, 5.0], x) == -10.0 / 5.0

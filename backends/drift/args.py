@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--setting",
         action="append",
-        default=[],
+        default=None,
         metavar="NAME:KEY=VALUE[,...]",
         help="also run backend NAME with these keyword options, as a row of its own "
         "(repeatable; e.g. tree:theta=0.8 or numba_parallel:precision=float32)",
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_float,
         default=0.0,
         metavar="EPS",
-        help="Plummer softening of the forces and of the potential energy",
+        help="Plummer softening of the forces and of the potential energy (default: 0, none; "
+        "a fixed-step run needs one, see docs/drift.md)",
     )
     p.add_argument(
         "--energy-every",
@@ -280,6 +281,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.parser = parser
+    args.setting = args.setting or []
     _initial(parser, args)
     seen: dict[str, str] = {}
     for option in ("json", "csv", "plot"):

@@ -82,6 +82,26 @@ def _potential_rows(m, px, py, pz, eps2):
     return hi, lo
 
 
+@numba.njit(cache=True, fastmath=False, error_model="numpy")
+def _potential_rows_serial(m, px, py, pz, eps2):
+    """:func:`_potential_rows` on one thread, for small N (no thread start-up per call)."""
+    n = m.shape[0]
+    folds = (n + 1) // 2
+    hi = np.zeros(folds)
+    lo = np.zeros(folds)
+    for k in range(folds):
+        s, c = _row_sum(k, m, px, py, pz, eps2, 0.0, 0.0)
+        if n - 1 - k != k:
+            s, c = _row_sum(n - 1 - k, m, px, py, pz, eps2, s, c)
+        hi[k] = s
+        lo[k] = c
+    return hi, lo
+
+
+#: Below this N the potential runs on one thread: a parallel region costs more than the sum.
+SERIAL_BELOW = 2048
+
+
 def potential(masses, positions, softening=0.0, G=1.0) -> float:
     """Exact potential energy ``-G sum_{i<j} m_i m_j / sqrt(r_ij^2 + softening^2)``.
 
@@ -97,13 +117,15 @@ def potential(masses, positions, softening=0.0, G=1.0) -> float:
     -------
     float
         Compensated float64 sum over every pair once (a few ulp of the result); 0.0 for
-        N < 2. Compiled, threaded (Numba); O(N^2) time, O(N) memory.
+        N < 2. Compiled (Numba; threaded from N = ``SERIAL_BELOW``); O(N^2) time, O(N)
+        memory.
     """
     m, x, G, eps = validate(masses, positions, G, softening)
     if m.shape[0] < 2:
         return 0.0
     px, py, pz = (np.ascontiguousarray(x[:, k]) for k in range(3))
-    hi, lo = _potential_rows(m, px, py, pz, eps * eps)
+    kernel = _potential_rows_serial if m.shape[0] < SERIAL_BELOW else _potential_rows
+    hi, lo = kernel(m, px, py, pz, eps * eps)
     return -G * math.fsum(np.concatenate((hi, lo)))
 
 
