@@ -282,14 +282,18 @@ def test_input_state_round_trip(tmp_path, capsys):
     assert doc["settings"]["input"] == str(src) and doc["initial_state"] is None
 
 
-def test_failing_and_wrong_backends_are_reported_and_the_others_stand(tmp_path):
+def test_failing_slow_and_wrong_backends_are_reported_and_the_others_stand(tmp_path):
     js = tmp_path / "r.json"
-    proc = child("--n", 60, "--steps", 20, "--dt", 0.01, "--softening", 0.05,
-                 "--backends", "numpy", "raises", "wrong", "--json", js)  # fmt: skip
+    proc = child("--n", 60, "--steps", 20, "--dt", 0.01, "--softening", 0.05, "--max-step", 0.2,
+                 "--backends", "numpy", "raises", "slow", "wrong", "--json", js)  # fmt: skip
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
-    rows = {r["label"]: r for r in json.loads(js.read_text())["rows"]}
+    doc = json.loads(js.read_text())
+    rows = {r["label"]: r for r in doc["rows"]}
     assert rows["numpy"]["status"] == "ok" and rows["raises"]["status"] == "failed"
+    # a backend slower than --max-step (0.3 s a call) is left out with the reason
+    assert "slow" not in rows and "over --max-step 0.2 s" in doc["not_run"]["slow"]
+    assert "not run: slow: one force evaluation takes" in out
     assert "deliberate failure" in rows["raises"]["message"]
     assert "FAILED: raises" in out and "Traceback" not in err
     # a backend whose forces are twice too strong: energy is not conserved, and it shows

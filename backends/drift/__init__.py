@@ -39,7 +39,7 @@ from backends.compare.report import metadata
 from backends.compare.runner import first_line
 from backends.drift import report
 from backends.drift.args import CROSSING_TIME, parse
-from backends.drift.leapfrog import Initial, Interrupted, integrate
+from backends.drift.leapfrog import Initial, Interrupted, TooSlow, integrate
 from backends.drift.plummer import State, save_state, sphere
 
 __all__ = ["main", "drift"]
@@ -48,6 +48,12 @@ __all__ = ["main", "drift"]
 def _slug(label: str) -> str:
     keep = "".join(c if c.isalnum() or c in "._=-" else "_" for c in label)
     return "_".join(filter(None, keep.split("_")))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 class _Run:
@@ -91,8 +97,15 @@ class _Run:
                 steps=self.args.steps,
                 softening=self.args.softening,
                 energy_every=self.args.energy_every,
+                max_step=self.args.max_step,
                 progress=self.bar,
             )
+        except TooSlow as exc:
+            self.args.not_run[job.label] = (
+                f"{exc}, over --max-step {self.args.max_step:g} s: {self.args.steps} steps would "
+                f"take about {_duration(exc.seconds * self.args.steps)}"
+            )
+            return
         finally:
             if b is not None:
                 try:
@@ -151,6 +164,7 @@ def drift(args) -> int:
         "backends": list(dict.fromkeys(j.name for j in args.jobs)),
         "setting": args.setting,
         "threads": args.threads,
+        "max_step_s": args.max_step,
     }
     if "numba" in sys.modules:
         settings["numba_threads"] = sys.modules["numba"].get_num_threads()

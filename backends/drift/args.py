@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="numba.set_num_threads(T): Numba-parallel kernels of this process, the energy's "
         "included (default: numba's)",
     )
+    p.add_argument(
+        "--max-step",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="leave out (with a note) a row whose force evaluation at this N takes longer "
+        "than S seconds (timed on its first call, and again if that was over)",
+    )
     p.add_argument("--json", metavar="FILE", help="write every row and the metadata as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one CSV line per row")
     p.add_argument(

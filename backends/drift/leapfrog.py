@@ -131,6 +131,14 @@ def _check(a, n: int) -> np.ndarray:
     return a
 
 
+class TooSlow(Exception):
+    """One force evaluation of this row takes longer than the run allows (``max_step``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"one force evaluation takes {seconds:.3g} s")
+        self.seconds = seconds
+
+
 class Interrupted(Exception):
     """Raised in place of a KeyboardInterrupt inside a row: where it happened."""
 
@@ -150,6 +158,7 @@ def integrate(
     steps: int,
     softening: float,
     energy_every: int,
+    max_step: float = math.inf,
     progress=None,
 ) -> tuple[Row, np.ndarray, np.ndarray]:
     """Integrate ``state`` with backend ``b`` and the options of ``job``.
@@ -163,6 +172,9 @@ def integrate(
 
     Raises
     ------
+    TooSlow
+        The initial force evaluation took more than ``max_step`` seconds, twice (the first
+        call may include compilation): nothing is integrated.
     Interrupted
         On Ctrl-C (or SIGTERM): the row is abandoned.
     """
@@ -183,6 +195,11 @@ def integrate(
         t0 = time.perf_counter()
         a = _check(b.accel(m, x, 1.0, softening=softening, **job.options), n)
         row.first_call_s = time.perf_counter() - t0
+        if row.first_call_s > max_step:
+            t0 = time.perf_counter()
+            _check(b.accel(m, x, 1.0, softening=softening, **job.options), n)
+            if time.perf_counter() - t0 > max_step:
+                raise TooSlow(min(row.first_call_s, time.perf_counter() - t0))
         spent = in_backend = 0.0
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
@@ -202,6 +219,8 @@ def integrate(
                 progress.update(step, spent + row.check_seconds)
     except KeyboardInterrupt as exc:
         raise Interrupted(step, exc) from None
+    except TooSlow:
+        raise
     except Exception as exc:
         from backends.compare.runner import first_line
 
