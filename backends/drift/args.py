@@ -29,7 +29,9 @@ from backends.compare.args import (
     check_plot,
 )
 from backends.compare.runner import first_line
-from backends.drift.plummer import State, load_state
+from backends.drift.plummer import load_state
+
+__all__ = ["build_parser", "parse"]
 
 DEFAULT_N = 1000
 DEFAULT_DT = 1.0 / 128.0
@@ -318,6 +320,3 @@ def parse(argv: list[str]) -> argparse.Namespace:
             "no backend to run: " + "; ".join(f"{k}: {v}" for k, v in args.not_run.items())
         )
     return args
-
-
-__all__ = ["State", "build_parser", "parse"]

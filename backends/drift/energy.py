@@ -13,9 +13,9 @@ far below any drift that the measurement is meant to show. The kinetic energy, m
 angular momentum are exact sums (:func:`math.fsum`) of correctly rounded terms.
 
 Cost: ``potential`` is O(N^2) (N(N-1)/2 pairs, a square root and a division each, Numba
-threads over folded pairs of rows so every thread gets the same work); it is a few times the
-cost of one ``numba_parallel`` force evaluation. ``python -m backends drift --energy-every K``
-evaluates it every K steps only.
+threads over folded pairs of rows so every thread gets the same work, one thread below
+``SERIAL_BELOW`` particles); it costs 2 to 10 ``numba_parallel`` force evaluations.
+``python -m backends drift --energy-every K`` evaluates it every K steps only.
 """
 
 from __future__ import annotations

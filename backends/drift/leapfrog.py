@@ -26,6 +26,7 @@ import numpy as np
 
 import backends
 from backends.compare.args import Job
+from backends.compare.runner import first_line
 from backends.drift import energy
 from backends.drift.plummer import State
 
@@ -222,8 +223,6 @@ def integrate(
     except TooSlow:
         raise
     except Exception as exc:
-        from backends.compare.runner import first_line
-
         row.status = "failed"
         row.message = f"step {step}: {first_line(exc)}" if step else first_line(exc)
         return row, x, v

@@ -15,7 +15,17 @@ from dataclasses import asdict
 from backends.compare.report import Progress, fmt_time, write_json
 from backends.drift.leapfrog import Initial, Row
 
-__all__ = ["Bar", "render", "to_json", "write_csv", "write_json", "write_plot"]
+__all__ = [
+    "CSV_FIELDS",
+    "Bar",
+    "initial_json",
+    "render",
+    "title",
+    "to_json",
+    "write_csv",
+    "write_json",
+    "write_plot",
+]
 
 
 def _fmt_seconds(s: float) -> str:
@@ -303,6 +313,3 @@ def title(meta: dict, settings: dict) -> str:
         f"eps={settings['softening']:g}; {m['cpu']}, {simd['isa']}, "
         f"{m.get('usable_cpus')} CPUs, {threads} Numba threads, {meta['date'][:10]}"
     )
-
-
-__all__ += ["title", "initial_json", "CSV_FIELDS"]
