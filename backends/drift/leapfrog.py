@@ -80,10 +80,11 @@ class Row:
     """One backend with one set of options, integrated: what was measured, or why not.
 
     ``status`` is ``"ok"`` or ``"failed"`` (``message`` says why). Errors are relative to
-    the initial state: ``energy_error_*`` = ``|E(t)/E(0) - 1|``, ``momentum_error*`` =
-    ``|P(t) - P(0)| / (M v_rms)``, ``angular_momentum_error*`` = ``|L(t) - L(0)| / (M r_rms
-    v_rms)`` (``v_rms``, ``r_rms``: the initial rms speed and rms distance from the centre of
-    mass); ``*_final`` (or no suffix) at the end, ``*_max`` the largest over the checks.
+    the initial state: ``energy_error_*`` = ``|E(t)/E(0) - 1|`` (``|E(t)|`` if ``E(0) = 0``),
+    ``momentum_error*`` = ``|P(t) - P(0)| / (M v_rms)``, ``angular_momentum_error*`` =
+    ``|L(t) - L(0)| / (M r_rms v_rms)`` (``v_rms``, ``r_rms``: the initial rms speed and rms
+    distance from the centre of mass); ``*_final`` (or no suffix) at the end, ``*_max`` the
+    largest over the checks.
     ``position_rms`` is the rms over particles of ``|x_i - x_i^ref|`` at the end, ``ref`` the
     first exact float64 row (``reference``).
     """
