@@ -282,24 +282,37 @@ def test_input_state_round_trip(tmp_path, capsys):
     assert doc["settings"]["input"] == str(src) and doc["initial_state"] is None
 
 
-def test_failing_slow_and_wrong_backends_are_reported_and_the_others_stand(tmp_path):
+def test_failing_and_wrong_backends_are_reported_and_the_others_stand(tmp_path):
     js = tmp_path / "r.json"
-    proc = child("--n", 60, "--steps", 20, "--dt", 0.01, "--softening", 0.05, "--max-step", 0.2,
-                 "--backends", "numpy", "raises", "slow", "wrong", "--json", js)  # fmt: skip
+    proc = child("--n", 60, "--steps", 20, "--dt", 0.01, "--softening", 0.05,
+                 "--backends", "numpy", "raises", "wrong", "--json", js)  # fmt: skip
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     doc = json.loads(js.read_text())
     rows = {r["label"]: r for r in doc["rows"]}
     assert rows["numpy"]["status"] == "ok" and rows["raises"]["status"] == "failed"
-    # a backend slower than --max-step (0.3 s a call) is left out with the reason
-    assert "slow" not in rows and "over --max-step 0.2 s" in doc["not_run"]["slow"]
-    assert "not run: slow: one force evaluation takes" in out
     assert "deliberate failure" in rows["raises"]["message"]
     assert "FAILED: raises" in out and "Traceback" not in err
     # a backend whose forces are twice too strong: energy is not conserved, and it shows
     assert rows["wrong"]["status"] == "ok"
     assert rows["wrong"]["energy_error_max"] > 100 * rows["numpy"]["energy_error_max"]
     assert rows["wrong"]["position_rms"] > 1e-5
+
+
+def test_max_step_leaves_out_slow_backends_unless_named(tmp_path, capsys, monkeypatch):
+    # a registry of two: numpy and compare's test backend "slow" (0.3 s a call)
+    spec = backends._Spec("compare_test_backends:accel_slow", "test: slow")
+    monkeypatch.setattr(backends, "_REGISTRY", {"numpy": backends._REGISTRY["numpy"], "slow": spec})
+    js = tmp_path / "r.json"
+    common = ["--n", 20, "--steps", 2, "--max-step", 0.1, "--json", js, "--quiet"]
+    status, out, _ = _run(capsys, *common)  # the default selection: every backend
+    doc = json.loads(js.read_text())
+    assert status == 0 and [r["label"] for r in doc["rows"]] == ["numpy"]
+    assert "over --max-step 0.1 s" in doc["not_run"]["slow"]
+    assert "not run: slow: one force evaluation takes 0.3" in out
+    status, out, _ = _run(capsys, *common, "--backends", "numpy", "slow")  # named: it runs
+    doc = json.loads(js.read_text())
+    assert status == 0 and [r["label"] for r in doc["rows"]] == ["numpy", "slow"]
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ Rules, all documented in the output and in ``docs/drift.md``:
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -97,7 +98,7 @@ class _Run:
                 steps=self.args.steps,
                 softening=self.args.softening,
                 energy_every=self.args.energy_every,
-                max_step=self.args.max_step,
+                max_step=math.inf if job.label in self.args.named else self.args.max_step,
                 progress=self.bar,
             )
         except TooSlow as exc:

@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=2.0,
         metavar="S",
-        help="leave out (with a note) a row whose force evaluation at this N takes longer "
-        "than S seconds (timed on its first call, and again if that was over)",
+        help="leave out (with a note) a backend you did not name in --backends or --setting "
+        "whose force evaluation at this N takes longer than S seconds (timed on its first "
+        "call, and again if that was over); named ones always run",
     )
     p.add_argument("--json", metavar="FILE", help="write every row and the metadata as JSON")
     p.add_argument("--csv", metavar="FILE", help="write one CSV line per row")
@@ -315,6 +316,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
         numba.set_num_threads(args.threads)
     args.jobs = _try(parser, args, jobs)
+    # what the user asked for by name runs however slow; --max-step is for the rest
+    args.named = {j.label for j in args.jobs if args.backends is not None or j.options}
     if not args.jobs:
         parser.error(
             "no backend to run: " + "; ".join(f"{k}: {v}" for k, v in args.not_run.items())
