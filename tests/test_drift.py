@@ -355,6 +355,8 @@ BAD = [
     (["--dt", "nan"], "--dt: must be a positive number; got 'nan'"),
     (["--dt", "inf"], "--dt: must be a positive number; got 'inf'"),
     (["--steps", "0"], "--steps: must be a positive integer; got '0'"),
+    (["--dt", "1e-310"], "one crossing time would take inf steps; give --steps"),
+    (["--n", "1e15"], "particles are more than this machine can hold"),
     (["--n", "1"], "--n: must be at least 2"),
     (["--softening", "-1"], "--softening: must be a finite number >= 0"),
     (["--energy-every", "0"], "--energy-every: must be a positive integer"),

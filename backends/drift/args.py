@@ -22,6 +22,7 @@ from backends.compare.args import (
     _check_output,
     _Formatter,
     _non_negative_int,
+    _particles,
     _positive_float,
     _positive_int,
     _probe,
@@ -37,6 +38,8 @@ DEFAULT_N = 1000
 DEFAULT_DT = 1.0 / 128.0
 #: The crossing time of a system in Henon units, 2 sqrt(2) (G M^(5/2) / (-2E)^(3/2)).
 CROSSING_TIME = 2.0 * math.sqrt(2.0)
+#: The most steps ``--steps`` defaults to (a smaller --dt needs --steps given).
+MAX_DEFAULT_STEPS = 10**7
 OUT_DIR = "drift-out"  # where --save writes by default (git-ignored in the repository)
 #: Left out of the default selection (run when named in --backends), with the reason.
 NOT_BY_DEFAULT = {
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--n",
-        type=_positive_int,
+        type=_particles,
         default=None,
         metavar="N",
         help=f"particles of the Plummer sphere, at least 2 (default: {DEFAULT_N})",
@@ -244,7 +247,7 @@ def _try(parser, args, jobs: list[Job]) -> list[Job]:
                 parser.error(f"{job.label}: {text}")
             args.not_run[job.name] = text
             continue
-        except Exception:  # noqa: S110 - a failing backend: its row says so when it runs
+        except Exception:  # a failing backend: its row says so when it runs
             pass
         finally:
             b.close()
@@ -300,7 +303,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     check_plot(parser, args.plot)
     _check_save(parser, args, seen)
     if args.steps is None:
-        args.steps = math.ceil(CROSSING_TIME / args.dt - 1e-9)
+        steps = CROSSING_TIME / args.dt
+        if not steps <= MAX_DEFAULT_STEPS:
+            parser.error(
+                f"--dt {args.dt:g}: one crossing time would take {steps:.3g} steps; "
+                "give --steps (or a larger --dt)"
+            )
+        args.steps = math.ceil(steps - 1e-9)
     if args.energy_every > args.steps:
         args.energy_every = args.steps
     if args.threads is not None:
