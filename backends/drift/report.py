@@ -279,15 +279,15 @@ def write_plot(path: str, rows: list[Row], title: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     floor = 1e-17  # an error of exactly 0 (the start) cannot be drawn on a log scale
-    for r in shown:
+    for k, r in enumerate(shown):
         st = dict(styles[r.label])
         pts = [(t, e) for t, e in zip(r.times, r.energy_errors, strict=True) if t > 0]
-        marker_every = max(len(pts) // 12, 1)
+        every = max(len(pts) // 12, 1)
         ax.plot(
             [p[0] for p in pts],
             [max(p[1], floor) for p in pts],
             label=r.label,
-            markevery=marker_every,
+            markevery=(k * every // max(len(shown), 1), every),  # rows that overlap stay apart
             markersize=5,
             lw=1.4,
             **st,
