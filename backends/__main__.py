@@ -13,6 +13,7 @@ import sys
 #: arguments after the command's name) and returning the exit status.
 _COMMANDS: dict[str, str] = {
     "frontier": "backends.compare.frontier:main",
+    "drift": "backends.drift:main",
 }
 
 
