@@ -466,9 +466,9 @@ def tolerance(
     rounding (1e-12). Calibrated on the systems of :mod:`backends.systems` (thin disc, thin
     shell, far clumps, tight binary, crowded corner, 8-decade masses, clustered, Gaussian,
     Plummer; N = 2 000 and 20 000, two seeds, also shifted by 1e8), theta 0.1 to 1: the
-    bound is 1.7x-4x the largest rms measured there at each setting (at the defaults 0.076
+    bound is 1.8x-7x the largest rms measured there at each setting (at the defaults 0.076
     against 2.0e-2 on the thin disc; ``docs/tree.md``). Systems along a line are summed
-    directly (1e-12). ``leaf_size`` does not loosen it.
+    directly, exact to rounding (module docstring, step 0). ``leaf_size`` does not loosen it.
 
     Parameters
     ----------
