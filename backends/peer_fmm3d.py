@@ -28,12 +28,14 @@ forces cancel and no precision bounds the per-particle relative error (equal mas
 uniform line: rms 2e-3 at eps 1e-6; summed directly 9e-11 against the oracle, where
 float64 direct summation itself is off by 2e-11).
 
-fmm3dpy drops or mis-sums pairs closer than about 1e-12 of the extent (errors of order 1) and
-crashed the interpreter on a tight cluster (1 000 particles within 1e-15 of the extent). So
-particles closer than ``MIN_SEPARATION = 1e-10`` times the extent are a ``ValueError`` (found
-with a k-d tree, O(N log N)), never a crash. fmm3dpy is slow on systems with a wide range of
-scales (35 s for two clumps 1e6 apart at N = 1 500, eps 1e-12): its adaptive tree is as deep
-as the ratio of scales.
+fmm3dpy's FMM drops or mis-sums pairs closer than about 1e-12 of the extent (errors of order
+1) and crashed the interpreter on a tight cluster (1 000 particles within 1e-15 of the
+extent). So systems with particles closer than ``MIN_SEPARATION = 1e-10`` times the extent
+(found with a k-d tree, O(N log N)) never reach it: like systems of too many scales and
+lines (:func:`direct_reason`), they are summed directly by fmm3dpy's ``l3ddir`` (O(N^2),
+exact to rounding: 5e-15 against the oracle on that tight cluster). fmm3dpy's FMM is slow on
+systems with a wide range of scales (35 s for two clumps 1e6 apart at N = 1 500, eps
+1e-12): its adaptive tree is as deep as the ratio of scales.
 
 No softening: the Laplace FMM has no Plummer softening, so ``softening > 0`` is a ``ValueError``.
 Coincident particles contribute nothing to each other, as the contract says: they are merged
@@ -53,10 +55,17 @@ import numpy as np
 from backends._contract import evaluate, validate
 from backends._geometry import centred, is_linear
 
-__all__ = ["DEFAULT_EPS", "MIN_SEPARATION", "accel", "library_versions", "tolerance"]
+__all__ = [
+    "DEFAULT_EPS",
+    "MIN_SEPARATION",
+    "accel",
+    "direct_reason",
+    "library_versions",
+    "tolerance",
+]
 
 DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says otherwise
-#: Closest separation accepted, relative to the system's extent (``ValueError`` below it).
+#: Closest separation given to the FMM, relative to the system's extent (summed directly below).
 MIN_SEPARATION = 1e-10
 #: Largest ratio of the system's extent to its median nearest-neighbour distance given to
 #: the FMM (summed directly above): beyond it fmm3dpy's rounding floor exceeds ``FLOOR``.
@@ -114,47 +123,51 @@ def _factor() -> float:
     return _FACTOR[0]
 
 
-def _check_separations(x: np.ndarray) -> tuple[float, float]:
-    """Refuse particles closer than ``MIN_SEPARATION`` times the system's extent.
-
-    Returns the extent and the median nearest-neighbour distance.
-    """
+def _scales(x: np.ndarray) -> tuple[float, float, float]:
+    """Return the extent, the median and the smallest nearest-neighbour distance."""
     from scipy.spatial import cKDTree
 
     extent = float((x.max(axis=0) - x.min(axis=0)).max())
-    dist, pair = cKDTree(x).query(x, k=2)
-    i = int(np.argmin(dist[:, 1]))
-    if dist[i, 1] < MIN_SEPARATION * extent:
-        raise ValueError(
-            f"positions: particles {i} and {int(pair[i, 1])} are {dist[i, 1]:.3g} apart, closer "
-            f"than {MIN_SEPARATION:g} times the system's extent ({extent:.3g}); fmm3dpy drops or "
-            "mis-sums such pairs (and crashed on tighter clusters): use an exact backend"
-        )
-    return extent, float(np.median(dist[:, 1]))
+    dist = cKDTree(x).query(x, k=2)[0][:, 1]
+    return extent, float(np.median(dist)), float(dist.min())
+
+
+def direct_reason(m: np.ndarray, x: np.ndarray) -> str | None:
+    """Why fmm3dpy's FMM cannot keep the bound on this system (it is summed directly), or None.
+
+    Particles closer than ``MIN_SEPARATION`` times the extent (the FMM drops or mis-sums such
+    pairs, and crashed on tighter clusters), a system spanning more than ``MAX_RANGE`` median
+    nearest-neighbour distances (its rounding floor would exceed ``FLOOR``), or a system
+    along a line (forces cancel; :func:`backends._geometry.is_linear`).
+    """
+    extent, typical, closest = _scales(x)
+    if closest < MIN_SEPARATION * extent:
+        return f"particles {closest:.3g} apart, below {MIN_SEPARATION:g} of the extent"
+    if extent > MAX_RANGE * typical:
+        return f"extent {extent / typical:.3g} times the median spacing, above {MAX_RANGE:g}"
+    if m.shape[0] >= LINE_MIN_N and is_linear(x):
+        return "the particles lie along a line"
+    return None
 
 
 def _fmm(m, x, G, eps):
     import fmm3dpy
 
     factor = _factor()
-    extent, typical = _check_separations(x)
-    if extent > MAX_RANGE * typical or (m.shape[0] >= LINE_MIN_N and is_linear(x)):
-        # too many scales for fmm3dpy's rounding floor to stay below FLOOR, or forces that
-        # cancel along a line (a uniform line at eps 1e-6 measured rms 2e-3): no precision
-        # keeps the bound there, so fmm3dpy sums directly
-        src = np.ascontiguousarray(centred(x).T)
-        out = fmm3dpy.l3ddir(
-            sources=src, targets=src, charges=m, pgt=2, thresh=1e-3 * MIN_SEPARATION * extent
-        )
-        acc = np.ascontiguousarray(np.asarray(out.gradtarg, dtype=np.float64).T)
-        acc *= G * factor
-        return acc
-    # centred on its bounding box: fmm3dpy works in coordinates relative to its root box,
-    # and a system far from the origin lost digits there (shifted by 1e8: rms 1e-7 at any
-    # eps); differences of nearby float64 values are exact, so centring loses nothing
+    # moved next to the origin where that is exact: fmm3dpy works in coordinates relative to
+    # its root box, and a system far from the origin lost digits there (shifted by 1e8: rms
+    # 1e-7 at any eps)
     src = np.ascontiguousarray(centred(x).T)
-    out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=m, pg=2)
-    acc = np.ascontiguousarray(np.asarray(out.grad, dtype=np.float64).T)  # (N, 3), new array
+    if direct_reason(m, x) is not None:
+        # fmm3dpy's own direct sum. It drops pairs with r**2 < thresh**2: the self-pair
+        # (coincident particles were merged by the caller) and nothing else above 1e-100 of
+        # the extent (a threshold whose square underflows would keep r = 0: NaN)
+        extent = float(np.ptp(x, axis=0).max())
+        out = fmm3dpy.l3ddir(sources=src, targets=src, charges=m, pgt=2, thresh=1e-100 * extent)
+        acc = np.ascontiguousarray(np.asarray(out.gradtarg, dtype=np.float64).T)
+    else:
+        out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=m, pg=2)
+        acc = np.ascontiguousarray(np.asarray(out.grad, dtype=np.float64).T)  # (N, 3), new
     acc *= G * factor
     return acc
 
