@@ -364,6 +364,60 @@ def _walk_groups(p, f, nodes, groups, nloc, theta, eps2, quadrupole, fast):
     return out, work
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def _bounds(m, x):
+    """``(-min x, max x, max |m|)`` of a non-empty system in one parallel pass (7,)."""
+    n = m.shape[0]
+    chunks = min(n, 64)
+    part = np.empty((chunks, 7))
+    for c in prange(chunks):
+        a = c * n // chunks
+        b = (c + 1) * n // chunks
+        for k in range(3):
+            part[c, k] = -x[a, k]
+            part[c, 3 + k] = x[a, k]
+        part[c, 6] = abs(m[a])
+        for i in range(a, b):
+            for k in range(3):
+                part[c, k] = max(part[c, k], -x[i, k])
+                part[c, 3 + k] = max(part[c, 3 + k], x[i, k])
+            part[c, 6] = max(part[c, 6], abs(m[i]))
+    out = part[0].copy()
+    for c in range(1, chunks):
+        for k in range(7):
+            out[k] = max(out[k], part[c, k])
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _gather_rows(m, x, extra, order):
+    """Rows ``x, y, z, m, extra...`` of the particles ``order`` (n, 4 + k), for sending."""
+    n = order.shape[0]
+    k = extra.shape[1]
+    out = np.empty((n, 4 + k))
+    for i in prange(n):
+        j = order[i]
+        out[i, 0] = x[j, 0]
+        out[i, 1] = x[j, 1]
+        out[i, 2] = x[j, 2]
+        out[i, 3] = m[j]
+        for c in range(k):
+            out[i, 4 + c] = extra[j, c]
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _scatter_rows(back, order):
+    """``out[order[i]] = back[i]``: the returned accelerations in the caller's order."""
+    out = np.empty_like(back)
+    for i in prange(order.shape[0]):
+        j = order[i]
+        out[j, 0] = back[i, 0]
+        out[j, 1] = back[i, 1]
+        out[j, 2] = back[i, 2]
+    return out
+
+
 # ---------------------------------------------------------------- pure steps (no MPI)
 
 
@@ -518,14 +572,9 @@ def _signature(comm, n, theta, quadrupole, leaf_size, group_size, boxes):
 def _frame(comm, m, x, softening):
     """Global box, max |m| and N by one Allreduce; the common scales and grid."""
     MPI = _mpi()
-    b = np.full(8, -np.inf)
-    if m.shape[0]:
-        b[:3] = -x.min(axis=0)
-        b[3:6] = x.max(axis=0)
-        b[6] = float(np.abs(m).max())
-    b[7] = m.shape[0]
+    b = _bounds(m, x) if m.shape[0] else np.full(7, -np.inf)
     tot = np.empty(8)
-    comm.Allreduce(b[:7].copy(), tot[:7], op=MPI.MAX)
+    comm.Allreduce(b, tot[:7], op=MPI.MAX)
     tot[7] = comm.allreduce(m.shape[0], op=MPI.SUM)
     n = int(tot[7])
     if n == 0:
@@ -558,12 +607,8 @@ def _decompose(comm, m, x, extra, grid, sig, stats):
     split = splitters(np.concatenate(allk), np.concatenate(allw), size)
     cuts = np.concatenate(([0], np.searchsorted(skeys, split, side="left"), [skeys.size]))
     sendcounts = np.diff(cuts)
-    width = 4 + (0 if extra is None else extra.shape[1])
-    send = np.empty((skeys.size, width))
-    send[:, :3] = x[order]
-    send[:, 3] = m[order]
-    if extra is not None:
-        send[:, 4:] = extra[order]
+    send = _gather_rows(m, x, np.empty((m.shape[0], 0)) if extra is None else extra, order)
+    width = send.shape[1]
     recv, recvcounts = _alltoallv(comm, send, sendcounts, width)
     del send
     mo = np.ascontiguousarray(recv[:, 3])
@@ -644,6 +689,11 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         return np.zeros((m.shape[0], 3))
     lo, hi, s, fast, ms, klo, ks = fr
     sig = _signature(comm, n, theta, quadrupole, leaf_size, group_size, nboxes)
+    # G * s**2 / ms, folded into the unsorting where it is safely normal, else exactly later
+    exponent = 2 * (math.frexp(s)[1] - 1) - (math.frexp(ms)[1] - 1)
+    gm, ge = math.frexp(G) if G != 0.0 else (0.0, 0)
+    folded = math.ldexp(gm, exponent + ge) if abs(exponent + ge) < 900 else None
+    scale = 1.0 if folded is None else folded
     with _threads(threads):
         mo, xo, eo, order, sendcounts, recvcounts = _decompose(
             comm, m, x, extra, (klo, ks), sig, stats
@@ -663,6 +713,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         buf, offs = _let_exchange(comm, t, lnodes, boxes, theta, quadrupole, stats)
         lap("let")
         acc = np.zeros((nown, 3))
+        ok = True
         work = np.zeros((0, 2), dtype=np.int64)
         if nown:
             cnodes, cf, cp, base = _combine(lnodes, t.f, t.p, buf, offs, stats["width"])
@@ -672,12 +723,12 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
             with parallel_chunksize(_tbh._CHUNK):
                 raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
                                          quadrupole, fast)  # fmt: skip
-            acc, ok = _tbh._unsort(raw, t.order, 1.0)
+            acc, ok = _tbh._unsort(raw, t.order, scale)
             if not ok and fast:  # a pair below the float32 estimate's range
                 with parallel_chunksize(_tbh._CHUNK):
                     raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
                                              quadrupole, False)  # fmt: skip
-                acc, ok = _tbh._unsort(raw, t.order, 1.0)
+                acc, ok = _tbh._unsort(raw, t.order, scale)
             del cnodes, cf, cp, raw
         lap("walk")
     # work for the next call, and the balance of this one
@@ -695,17 +746,18 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         "grid": (klo, ks),
         "density": (np.concatenate(allfirst), np.concatenate(allper)),
     }
-    # the accelerations, scaled back exactly, go home
-    exponent = 2 * (math.frexp(s)[1] - 1) - (math.frexp(ms)[1] - 1)
-    gm, ge = math.frexp(G) if G != 0.0 else (0.0, 0)
+    # the accelerations go home
     problem = None
-    try:
-        acc = unscale(acc * gm, exponent + ge, "mpi")
-    except FloatingPointError as exc:
-        problem = str(exc)
+    if folded is None:  # scaled back exactly, with the contract's range checks
+        try:
+            acc = unscale(acc * gm, exponent + ge, "mpi")
+        except FloatingPointError as exc:
+            problem = str(exc)
+    elif not ok:
+        problem = "backend 'mpi': the result overflowed float64 (inf or NaN); rescale the units"
     back, _ = _alltoallv(comm, acc, recvcounts, 3)
-    out = np.empty((m.shape[0], 3))
-    out[order] = back
+    with _threads(threads):
+        out = _scatter_rows(back, order)
     lap("return")
     problems = [p for p in comm.allgather(problem) if p is not None]
     mean = sum(allwork) / size
