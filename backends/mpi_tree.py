@@ -958,3 +958,142 @@ def accel(
         return out
 
     return evaluate("mpi", inp, kernel)
+
+
+# ---------------------------------------------------------------- virtual ranks (no MPI)
+
+
+def virtual(
+    masses,
+    positions,
+    ranks: int,
+    G=1.0,
+    *,
+    softening=0.0,
+    theta=_tbh.DEFAULT_THETA,
+    quadrupole=False,
+    leaf_size=_tbh.DEFAULT_LEAF_SIZE,
+    group_size=_tbh.DEFAULT_GROUP_SIZE,
+    boxes=DEFAULT_BOXES,
+    weights=None,
+    receivers=None,
+    evaluate=True,
+):
+    """Run the distributed algorithm for ``ranks`` virtual ranks in this process (no MPI).
+
+    The same steps as :func:`accel_local` with the same code: the decomposition (here with
+    exact weighted splitters, every key being a sample), local trees, domain boxes, LET
+    selection, combined trees and the walk. For tests and for the scaling model
+    (``benchmarks/mpi_tree_model.py``), which needs the LET volumes of thousands of ranks.
+
+    Parameters
+    ----------
+    masses : (N,) array_like of real
+    positions : (N, 3) array_like of real
+    ranks : int
+        Number of virtual ranks P.
+    weights : (N,) array_like of float, optional
+        Work per particle for the decomposition (default: particle counts).
+    receivers : sequence of int, optional
+        The ranks whose LETs are selected (from every other rank) and, with ``evaluate``,
+        walked; default all.
+    evaluate : bool, optional
+        Walk the receivers' targets; else only decompose and select (sizes only).
+
+    Returns
+    -------
+    acc : (N, 3) ndarray of float64 or None
+        With ``evaluate`` and all receivers: the accelerations (``G`` applied).
+    stats : dict
+        Per rank (lists over ranks, None where not a receiver): ``particles``,
+        ``let_nodes``, ``let_particles``, ``let_bytes`` received, ``work`` (interactions of
+        its walk, pair units), ``work_density`` per particle (caller's order) for a next
+        call's ``weights``; and ``splitters``.
+    """
+    from backends._contract import validate
+
+    opts = check_options(theta, quadrupole, leaf_size, group_size, boxes)
+    theta, quadrupole, leaf_size, group_size, nboxes = opts
+    inp = validate(masses, positions, G, softening)
+    m, x = inp.masses, inp.positions
+    n = m.shape[0]
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    s, fast, ms, klo, ks = frame(lo, hi, float(np.abs(m).max()), inp.softening)
+    keys = morton_keys(x, klo, ks)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    split = splitters(keys, w, ranks)
+    order = np.argsort(keys, kind="stable")
+    cuts = np.concatenate(([0], np.searchsorted(keys[order], split, side="left"), [n]))
+    trees, lnodes, groups, allboxes = [], [], [], []
+    for r in range(ranks):
+        own = order[cuts[r] : cuts[r + 1]]
+        if own.size == 0:
+            trees.append(None)
+            lnodes.append(None)
+            groups.append(np.empty(0, dtype=np.int64))
+            allboxes.append(np.empty((0, 6)))
+            continue
+        t = prepare(m[own], x[own], s, leaf_size, quadrupole, lo=lo, hi=hi, ms=ms)
+        trees.append(t)
+        lnodes.append(_tbh._walk_nodes(t.f, t.start, t.end, t.child, t.nchild))
+        groups.append(_tbh._groups(t.start, t.end, t.child, t.nchild, group_size))
+        allboxes.append(domain_boxes(t, group_size, nboxes))
+    th = min(theta, 1.0)
+    width = 13 if quadrupole else 7
+    todo = range(ranks) if receivers is None else sorted(set(receivers))
+    stats = {
+        "particles": np.diff(cuts).tolist(),
+        "let_nodes": [None] * ranks,
+        "let_particles": [None] * ranks,
+        "let_bytes": [None] * ranks,
+        "work": [None] * ranks,
+        "splitters": split,
+    }
+    acc = np.zeros((n, 3)) if evaluate and receivers is None else None
+    density = np.zeros(n)
+    eps2 = (inp.softening * s) ** 2
+    exponent = 2 * (math.frexp(s)[1] - 1) - (math.frexp(ms)[1] - 1)
+    for r in todo:
+        if allboxes[r].shape[0] == 0:
+            stats["let_nodes"][r] = stats["let_particles"][r] = stats["let_bytes"][r] = 0
+            stats["work"][r] = 0.0
+            continue
+        msgs = []
+        for q in range(ranks):
+            if q == r or trees[q] is None:
+                msgs.append(np.empty(0))
+                continue
+            recs, ranges, npart = _let_select(lnodes[q], trees[q].f, allboxes[r], th * th,
+                                              quadrupole)  # fmt: skip
+            out = np.empty(2 + recs.size + 4 * npart)
+            _pack(recs, ranges, npart, trees[q].p, out)
+            msgs.append(out)
+        sizes = np.array([a.size for a in msgs], dtype=np.int64)
+        buf = np.concatenate(msgs) if msgs else np.empty(0)
+        offs = np.concatenate(([0], np.cumsum(sizes)))
+        stats["let_nodes"][r] = int(sum(int(a[0]) for a in msgs if a.size))
+        stats["let_particles"][r] = int(sum(int(a[1]) for a in msgs if a.size))
+        stats["let_bytes"][r] = int(8 * buf.size)
+        if not evaluate:
+            continue
+        t = trees[r]
+        cn, cf, cp, base = _combine(lnodes[r], t.f, t.p, buf, offs, width)
+        cg = np.where(groups[r] == 0, 1, base + groups[r] - 1).astype(np.int64)
+        with parallel_chunksize(_tbh._CHUNK):
+            raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole, fast)
+        a, ok = _tbh._unsort(raw, t.order, 1.0)
+        if not ok and fast:
+            with parallel_chunksize(_tbh._CHUNK):
+                raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole,
+                                         False)  # fmt: skip
+            a, ok = _tbh._unsort(raw, t.order, 1.0)
+        gm, ge = math.frexp(inp.G) if inp.G != 0.0 else (0.0, 0)
+        own = order[cuts[r] : cuts[r + 1]]
+        if acc is not None:
+            acc[own] = unscale(a * gm, exponent + ge, "mpi")
+        size = t.end[groups[r]] - t.start[groups[r]]
+        per = work[:, 1] + _NODE_COST[quadrupole] * work[:, 0]
+        stats["work"][r] = float((size * per).sum())
+        density[own[t.order]] = np.repeat(per + _SETUP_WORK, size)
+    stats["work_density"] = density
+    return acc, stats
