@@ -13,14 +13,15 @@ rank of ``comm`` (collective):
    positions (``s``, ``tree``'s rule) and masses (``ms``) and the same Morton grid, so keys,
    node centres and moments computed on different ranks are in one frame, exactly.
 2. **Decomposition** (a parallel sample sort). Each rank sorts its particles by key and
-   draws ``S`` samples at equal steps of its cumulative *work*; the samples (``Allgatherv``)
+   draws ``S`` samples at equal steps of its cumulative *work* (``S = n/16`` between 64 and
+   ``max(1024, 64 P)``, at most 8192); the samples (``allgather``)
    give ``P - 1`` splitter keys at equal shares of the total work, so rank ``r`` owns the
    keys in ``[split[r-1], split[r])``. The work of a particle is what the previous call
    measured for it (interactions of its group per target, see :data:`last_stats`: direct
    source particles plus ``c`` per accepted node, ``c`` = 0.5 for monopoles and 1 for
    quadrupoles, which cost about that much relative to a float64 pair, plus a constant for
    its share of the tree build), carried to the next call as a piecewise-constant density
-   over the Morton curve (``128`` buckets per rank, exchanged with ``Allgatherv``); particle
+   over the Morton curve (``128`` buckets per rank, exchanged with one ``allgather``); particle
    counts when there is no previous call of the same shape (ranks, N, options). The
    particles move with one ``Alltoallv`` (``x, y, z, m``: 32 bytes each, none for those
    already in place). Identical keys (coincident points) never straddle two ranks, so a rank
@@ -28,7 +29,7 @@ rank of ``comm`` (collective):
 3. **Local tree** of the owned particles (``prepare`` on the common grid and scales), its
    groups (``tree``'s rule) and its **domain boxes**: up to ``boxes`` (default 48) tight
    boxes of nodes of the local tree that together cover every target group (the root split
-   greedily, largest box first, never below a group). One ``Allgatherv`` gives every rank
+   greedily, largest box first, never below a group). One ``allgather`` gives every rank
    every rank's boxes.
 4. **LET selection**, by each sender for each receiver: a breadth-first walk of the
    sender's tree carrying the set of the receiver's boxes for which the node is still
@@ -451,7 +452,8 @@ def splitters(keys, weights, parts: int) -> np.ndarray:
     if c.size == 0 or total <= 0.0:
         return np.full(parts - 1, np.iinfo(np.int64).max, dtype=np.int64)
     targets = total * np.arange(1, parts) / parts
-    idx = np.searchsorted(c, targets, side="left")
+    # the key after the one where the cumulative weight reaches each target
+    idx = np.searchsorted(c, targets, side="left") + 1
     out = np.full(parts - 1, np.iinfo(np.int64).max, dtype=np.int64)
     ok = idx < k.size
     out[ok] = k[idx[ok]]
@@ -597,10 +599,9 @@ def _decompose(comm, m, x, extra, grid, sig, stats):
     density = state["density"] if state is not None and state["sig"] == sig else None
     w = weights_from(skeys, x, order, density, (state or {}).get("grid", grid), grid)
     stats["weights"] = "work" if density is not None else "count"
-    count = 1024 if size <= 16 else min(8192, 64 * size)
-    sk, sw = samples(skeys, w, count)
-    allk = comm.allgather(sk)
-    allw = comm.allgather(sw)
+    cap = 1024 if size <= 16 else min(8192, 64 * size)
+    sk, sw = samples(skeys, w, min(cap, max(64, skeys.size // 16)))
+    allk, allw = zip(*comm.allgather((sk, sw)), strict=True)
     from backends import mpi_rows
 
     mpi_rows._count_collective(size, 16 * sum(a.size for a in allk))
@@ -610,6 +611,7 @@ def _decompose(comm, m, x, extra, grid, sig, stats):
     send = _gather_rows(m, x, np.empty((m.shape[0], 0)) if extra is None else extra, order)
     width = send.shape[1]
     recv, recvcounts = _alltoallv(comm, send, sendcounts, width)
+    stats["moved"] = int(sendcounts.sum() - sendcounts[comm.Get_rank()])
     del send
     mo = np.ascontiguousarray(recv[:, 3])
     xo = np.ascontiguousarray(recv[:, :3])
@@ -735,9 +737,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
     sizes = (t.end[groups] - t.start[groups]) if nown else np.zeros(0, dtype=np.int64)
     pairs = float((sizes * (work[:, 1] + _NODE_COST[quadrupole] * work[:, 0])).sum())
     first, per = work_density(t, groups, work, quadrupole)
-    allfirst = comm.allgather(first)
-    allper = comm.allgather(per)
-    allwork = comm.allgather(pairs)
+    allfirst, allper, allwork = zip(*comm.allgather((first, per, pairs)), strict=True)
     from backends import mpi_rows
 
     mpi_rows._count_collective(size, 16 * sum(a.size for a in allfirst))
@@ -766,7 +766,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         particles=nown,
         groups=int(groups.size),
         work=pairs,
-        work_all=allwork,
+        work_all=list(allwork),
         imbalance=(max(allwork) / mean) if mean > 0 else 1.0,
         seconds=seconds,
     )
@@ -908,7 +908,13 @@ def distribute(
     )
     ex = None
     if extra is not None:
-        ex = np.asarray(extra, dtype=np.float64).reshape(inp.masses.shape[0], -1)
+        ex = np.asarray(extra, dtype=np.float64)
+        ex = np.ascontiguousarray(ex[:, None] if ex.ndim == 1 else ex)
+        if ex.ndim != 2 or ex.shape[0] != inp.masses.shape[0]:
+            raise ValueError(
+                f"extra must have shape (N,) or (N, k) with N = {inp.masses.shape[0]}; got "
+                f"shape {ex.shape}"
+            )
     return _local(comm, inp.masses, inp.positions, 1.0, 0.0, opts, threads, extra=ex,
                   keep=True)  # fmt: skip
 
