@@ -84,7 +84,7 @@ def test_one_rank_is_tree(mt, tree, options):
 
 
 @pytest.mark.parametrize("kind", SYSTEMS)
-@pytest.mark.parametrize("ranks", [2, 3, 8])
+@pytest.mark.parametrize("ranks", [2, 3, pytest.param(8, marks=pytest.mark.slow), 64])
 def test_virtual_ranks_as_accurate_as_tree(mt, tree, kind, ranks):
     # the algorithm's own steps for P ranks in one process (the MPI plumbing is tested below)
     m, x = system(kind, 4000, seed=ranks)
@@ -269,3 +269,21 @@ def test_tree_bad_options_exit_2_with_one_line():
         assert proc.returncode == 2, proc.stderr
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("mpi_run: error:")]
         assert len(errors) == 1 and message in errors[0], proc.stderr
+
+
+def test_compare_shows_the_mpi_tree_beside_tree(tmp_path):
+    import subprocess
+
+    js = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "backends", "compare", "--n", "3000", "--repeat", "1",
+           "--backends", "tree", "mpi", "--mpi-ranks", "2", "--mpi-threads-per-rank", "1",
+           "--json", str(js), "--quiet"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(js.read_text())["results"]
+    labels = [r["label"] for r in rows]
+    assert labels.index("mpi tree (2 ranks x 1 thread)") == labels.index("tree") + 1, labels
+    row = rows[labels.index("mpi tree (2 ranks x 1 thread)")]
+    assert row["status"] == "ok" and row["exact"] is False and row["error_ok"] is True
+    assert row["tolerance"] == backends.tolerance("tree") and row["error_rms"] <= row["tolerance"]
+    assert row["mpi_run"]["algorithm"] == "tree" and row["error_rows"] == 1000
