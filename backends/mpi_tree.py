@@ -13,10 +13,12 @@ rank of ``comm`` (collective):
    positions (``s``, ``tree``'s rule) and masses (``ms``) and the same Morton grid, so keys,
    node centres and moments computed on different ranks are in one frame, exactly.
 2. **Decomposition** (a parallel sample sort). Each rank sorts its particles by key and
-   draws ``S`` samples at equal steps of its cumulative *work* (``S = n/16`` between 64 and
-   ``max(1024, 64 P)``, at most 8192); the samples (``allgather``)
-   give ``P - 1`` splitter keys at equal shares of the total work, so rank ``r`` owns the
-   keys in ``[split[r-1], split[r])``. The work of a particle is what the previous call
+   draws ``S`` samples at equal steps of its cumulative *work* (``S = 4096 / P`` between 16
+   and 256, at most n/16); the samples (``allgather``) give ``P - 1`` splitter keys near
+   equal shares of the total work, which a few rounds of refinement make accurate to 0.2 %
+   of a share (each round one ``Allreduce`` of the work below the ``P - 1`` candidates, by
+   interpolation and bisection on the keys), so rank ``r`` owns the keys in
+   ``[split[r-1], split[r])``. The work of a particle is what the previous call
    measured for it (interactions of its group per target, see :data:`last_stats`: direct
    source particles plus ``c`` per accepted node, ``c`` = 0.5 for monopoles and 1 for
    quadrupoles, which cost about that much relative to a float64 pair, plus a constant for
@@ -584,6 +586,61 @@ def _frame(comm, m, x, softening):
     return n, (-tot[:3], tot[3:6], *frame(-tot[:3], tot[3:6], tot[6], softening))
 
 
+def _refine(comm, skeys, cw, split, allk, allw, tol=2e-3, rounds=24):
+    """Refine sampled splitters until each cut is within ``tol`` of a share of the work.
+
+    Each round evaluates the global work below every unfinished splitter (``Allreduce`` of
+    ``P - 1`` numbers) and narrows its bracket, by interpolation and bisection in turn. The
+    brackets start at the samples around each target (every sample stands for at most
+    ``W / S`` of the work of its rank: the estimate is off by at most ``W / S`` in all).
+    """
+    MPI = _mpi()
+    parts = split.size + 1
+    top = np.iinfo(np.int64).max
+
+    def below(k):  # global work of the keys < k, for each k
+        i = np.searchsorted(skeys, k, side="left")
+        local = np.where(i > 0, cw[np.maximum(i - 1, 0)], 0.0) if cw.size else np.zeros(k.size)
+        out = np.empty(k.size)
+        comm.Allreduce(local, out, op=MPI.SUM)
+        return out
+
+    keys = np.concatenate(allk)
+    order = np.argsort(keys, kind="stable")
+    keys, c = keys[order], np.cumsum(np.concatenate(allw)[order])
+    total = float(c[-1]) if c.size else 0.0
+    if total <= 0.0:
+        return split, 0
+    targets = total * np.arange(1, parts) / parts
+    slack = max(a.sum() / max(a.size, 1) for a in allw) * len(allw)  # W / S, about
+    li = np.searchsorted(c, targets - slack, side="left") - 1
+    hi_i = np.searchsorted(c, targets + slack, side="left") + 1
+    lo = np.where(li >= 0, keys[np.clip(li, 0, keys.size - 1)], 0)
+    hi = np.where(hi_i < keys.size, keys[np.clip(hi_i, 0, keys.size - 1)], top)
+    w = below(np.concatenate([lo, hi]))
+    wlo, whi = w[: lo.size], w[lo.size :]
+    lo = np.where(wlo <= targets, lo, 0)  # a bracket the samples got wrong: the whole range
+    wlo = np.where(wlo <= targets, wlo, 0.0)
+    hi = np.where(whi >= targets, hi, top)
+    whi = np.where(whi >= targets, whi, total)
+    cur, wcur = split.copy(), below(split)
+    done = 0
+    for done in range(1, rounds + 1):
+        todo = (np.abs(wcur - targets) > tol * total / parts) & (hi - lo > 1)
+        if not todo.any():
+            break
+        frac = np.clip((targets - wlo) / np.maximum(whi - wlo, 1e-300), 0.05, 0.95)
+        step = (hi - lo).astype(np.float64) * (frac if done % 2 else 0.5)
+        mid = lo + np.maximum(step, 1.0).astype(np.int64)
+        cur = np.where(todo, np.minimum(mid, hi - 1), cur)
+        wcur = below(cur)
+        up = todo & (wcur <= targets)
+        down = todo & (wcur > targets)
+        lo, wlo = np.where(up, cur, lo), np.where(up, wcur, wlo)
+        hi, whi = np.where(down, cur, hi), np.where(down, wcur, whi)
+    return np.maximum.accumulate(cur), done
+
+
 def _decompose(comm, m, x, extra, grid, sig, stats):
     """Move the particles (and ``extra`` columns) to their owners by the work splitters.
 
@@ -599,13 +656,15 @@ def _decompose(comm, m, x, extra, grid, sig, stats):
     density = state["density"] if state is not None and state["sig"] == sig else None
     w = weights_from(skeys, x, order, density, (state or {}).get("grid", grid), grid)
     stats["weights"] = "work" if density is not None else "count"
-    cap = 1024 if size <= 16 else min(8192, 64 * size)
-    sk, sw = samples(skeys, w, min(cap, max(64, skeys.size // 16)))
+    count = min(max(16, 4096 // size), 256, max(16, skeys.size // 16))
+    sk, sw = samples(skeys, w, count)
     allk, allw = zip(*comm.allgather((sk, sw)), strict=True)
     from backends import mpi_rows
 
     mpi_rows._count_collective(size, 16 * sum(a.size for a in allk))
     split = splitters(np.concatenate(allk), np.concatenate(allw), size)
+    if size > 1:
+        split, stats["refine_rounds"] = _refine(comm, skeys, np.cumsum(w), split, allk, allw)
     cuts = np.concatenate(([0], np.searchsorted(skeys, split, side="left"), [skeys.size]))
     sendcounts = np.diff(cuts)
     send = _gather_rows(m, x, np.empty((m.shape[0], 0)) if extra is None else extra, order)
