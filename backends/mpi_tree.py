@@ -262,6 +262,36 @@ def _pack(recs, ranges, npart, p, out):
 
 
 @njit(cache=True, nogil=True)
+def _let_all(nodes, f, p, boxes, bstart, me, theta2, quadrupole):
+    """Every receiver's LET message, packed back to back in one send buffer.
+
+    Receiver ``r`` has the domain boxes ``boxes[bstart[r]:bstart[r + 1]]``; ``me`` and the
+    receivers without boxes get no message. Returns the buffer and ``(P, 3)`` counts per
+    receiver: buffer length, node records, particles.
+    """
+    nr = bstart.shape[0] - 1
+    counts = np.zeros((nr, 3), dtype=np.int64)
+    out = np.empty(1024)
+    used = 0
+    for r in range(nr):
+        if r == me or bstart[r + 1] == bstart[r]:
+            continue
+        recs, ranges, npart = _let_select(nodes, f, boxes[bstart[r] : bstart[r + 1]], theta2,
+                                          quadrupole)  # fmt: skip
+        size = 2 + recs.size + 4 * npart
+        if used + size > out.shape[0]:
+            grown = np.empty(max(2 * out.shape[0], used + size))
+            grown[:used] = out[:used]
+            out = grown
+        _pack(recs, ranges, npart, p, out[used : used + size])
+        used += size
+        counts[r, 0] = size
+        counts[r, 1] = recs.shape[0]
+        counts[r, 2] = npart
+    return out[:used], counts
+
+
+@njit(cache=True, nogil=True)
 def _combine(lnodes, lf, lp, buf, offs, width):
     """One tree from this rank's tree and the received LETs, under a virtual root.
 
@@ -687,21 +717,16 @@ def _let_exchange(comm, t, lnodes, myboxes, theta, quadrupole, stats):
     mpi_rows._count_collective(size, 48 * sum(b.shape[0] for b in allboxes))
     th = min(theta, 1.0)
     width = 13 if quadrupole else 7
-    pieces = []
     sendcounts = np.zeros(size, dtype=np.int64)
     sent_nodes = sent_particles = 0
+    send = np.empty(0)
     if t is not None:
-        for r in range(size):
-            if r == rank or allboxes[r].shape[0] == 0:
-                continue
-            recs, ranges, npart = _let_select(lnodes, t.f, allboxes[r], th * th, quadrupole)
-            out = np.empty(2 + recs.size + 4 * npart)
-            _pack(recs, ranges, npart, t.p, out)
-            pieces.append(out)
-            sendcounts[r] = out.size
-            sent_nodes += recs.shape[0]
-            sent_particles += npart
-    send = np.concatenate(pieces) if pieces else np.empty(0)
+        bstart = np.zeros(size + 1, dtype=np.int64)
+        np.cumsum([b.shape[0] for b in allboxes], out=bstart[1:])
+        boxes = np.concatenate(allboxes).reshape(-1, 6)
+        send, counts = _let_all(lnodes, t.f, t.p, boxes, bstart, rank, th * th, quadrupole)
+        sendcounts = counts[:, 0].copy()
+        sent_nodes, sent_particles = int(counts[:, 1].sum()), int(counts[:, 2].sum())
     recv, recvcounts = _alltoallv(comm, send.reshape(-1, 1), sendcounts, 1)
     offs = np.zeros(size + 1, dtype=np.int64)
     np.cumsum(recvcounts, out=offs[1:])
@@ -1073,7 +1098,8 @@ def virtual(
         Per rank (lists over ranks, None where not a receiver): ``particles``,
         ``let_nodes``, ``let_particles``, ``let_bytes`` received, ``work`` (interactions of
         its walk, pair units), ``work_density`` per particle (caller's order) for a next
-        call's ``weights``; and ``splitters``.
+        call's ``weights``; and ``splitters``, ``select_seconds`` (selecting and packing
+        the receivers' LETs) and ``messages`` (non-empty LET messages to the receivers).
     """
     from backends._contract import validate
 
@@ -1113,26 +1139,37 @@ def virtual(
         "let_bytes": [None] * ranks,
         "work": [None] * ranks,
         "splitters": split,
+        "select_seconds": 0.0,  # selecting and packing the receivers' LETs, all senders
+        "messages": 0,  # non-empty LET messages to the receivers
     }
     acc = np.zeros((n, 3)) if evaluate and receivers is None else None
     density = np.zeros(n)
     eps2 = (inp.softening * s) ** 2
     exponent = 2 * (math.frexp(s)[1] - 1) - (math.frexp(ms)[1] - 1)
+    # sender-major, as the ranks do it: one pass of each sender over the receivers' boxes
+    wanted = [allboxes[r] if r in set(todo) else np.empty((0, 6)) for r in range(ranks)]
+    bstart = np.zeros(ranks + 1, dtype=np.int64)
+    np.cumsum([b.shape[0] for b in wanted], out=bstart[1:])
+    boxes_all = np.concatenate(wanted).reshape(-1, 6)
+    inbox: dict = {r: [np.empty(0)] * ranks for r in todo}
+    t0 = time.perf_counter()
+    for q in range(ranks):
+        if trees[q] is None:
+            continue
+        out, counts = _let_all(lnodes[q], trees[q].f, trees[q].p, boxes_all, bstart, q,
+                               th * th, quadrupole)  # fmt: skip
+        ends = np.cumsum(counts[:, 0])
+        for r in todo:
+            if counts[r, 0]:
+                inbox[r][q] = out[ends[r] - counts[r, 0] : ends[r]]
+                stats["messages"] += 1
+    stats["select_seconds"] = time.perf_counter() - t0
     for r in todo:
         if allboxes[r].shape[0] == 0:
             stats["let_nodes"][r] = stats["let_particles"][r] = stats["let_bytes"][r] = 0
             stats["work"][r] = 0.0
             continue
-        msgs = []
-        for q in range(ranks):
-            if q == r or trees[q] is None:
-                msgs.append(np.empty(0))
-                continue
-            recs, ranges, npart = _let_select(lnodes[q], trees[q].f, allboxes[r], th * th,
-                                              quadrupole)  # fmt: skip
-            out = np.empty(2 + recs.size + 4 * npart)
-            _pack(recs, ranges, npart, trees[q].p, out)
-            msgs.append(out)
+        msgs = inbox.pop(r)
         sizes = np.array([a.size for a in msgs], dtype=np.int64)
         buf = np.concatenate(msgs) if msgs else np.empty(0)
         offs = np.concatenate(([0], np.cumsum(sizes)))
