@@ -864,7 +864,17 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
 # ---------------------------------------------------------------- public
 
 
-def _prepare_call(comm, masses, positions, G, softening, options, threads_per_rank, local):
+def _check_extra(extra, n: int) -> np.ndarray:
+    ex = np.asarray(extra, dtype=np.float64)
+    ex = np.ascontiguousarray(ex[:, None] if ex.ndim == 1 else ex)
+    if ex.ndim != 2 or ex.shape[0] != n or not np.isfinite(ex).all():
+        raise ValueError(f"extra must be finite, of shape (N,) or (N, k) with N = {n}; got "
+                         f"shape {ex.shape}")  # fmt: skip
+    return ex
+
+
+def _prepare_call(comm, masses, positions, G, softening, options, threads_per_rank, local,
+                  extra=None):  # fmt: skip
     """Validate on every rank and agree (collective); return what the call needs."""
     from backends import mpi_rows
     from backends._contract import validate
@@ -875,6 +885,8 @@ def _prepare_call(comm, masses, positions, G, softening, options, threads_per_ra
         opts = check_options(*options)
         threads = mpi_rows._check_threads(threads_per_rank)
         inp = validate(masses, positions, G, softening)
+        if extra is not None:
+            extra = _check_extra(extra, inp.masses.shape[0])
     except Exception as exc:  # re-raised below, after every rank has heard of it
         error = exc
     key = None if inp is None else (inp.masses.shape[0], inp.G, inp.softening, opts)
@@ -889,7 +901,7 @@ def _prepare_call(comm, masses, positions, G, softening, options, threads_per_ra
     if threads is None:
         threads = mpi_rows.default_threads_per_rank(comm)
     mpi_rows.last_traffic.update(messages=0, bytes=0)
-    return comm, inp, opts, threads
+    return comm, inp, opts, threads, extra
 
 
 def accel_local(
@@ -947,7 +959,7 @@ def accel_local(
         The result is not representable in float64 on some rank (raised on every rank).
     """
     options = (theta, quadrupole, leaf_size, group_size, boxes)
-    comm, inp, opts, threads = _prepare_call(
+    comm, inp, opts, threads, _ = _prepare_call(
         comm, masses, positions, G, softening, options, threads_per_rank, True
     )
     return _local(comm, inp.masses, inp.positions, inp.G, inp.softening, opts, threads)
@@ -987,18 +999,9 @@ def distribute(
         This rank's particles after the exchange (``extra`` None if not given).
     """
     options = (theta, quadrupole, leaf_size, group_size, boxes)
-    comm, inp, opts, threads = _prepare_call(
-        comm, masses, positions, 1.0, 0.0, options, threads_per_rank, True
+    comm, inp, opts, threads, ex = _prepare_call(
+        comm, masses, positions, 1.0, 0.0, options, threads_per_rank, True, extra
     )
-    ex = None
-    if extra is not None:
-        ex = np.asarray(extra, dtype=np.float64)
-        ex = np.ascontiguousarray(ex[:, None] if ex.ndim == 1 else ex)
-        if ex.ndim != 2 or ex.shape[0] != inp.masses.shape[0]:
-            raise ValueError(
-                f"extra must have shape (N,) or (N, k) with N = {inp.masses.shape[0]}; got "
-                f"shape {ex.shape}"
-            )
     return _local(comm, inp.masses, inp.positions, 1.0, 0.0, opts, threads, extra=ex,
                   keep=True)  # fmt: skip
 
@@ -1032,7 +1035,7 @@ def accel(
     from backends._contract import evaluate
 
     options = (theta, quadrupole, leaf_size, group_size, boxes)
-    comm, inp, opts, threads = _prepare_call(
+    comm, inp, opts, threads, _ = _prepare_call(
         comm, masses, positions, G, softening, options, threads_per_rank, False
     )
 
