@@ -145,7 +145,7 @@ def _tree_seconds(n: int, repeat: int, theta: float) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def goals(n: int, rounds: int, repeat: int, theta: float) -> list[dict]:
+def goals(n: int, rounds: int, repeat: int, theta: float, memory: bool = True) -> list[dict]:
     """Measure the 2-core speed goal, the memory growth and the traffic at 4 ranks."""
     mib = 2.0**20
     print(f"Goals at N = {n}, theta {theta}; {machine()}")
@@ -159,6 +159,8 @@ def goals(n: int, rounds: int, repeat: int, theta: float) -> list[dict]:
               f"{r['seconds']:.3f} s (phases {r['phase_seconds']})", flush=True)  # fmt: skip
     print(f"best: tree {best_tree:.3f} s, mpi tree -n 2 {best_mpi:.3f} s: "
           f"{best_tree / best_mpi:.2f}x tree (goal >= 0.8x)")  # fmt: skip
+    if not memory:
+        return reports
     rss = {}
     for p in (1, 4):
         for size in (1000, n):
@@ -370,6 +372,7 @@ def main() -> int:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--repeat", type=int, default=3, help="timed evaluations per job")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --goals")
+    p.add_argument("--speed-only", action="store_true", help="--goals without memory, traffic")
     p.add_argument("--theta", type=float, default=0.5)
     p.add_argument("--model-max-n", type=int, default=4_000_000, help="largest virtual N")
     p.add_argument("--receivers", type=int, default=8, help="virtual ranks whose LET is built")
@@ -382,7 +385,8 @@ def main() -> int:
         out["scaling"] = scaling(args.n or 400_000, args.weak_n, args.ranks, args.repeat,
                                  args.theta)  # fmt: skip
     if args.goals:
-        out["goals"] = goals(args.n or 1_000_000, args.rounds, args.repeat, args.theta)
+        out["goals"] = goals(args.n or 1_000_000, args.rounds, args.repeat, args.theta,
+                             not args.speed_only)  # fmt: skip
     if args.model:
         out["model"] = model(args.theta, args.model_max_n, args.receivers)
     if args.json:
