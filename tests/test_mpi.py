@@ -97,7 +97,7 @@ def test_partition_is_contiguous_and_even(mpi):
 
 def test_bad_algorithm_and_comm_are_named(mpi, MPI):
     m, x = random_system(4)
-    with pytest.raises(ValueError, match="algorithm must be one of 'allgather', 'ring'; got 'x'"):
+    with pytest.raises(ValueError, match="must be one of 'allgather', 'ring', 'tree'; got 'x'"):
         mpi.accel(m, x, algorithm="x")
     for comm in (3, "world", MPI.COMM_NULL):
         with pytest.raises(TypeError, match="comm must be"):
