@@ -93,6 +93,7 @@ from backends.numba_parallel import accel_block
 
 __all__ = [
     "ALGORITHMS",
+    "EXACT_ALGORITHMS",
     "accel",
     "accel_local",
     "default_threads_per_rank",
@@ -102,6 +103,7 @@ __all__ = [
 ]
 
 ALGORITHMS = ("allgather", "ring", "tree")
+EXACT_ALGORITHMS = ("allgather", "ring")  #: direct summation, each pair once
 
 #: This rank's bulk communication in the last call: ``{"messages": int, "bytes": int}``.
 last_traffic = {"messages": 0, "bytes": 0}
