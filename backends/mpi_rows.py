@@ -1,6 +1,6 @@
-"""Backend ``mpi``: the kernel shared among MPI ranks (mpi4py), each pair computed once.
+"""Backend ``mpi``: the kernel shared among MPI ranks (mpi4py), each pair once, or a tree.
 
-Both algorithms compute every pair of particles exactly once across all ranks (Newton's
+Both exact algorithms compute every pair of particles exactly once across all ranks (Newton's
 third law), with the symmetric block kernel :func:`backends._pair_kernel.pair_block` that
 ``numba_parallel`` and the process pools use, so ranks, threads and processes do the same
 arithmetic and differ only in how they hand out block pairs and add up partial forces.
