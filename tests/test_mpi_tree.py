@@ -123,6 +123,19 @@ def test_domain_boxes_cover_every_group(mt):
         assert all(inside)
 
 
+def test_let_holds_what_the_walks_use_and_little_more(mt):
+    # the exact union of what every target group's walk uses from the other ranks, against
+    # what the domain boxes select: never less (else the walk would miss mass), little more
+    m, x = system("gauss", 100_000, seed=6)
+    _, st = mt.virtual(m, x, 4, evaluate=False, needed=True)
+    for r in range(4):
+        sent = st["let_nodes"][r] + st["let_particles"][r]
+        need = st["let_needed_records"][r] + st["let_needed_particles"][r]
+        assert st["let_nodes"][r] >= st["let_needed_records"][r]
+        assert st["let_particles"][r] >= st["let_needed_particles"][r]
+        assert sent <= 1.5 * need, (r, sent, need)
+
+
 def test_work_weights_balance_the_next_call(mt):
     m, x = system("plummer", 6000, seed=5)
     _, first = mt.virtual(m, x, 4, theta=0.6)
