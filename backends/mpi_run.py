@@ -139,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
         "the ranks on its node, at least 1: never oversubscribed unless asked for)",
     )
     p.add_argument("--repeat", type=int, default=5, help="timed evaluations after a warm-up")
-    p.add_argument("--check", action="store_true", help="error against numba_parallel")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="error against numba_parallel (tree: --check-rows sampled rows against exact "
+        "summation, with the rms error and the declared bound)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--fail-rank", type=int, help=argparse.SUPPRESS)  # test hook
     return p
