@@ -28,6 +28,7 @@ from backends._contract import (
     FLOAT32_TOLERANCE,
     PRECISIONS,
     benchmark_system,
+    check_precision,
     interactions,
     relative_error,
     validate,
@@ -174,15 +175,11 @@ class Backend:
         Backend-specific keyword-only options (``block=``, ``n_workers=``, ``comm=``, ...)
         are passed through.
         """
-        if "precision" in options and options["precision"] not in (None, "float64"):
-            if len(_REGISTRY[self.name].precisions) < 2:
-                have = ", ".join(n for n, sp in _REGISTRY.items() if len(sp.precisions) > 1)
-                raise TypeError(
-                    f"backend {self.name!r} has no precision option (float64 only); "
-                    f"the backends with precision='float32' are: {have}"
-                )
-        elif "precision" in options and len(_REGISTRY[self.name].precisions) < 2:
-            del options["precision"]  # float64 (or None) is what every backend computes
+        if "precision" in options:
+            spec = _REGISTRY[self.name]
+            _check_precision(options["precision"], self.name)
+            if len(spec.precisions) < 2:
+                del options["precision"]  # float64 is what every backend computes
         return self._accel(masses, positions, G, softening=softening, **options)
 
     def close(self) -> None:
@@ -242,23 +239,25 @@ def tolerance(name: str, **options) -> float:
     Raises
     ------
     ValueError, TypeError
-        Unknown backend, or an option value the backend rejects.
+        Unknown backend, or an option value the backend rejects (``precision=`` follows the
+        contract's one rule: :func:`backends._contract.check_precision`).
     BackendUnavailableError
         An approximate backend whose module cannot be imported here.
     """
     spec = _spec(name)
+    precision = _check_precision(options.get("precision", "float64"), name)
     if spec.exact:
-        precision = options.get("precision", "float64")
-        if precision is None or precision == "float64":
-            return EXACT_TOLERANCE
-        if len(spec.precisions) > 1 and precision in spec.precisions:
-            return FLOAT32_TOLERANCE
-        from backends._contract import check_precision
-
-        check_precision(precision)  # a bad spelling: the contract's ValueError
-        raise TypeError(f"backend {name!r} has no precision option (float64 only)")
+        return EXACT_TOLERANCE if precision == "float64" else FLOAT32_TOLERANCE
+    if len(spec.precisions) < 2:
+        options.pop("precision", None)
     module = get(name).module
     return float(module.tolerance(**options))
+
+
+def _check_precision(precision, name: str) -> str:
+    """Apply the contract's one rule for ``precision=`` to backend ``name``."""
+    others = [n for n, sp in _REGISTRY.items() if len(sp.precisions) > 1]
+    return check_precision(precision, _spec(name).precisions, name, others)
 
 
 def _spec(name: str) -> _Spec:

@@ -9,7 +9,8 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
 * ``epsilon`` is Plummer softening (default 0). With ``epsilon == 0`` a pair at zero
   separation contributes nothing: coincident particles are skipped, never a NaN or inf.
 * ``masses`` has shape ``(N,)`` and ``positions`` shape ``(N, 3)``; anything array-like and
-  real is accepted and converted once to C-contiguous float64. The result is a new
+  real is accepted (read-only, memory-mapped, strided or byte-swapped arrays and nested
+  lists too) and converted once to C-contiguous float64. The result is a new
   ``(N, 3)`` float64 NumPy array; the caller's arrays are never modified.
 * N = 0 gives a ``(0, 3)`` array; N = 1 gives zeros.
 * Any finite input in the float64 range is accepted. The kernel is homogeneous: scaling the
@@ -19,6 +20,13 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
   (see :func:`rescale`), so every backend returns the exactly scaled result whenever it is a
   normal float64, and raises ``FloatingPointError`` where it is not (overflow, or a nonzero
   acceleration below the smallest normal float64, about 2.2e-308).
+* Precision: every backend computes in float64 by default and accepts ``precision="float64"``;
+  those whose registry entry lists it (:func:`backends.precisions`) also take
+  ``precision="float32"`` (single-precision pair arithmetic; the result is still float64,
+  within :data:`FLOAT32_TOLERANCE` of float64, or computed in float64 where float32 cannot
+  hold the inputs). Any other value, ``None`` included, and ``"float32"`` on a float64-only
+  backend, is a ``ValueError`` naming what is valid, on every backend (:func:`check_precision`,
+  the one rule).
 * Throughput is reported as N(N-1)/t interactions per second, whatever trick a kernel uses.
 * The error of a result ``a`` against the oracle ``ref`` is
   ``max_i |a_i - ref_i| / |ref_i|`` (Euclidean norms per particle); particles with
@@ -50,8 +58,8 @@ __all__ = [
 
 PRECISIONS = ("float64", "float32")  #: the spellings of ``precision=``, default first
 #: Bound on the max per-particle relative error of a ``precision="float32"`` result. (Not
-#: for a particle whose force nearly cancels, nor one dominated by a partner closer than
-#: about 1e-10 of the system's size: float32 coordinates cannot resolve that; see the README.)
+#: for a particle whose force nearly cancels; rows float32 cannot resolve, with a partner
+#: closer than ~1e-8 of the system's size, are computed in float64: backends._float32_guard.)
 FLOAT32_TOLERANCE = 1e-4
 
 _REAL_KINDS = "iuf"  # signed int, unsigned int, float; bool, complex, object, str rejected
@@ -110,8 +118,9 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
     Returns
     -------
     Inputs
-        C-contiguous float64 arrays (new arrays unless the input already was C-contiguous
-        float64, which is then shared read-only with the kernel, never written) and floats.
+        C-contiguous, writeable, native-endian float64 arrays (new arrays unless the input
+        already was a writeable C-contiguous float64 array, which is then shared with the
+        kernel and never written; read-only arrays and memory maps are copied once) and floats.
 
     Raises
     ------
@@ -136,8 +145,8 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
             f"masses and positions must have the same length N; got {m.shape[0]} masses "
             f"and {x.shape[0]} positions"
         )
-    m = np.ascontiguousarray(m, dtype=np.float64)
-    x = np.ascontiguousarray(x, dtype=np.float64)
+    m = _kernel_array(m)
+    x = _kernel_array(x)
     for arr, name in ((m, "masses"), (x, "positions")):
         if not np.isfinite(arr).all():
             bad = np.argwhere(~np.isfinite(arr))[0]
@@ -147,12 +156,57 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
     return Inputs(m, x, G, softening)
 
 
-def check_precision(precision) -> str:
-    """Return ``precision`` if it is one of :data:`PRECISIONS`, else raise ``ValueError``."""
+def _kernel_array(arr: np.ndarray) -> np.ndarray:
+    """Return a C-contiguous, writeable, native-endian float64 ndarray of ``arr``'s values.
+
+    ``arr`` itself when it already is one (shared with the kernel, never written), else one
+    copy: read-only arrays and read-only memory maps are copied too, since compiled code
+    (Numba, the peers' kernels) is typed on the flag and may refuse or recompile for it.
+    """
+    out = np.ascontiguousarray(arr, dtype=np.float64)
+    if not out.flags.writeable or type(out) is not np.ndarray:
+        out = np.array(out, dtype=np.float64, order="C", copy=True)
+    return out
+
+
+def check_precision(precision, supported=PRECISIONS, backend=None, others=()) -> str:
+    """Return ``precision`` if backend ``backend`` computes in it, else raise ``ValueError``.
+
+    The one rule for ``precision=``, the same on every backend and at every door
+    (:func:`backends.accel`, :meth:`backends.Backend.accel`, :func:`backends.tolerance`, the
+    modules' own ``accel``):
+
+    * the value is one of the strings in :data:`PRECISIONS` (``"float64"``, ``"float32"``);
+      anything else (``None``, ``"float16"``, ``np.float32``, ``32``) is a ``ValueError``
+      naming the valid spellings;
+    * ``"float64"`` (the default) is accepted by every backend;
+    * ``"float32"`` by the backends whose registry entry lists it
+      (:func:`backends.precisions`); on any other it is a ``ValueError`` naming the
+      backends that have it.
+
+    Parameters
+    ----------
+    precision : object
+        The value passed as ``precision=``.
+    supported : tuple of str, optional
+        The precisions the backend has (its registry entry's; default: all).
+    backend : str, optional
+        The backend's name, for the message.
+    others : sequence of str, optional
+        The backends that have ``"float32"``, for the message.
+    """
+    where = f" (backend {backend!r})" if backend else ""
     if not isinstance(precision, str) or precision not in PRECISIONS:
         valid = ", ".join(repr(p) for p in PRECISIONS)
-        raise ValueError(f"precision must be one of {valid}; got {precision!r}")
-    return precision
+        raise ValueError(f"precision must be one of {valid}{where}; got {precision!r}")
+    if precision not in supported:
+        have = ", ".join(repr(p) for p in supported)
+        extra = f"; the backends with precision={precision!r} are: {', '.join(others)}"
+        raise ValueError(
+            f"precision={precision!r} is not a mode of backend {backend!r}, which computes in "
+            f"{have} only{extra if others else ''}"
+        )
+    return str(precision)
 
 
 def check_result(acc: np.ndarray, backend: str) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 Knob validation, the default worker count, the decomposition of the pair triangle into
 lanes and their blocked layout in the shared buffers (and the rows, for the exact
-fallback), the fixed-order sum of the lanes, the worker start-up report and the check that
-a script's workers will not re-run its call. Imports numpy only (Numba, with
-:mod:`backends._pool_kernels`, when a kernel runs).
+fallback), the fixed-order sum of the lanes, the worker start-up report, the check that
+a script's workers will not re-run its call, and what a killed parent leaves behind
+(nothing: :func:`watch_parent` in the workers, :func:`remove_owned` at every pool start).
+Imports numpy only (Numba, with :mod:`backends._pool_kernels`, when a kernel runs).
 
 The pair triangle
 -----------------
@@ -38,9 +39,14 @@ import ast
 import functools
 import multiprocessing
 import os
+import re
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import tokenize
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -329,6 +335,93 @@ def warm_parent() -> None:
     plan = lane_plan(2, 1)
     store_particles(plan, p, np.zeros((4, plan.width)))
     sum_lanes(plan, np.zeros((1, 3, plan.width)), 1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# a killed parent: workers follow it, and what it owned is removed
+
+#: Seconds between a worker's looks at its parent: a worker whose parent died (SIGKILL, the
+#: OOM killer, a closed terminal) exits within about this long (or once the lane it is
+#: computing ends: a lane of the default layout takes well under a second at N = 1e5).
+PARENT_POLL = 0.2
+SHM = "/dev/shm"
+#: /dev/shm (and temporary-folder) entries named after the pid of the process that owns
+#: them: this package's segments and buffers, joblib's memory-map folders, loky's semaphores.
+OWNED = re.compile(r"(?:nbody-mp-|nbody-joblib-|joblib_memmapping_folder_|sem\.loky-)(\d+)[-_]")
+_watching = False
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True if process ``pid`` exists and is not a zombie (from /proc where it exists)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_owned(owner: int | None = None) -> list[str]:
+    """Remove what a dead process left in /dev/shm (and the temporary folder); return it.
+
+    ``owner=None``: every entry of :data:`OWNED` whose owning process is gone (called when a
+    pool starts: a parent killed earlier left them). ``owner``: that process's entries (called
+    by a worker once its parent ``owner`` died). An entry whose pid is alive is never touched.
+    """
+    removed = []
+    for folder in dict.fromkeys((SHM, tempfile.gettempdir())):
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            match = OWNED.match(entry)
+            if match is None:
+                continue
+            pid = int(match.group(1))
+            if (owner is not None and pid != owner) or pid_alive(pid):
+                continue
+            path = os.path.join(folder, entry)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+            except OSError:  # another worker removed it first, or not ours to remove
+                pass
+    return removed
+
+
+def watch_parent(parent: int) -> None:
+    """In a pool worker: exit this process soon after process ``parent`` dies.
+
+    Starts (once per process) a daemon thread that looks every :data:`PARENT_POLL` seconds
+    whether this process was re-parented or ``parent`` is gone; then it removes what
+    ``parent`` left in /dev/shm (:func:`remove_owned`) and ends this process with
+    ``os._exit``. Without it, ``multiprocessing``'s workers waited on their task queue for
+    ever, and loky's for its idle timeout (5 minutes), each keeping the shared segments and
+    semaphores. A no-op in ``parent`` itself (joblib runs one-worker calls and threads there).
+    """
+    global _watching
+    if _watching or os.getpid() == parent:
+        return
+    _watching = True
+    ppid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == ppid and pid_alive(parent):
+            time.sleep(PARENT_POLL)
+        remove_owned(parent)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="nbody-parent-watch", daemon=True).start()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ bounding box and scaled by a power of two, then each is split into a float32 pai
 ``hi + lo`` (``lo`` the float32 rounding of the remainder), and a separation is
 ``(hi_j - hi_i) + (lo_j - lo_i)``: accurate to float32 rounding of the separation itself,
 even for a close pair far from the origin. Masses are scaled by a power of two so that the
-largest is in ``[1, 2)``. Inputs float32 cannot hold (an extent above 2**179, or a non-zero
-mass below 2**-100 of the largest) are computed in float64 instead. Measured max / rms
+largest is in ``[1, 2)``. Inputs float32 cannot hold (an extent above 2**179, a non-zero
+mass below 2**-100 of the largest, or a softening above 2**60 half-extents) are computed in
+float64 instead, and so are the rows of particles with a partner closer than 2**-26 of the
+extent (:mod:`backends._float32_guard`) and a result that is not finite. Measured max / rms
 per-particle relative error (CPU, 2026-12-01, against float64): 7.2e-7 / 3.3e-8 on the
 benchmark system and 1.3e-6 / 3.8e-8 on a Plummer sphere with masses over five decades,
 N = 10 000; the bound promised is :data:`backends._contract.FLOAT32_TOLERANCE` (1e-4).
@@ -31,13 +33,14 @@ globally and the user needs to set nothing.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from backends import BackendUnavailableError
+from backends import BackendUnavailableError, _float32_guard
 from backends._contract import check_precision, evaluate, validate
 
 _SMALL = 1024  # up to here P is a power of two (>= 8); above it a multiple of _SMALL
@@ -184,13 +187,59 @@ def resolve_device(device) -> jax.Device:
         raise ValueError(f"device={device!r}: no such JAX device here; JAX has {have}") from None
 
 
+#: Float64 (B, P) temporaries XLA keeps alive at once in a block step (measured: 4096 x 4096
+#: took 0.52 GB more peak memory than a small block, 2026-12-03, CPU).
+_TEMPORARIES = 4
+
+
+def block_plan(n: int, block: int | None, platform: str = "cpu") -> tuple[int, int]:
+    """Return ``(P, B)``: the padded size and rows per block for ``n`` particles.
+
+    ``block=None``: :func:`padded_size` and :func:`default_block`. An explicit ``block``
+    is capped at what ``n`` needs (a block larger than the padded system would only add
+    padded rows: ``block=4096`` at N = 10 cost 0.5 GB), and ``n`` is padded to a multiple
+    of it.
+    """
+    if block is None:
+        p = padded_size(n)
+        return p, default_block(p, platform)
+    block = min(block, padded_size(n))
+    return -(-n // block) * block, block
+
+
+def block_bytes(n: int, block: int | None, platform: str = "cpu") -> int:
+    """Return the bytes of temporaries one block step takes: ``4 x B x P`` float64 values."""
+    p, b = block_plan(n, block, platform)
+    return _TEMPORARIES * 8 * b * p
+
+
+def _check_block(n: int, block: int | None, platform: str) -> None:
+    """Refuse an explicit block whose temporaries exceed half of this machine's memory."""
+    if block is None:
+        return
+    need = block_bytes(n, block, platform)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return
+    if need > memory // 2:
+        p, b = block_plan(n, block, platform)
+        raise ValueError(
+            f"block={block} at N = {n} needs about {need / 2**30:.1f} GiB of temporaries "
+            f"({_TEMPORARIES} arrays of {b} x {p} float64), more than half of this machine's "
+            f"{memory / 2**30:.1f} GiB: use a smaller block (the default takes about "
+            f"{block_bytes(n, None, platform) / 2**20:.0f} MiB)"
+        )
+
+
 def _kernel(m, x, G, softening, device, block, precision="float64"):
     n = m.shape[0]
-    p = padded_size(n) if block is None else -(-n // block) * block
-    if block is None:
-        block = default_block(p, device.platform)
-    split = _split32(m, x, softening) if precision == "float32" else None
+    p, block = block_plan(n, block, device.platform)
+    split = None
+    if precision == "float32" and not _float32_guard.needs_float64(x, softening):
+        split = _split32(m, x, softening)  # None: out of float32's reach, float64 below
     if split is not None:
+        rows = _float32_guard.close_rows(x, softening)
         hi, lo, ms, eps2, factor = split
         pad = [np.zeros((p, 3), np.float32), np.zeros((p, 3), np.float32), np.zeros(p, np.float32)]
         pad[0][:n], pad[1][:n], pad[2][:n] = hi, lo, ms
@@ -199,7 +248,11 @@ def _kernel(m, x, G, softening, device, block, precision="float64"):
             res = _accel_padded32(*args, n, eps2, block=block)
             res.block_until_ready()
             out = np.asarray(res)
-        return (out[:n] * G) * factor  # a new float64 array
+        with np.errstate(over="ignore", invalid="ignore"):  # rows repaired or redone below
+            out = (out[:n] * G) * factor  # a new float64 array
+        _float32_guard.repair(out, rows, m, x, G, softening)
+        if np.isfinite(out).all():
+            return out
     mp = np.zeros(p)
     mp[:n] = m
     xp = np.zeros((p, 3))
@@ -230,8 +283,10 @@ def accel(
         ``jax.Device``, or a string such as ``"cpu"``, ``"gpu"``, ``"cuda:0"``
         (see :func:`resolve_device`).
     block : int, optional
-        Target rows per ``lax.map`` step; default :func:`default_block`. With an explicit
-        block, N is padded to a multiple of it (one compile per padded size).
+        Target rows per ``lax.map`` step; default :func:`default_block`. An explicit block
+        is capped at the padded N (:func:`block_plan`) and N padded to a multiple of it (one
+        compile per padded size); one whose temporaries (:func:`block_bytes`, ``4 x B x P``
+        float64) exceed half the machine's memory is a ``ValueError`` saying what it costs.
     precision : {"float64", "float32"}, optional
         ``"float32"``: float32 pair arithmetic, float64 row sums (module docstring; max
         relative error ~1e-6, bound :data:`backends._contract.FLOAT32_TOLERANCE`).
@@ -255,4 +310,5 @@ def accel(
     ):
         raise ValueError(f"block must be a positive integer; got {block!r}")
     block = None if block is None else int(block)
+    _check_block(inp.masses.shape[0], block, dev.platform)
     return evaluate("jax", inp, _kernel, dev, block, precision)

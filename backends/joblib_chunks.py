@@ -41,7 +41,12 @@ does a call that finds a worker process gone. :func:`close`, :class:`Session`,
 ``Backend.close()`` and interpreter exit (``atexit``) leave the context, shut the loky
 workers down (loky's executor is process-wide: any other joblib user gets a new one) and
 delete the shared buffer and joblib's temporary memory maps. Calls are serialized by a
-module lock.
+module lock. A parent killed outright (SIGKILL, the OOM killer) leaves nothing: every task
+and warm-up runs in a worker that watches it (:func:`backends._pools.watch_parent`) and,
+within about 0.2 s of its death (or the end of the lane it is computing), removes the
+parent's buffer, joblib's memory-map folder and loky's semaphores and exits (loky's workers
+otherwise linger for their 5-minute idle timeout); the next pool start removes any such
+entry whose owner's pid is gone (:func:`backends._pools.remove_owned`).
 
 Failures: inputs are validated in the parent. With processes, a script that would make its
 workers re-run the call (no ``if __name__ == "__main__":`` guard) is refused before any
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import multiprocessing.connection
 import os
@@ -77,6 +83,7 @@ from backends._pools import (
     lane_plan,
     maybe_inject_fault,
     prepare,
+    remove_owned,
     row_bounds,
     run_lane,
     startup_failure,
@@ -84,6 +91,7 @@ from backends._pools import (
     sum_lanes,
     warm_parent,
     warm_worker,
+    watch_parent,
 )
 from backends._pools import workers as _workers
 
@@ -143,6 +151,18 @@ def _guarded(fn, *args):
         except Exception:  # noqa: BLE001 - an exception that cannot travel
             exc = RuntimeError(f"{type(exc).__name__}: {exc}")
         return None, (exc, text)
+
+
+def _watched(parent: int, fn, *args):
+    """:func:`_guarded` in a worker that exits soon after ``parent`` dies (``watch_parent``)."""
+    watch_parent(parent)
+    return _guarded(fn, *args)
+
+
+def _warm_watched(parent: int, pause: float) -> int:
+    """:func:`backends._pools.warm_worker` in a worker that watches ``parent``."""
+    watch_parent(parent)
+    return warm_worker(pause)
 
 
 def _results(outcomes) -> list:
@@ -284,6 +304,8 @@ class _Runner:
             return_as="generator",
         )
         self.parallel.__enter__()
+        # every task runs in a worker that exits soon after this process dies
+        self.guarded = functools.partial(_watched, os.getpid())
         self.buf: np.ndarray | None = None  # the shared buffer (processes: a np.memmap)
         self.path: str | None = None  # its file (processes only)
 
@@ -322,7 +344,7 @@ class _Runner:
             buf = self.buffer((4 + 3 * lanes) * w + 2)
             store_particles(plan, p, np.asarray(buf[: 4 * w]).reshape(4, w))
             eps = softening * s
-            task = delayed(_guarded)
+            task = delayed(self.guarded)
             n_workers, prefer = self.key
             if n_workers > 1 and (prefer == "threads" or _HAVE_FLOCK):
                 slot = (4 + 3 * lanes) * w
@@ -339,7 +361,7 @@ class _Runner:
             if out is not None:
                 return out
         # extreme extent, or a pair too close for the fast path: exact row kernel
-        task = delayed(_guarded)
+        task = delayed(self.guarded)
         bounds = row_bounds(n, chunks)
         blocks = self.parallel(task(_chunk, m, x, lo, hi, G, softening) for lo, hi in bounds)
         return np.concatenate(_results(list(blocks)))
@@ -363,11 +385,11 @@ class _Runner:
         n_workers, prefer = self.key
         if prefer == "threads":
             countdown = _Countdown(n_workers)
-            task = delayed(_guarded)(_counted, countdown, *args)
+            task = delayed(self.guarded)(_counted, countdown, *args)
             outputs = self.parallel(task for _ in range(n_workers))
             countdown.wait()
         else:
-            outputs = self.parallel(delayed(_guarded)(*args) for _ in range(n_workers))
+            outputs = self.parallel(delayed(self.guarded)(*args) for _ in range(n_workers))
             ended = np.asarray(self.buf)[slot + 1 : slot + 2]
             start = check = time.monotonic()
             while ended[0] < n_workers:
@@ -391,7 +413,8 @@ class _Runner:
         while len(pids) < want:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(pids)} of {want} workers started")
-            pids.update(list(self.parallel(delayed(warm_worker)(0.05) for _ in range(n_workers))))
+            warm = delayed(functools.partial(_warm_watched, os.getpid()))(0.05)
+            pids.update(list(self.parallel(warm for _ in range(n_workers))))
         return tuple(sorted(pids))
 
     def healthy(self) -> bool:
@@ -421,6 +444,7 @@ def _get_runner(n_workers: int, prefer: str) -> _Runner:
         _discard(prefer)
         runner = None
     if runner is None:
+        remove_owned()  # buffers and joblib folders of parents killed earlier (pid gone)
         runner = _runners[prefer] = _Runner(n_workers, prefer)
         # atexit runs handlers last-in first-out: re-registering now puts our clean-up before
         # the handlers joblib registered for this pool's temporary folder

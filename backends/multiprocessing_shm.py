@@ -30,7 +30,11 @@ Lifetime: the pool and the segment are created on first use and reused; a call w
 different ``n_workers`` replaces the pool, and so does a call that finds a worker gone.
 :func:`close`, :class:`Session` (a context manager), ``Backend.close()`` and interpreter
 exit (``atexit``) shut the workers down and unlink the segment. Calls are serialized by a
-module lock (one pool, one segment).
+module lock (one pool, one segment). A parent killed outright (SIGKILL, the OOM killer)
+leaves nothing: each worker watches it (:func:`backends._pools.watch_parent`) and, within
+about 0.2 s of its death (or the end of the lane it is computing), removes the segment and
+exits; the resource tracker then removes the semaphores; and the next pool start removes any
+segment whose owner's pid is gone (:func:`backends._pools.remove_owned`).
 
 Failures: inputs are validated in the parent. A script that would make its workers re-run
 the call (no ``if __name__ == "__main__":`` guard) is refused before any worker starts
@@ -67,6 +71,7 @@ from backends._pools import (
     lane_plan,
     maybe_inject_fault,
     prepare,
+    remove_owned,
     row_bounds,
     run_lane,
     startup_failure,
@@ -74,6 +79,7 @@ from backends._pools import (
     sum_lanes,
     warm_kernel,
     warm_parent,
+    watch_parent,
 )
 from backends._pools import workers as _workers
 
@@ -96,8 +102,8 @@ _segment: shared_memory.SharedMemory | None = None
 _startup_error: tuple[str, str] | None = None  # (last traceback line, traceback)
 
 
-def _init_worker(barrier, next_lane) -> None:
-    """Keep the start-up barrier and load (compile or read from cache) the kernels.
+def _init_worker(barrier, next_lane, parent: int) -> None:
+    """Watch the parent, keep the start-up barrier and load (compile or read) the kernels.
 
     An exception is kept for :func:`_ready` to report: raised here, it would only break the
     pool, and the parent would never learn what it was.
@@ -105,6 +111,7 @@ def _init_worker(barrier, next_lane) -> None:
     global _barrier, _next_lane, _startup_error
     _barrier = barrier
     _next_lane = next_lane
+    watch_parent(parent)  # a killed parent: this worker exits, its segment is removed
     try:
         warm_kernel()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent by _ready
@@ -208,7 +215,7 @@ class _Pool:
             n_workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(ctx.Barrier(n_workers), self.next_lane),
+            initargs=(ctx.Barrier(n_workers), self.next_lane, os.getpid()),
         )
         # spawn every worker now (one task each, held at a barrier) so that calls find them warm
         futures = []
@@ -270,6 +277,7 @@ def _get_pool(n_workers: int) -> _Pool:
     if _pool is not None and (_pool.n_workers != n_workers or not _pool.healthy()):
         _discard(kill=True)
     if _pool is None:
+        remove_owned()  # segments of parents killed earlier (their pid is gone)
         _pool = _Pool(n_workers)
     return _pool
 

@@ -114,16 +114,18 @@ the float64 accumulator. The
 softening is at least 2**-40 of the scaled extent (``eps2 >= 2**-80``: ``r2 > 0``, so a
 coincident pair contributes 0 with no test in the loop; this changes ``r**-3`` by less than
 float32 rounding for every separation above ~4e-9 of the extent). Inputs float32 cannot hold
-(extent above 2**179, or a non-zero mass below 2**-100 of the largest) and a non-finite
-result are computed in float64 instead. Measured max / rms per-particle relative error
+(extent above 2**179, a non-zero mass below 2**-100 of the largest, or a softening above
+2**60 half-extents) and a non-finite result are computed in float64 instead, and so are the
+rows of particles with a partner closer than 2**-26 of the extent (found by a sort before
+the kernel runs: :mod:`backends._float32_guard`), so a system spanning 1e-8 to 1e8 gets
+float64 forces where float32 would lose them. Measured max / rms per-particle relative error
 against float64 (``benchmarks/float32_accuracy.py``, 2026-12-01, AVX-512): benchmark
 system 1.2e-6 / 6.7e-8 (N = 2 000), 5.7e-7 / 3.9e-8 (N = 10 000), 8.5e-7 / 2.7e-8
 (N = 100 000); Plummer sphere with masses log-uniform over five decades 1.0e-6 / 6.9e-8,
 2.3e-6 / 5.1e-8 and 2.1e-6 / 2.9e-8. The bound promised and tested is
 :data:`backends._contract.FLOAT32_TOLERANCE` = 1e-4. It does not hold for a particle whose
-force is a near-cancellation of much larger pair forces (inside a lattice), nor for one
-dominated by a partner closer than about 1e-10 of the extent (the ``hi + lo`` coordinates
-resolve ``2**-49`` of it); use float64 there. Throughput and these limits, measured: see
+force is a near-cancellation of much larger pair forces (inside a lattice); use float64
+there. Throughput and these limits, measured: see
 ``docs/numba_parallel.md``.
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. Compiled kernels are cached on
@@ -143,6 +145,7 @@ import numba
 import numpy as np
 from numba import njit, parallel_chunksize, prange
 
+from backends import _float32_guard
 from backends._contract import check_precision, evaluate, validate
 from backends._pair_kernel import (
     ALIGN,
@@ -585,10 +588,18 @@ def _kernel(m, x, G, softening, precision="float64", work=None):
     """Evaluate on trusted inputs, in parallel (see the module docstring)."""
     if work is None:
         work = np.zeros(numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
+    rows = None
+    if precision == "float32":  # what float32 cannot hold: see backends._float32_guard
+        if _float32_guard.needs_float64(x, softening):
+            precision = "float64"
+        else:
+            rows = _float32_guard.close_rows(x, softening)
     out = _symmetric(m, x, G, softening, precision, work)
     if out is None:  # extreme extent, or a pair too close for the float32 estimate
         out = np.empty((m.shape[0], 3))
         _exact(out, m, x, G, softening)
+    elif rows is not None:
+        _float32_guard.repair(out, rows, m, x, G, softening)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The asv suite runs: every benchmark's setup and body once, at tiny sizes.
+"""The asv suite runs: every benchmark's setup and body once, at tiny sizes (slow cases).
 
 ``NBODY_BENCH_TINY=1`` (set before the suite is imported) shrinks every size. A benchmark
 whose ``setup`` raises ``NotImplementedError`` is one asv skips (unavailable backend, too slow
@@ -29,6 +29,11 @@ import benchmarks  # noqa: E402
 from benchmarks import _common  # noqa: E402
 
 PREFIXES = ("time_", "timeraw_", "peakmem_", "mem_", "track_")
+# Every benchmark's smoke run is a slow case (`python -m pytest -m slow`, run by .ci/run): cold
+# starts compile from an empty cache in a fresh interpreter (pytreegrav_tree 55-98 s), MPI
+# runs start mpiexec. The default run keeps the discovery checks and the core backends'
+# TimeAccel below; every backend's correctness is tested by the other files.
+SLOW = pytest.mark.slow
 MODULES = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
 
 
@@ -57,11 +62,11 @@ def _cases():
             ):
                 label = "-".join(str(p) for p in params)
                 case_id = f"{module.__name__.split('.')[-1]}.{cname}.{method}[{label}]"
-                cases.append(pytest.param(cls, method, params, id=case_id))
+                cases.append(pytest.param(cls, method, params, id=case_id, marks=SLOW))
         for fname, func in vars(module).items():
             if fname.startswith(PREFIXES) and inspect.isfunction(func):
                 case_id = f"{module.__name__.split('.')[-1]}.{fname}"
-                cases.append(pytest.param(module, fname, (), id=case_id))
+                cases.append(pytest.param(module, fname, (), id=case_id, marks=SLOW))
     return cases
 
 

@@ -7,6 +7,10 @@
   ``benchmarks.json``, a machine folder per CPU with a complete ``machine.json``, and
   ``TimeAccel`` and ``Throughput`` results for at least five commits of the project.
 * ``benchmarks.history`` names machines by CPU and never mixes two CPUs under one name.
+* Every page reads as a page: a size a reader can read, valid UTF-8 without control
+  characters, one title, headings that do not skip a level, balanced code fences, tables with
+  a header and a separator row and the same number of cells in every row, and no line
+  repeated over and over (a page corrupted by a bad edit fails here, not in a reader's hands).
 """
 
 from __future__ import annotations
@@ -84,6 +88,81 @@ def test_pages_stand_alone(path):
     text = path.read_text()
     for phrase in ("DESIGN.md", "the issue", "design note"):
         assert phrase not in text, f"{path.relative_to(ROOT)} mentions {phrase!r}"
+
+
+# --- every page renders as Markdown: what a reader would notice -----------------------------
+
+MAX_PAGE_BYTES = 64_000  # the longest page is about 20 KB; a page past this is not read
+MIN_PAGE_BYTES = 300
+MAX_REPEATS = 8  # the same non-blank line this often is a corruption, not prose
+FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+HEADING = re.compile(r"^(#{1,6})\s+\S")
+
+
+def _prose_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` outside fenced code blocks (the fences themselves left out)."""
+    lines, inside = [], False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if FENCE.match(line):
+            inside = not inside
+            continue
+        if not inside:
+            lines.append((number, line))
+    return lines
+
+
+def _cells(row: str) -> int:
+    body = re.sub(r"`[^`]*`", "code", row.strip())  # a | inside inline code is no cell border
+    body = body.replace("\\|", "")
+    return len(body.strip("|").split("|"))
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_page_has_a_readable_size_and_clean_text(path):
+    raw = path.read_bytes()
+    name = path.relative_to(ROOT)
+    assert MIN_PAGE_BYTES <= len(raw) <= MAX_PAGE_BYTES, f"{name}: {len(raw)} bytes"
+    text = raw.decode("utf-8")  # raises on invalid UTF-8
+    bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n\t"})
+    assert not bad, f"{name}: control characters {bad}"
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.strip() and not re.fullmatch(r"[\s|:\-`~]*", line):  # table rules, fences
+            counts[line] = counts.get(line, 0) + 1
+    worst = max(counts.items(), key=lambda kv: kv[1], default=("", 0))
+    assert worst[1] <= MAX_REPEATS, f"{name}: a line repeated {worst[1]} times: {worst[0]!r}"
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(ROOT)))
+def test_page_renders_as_markdown_with_its_headings(path):
+    name = path.relative_to(ROOT)
+    text = path.read_text(encoding="utf-8")
+    fences = sum(1 for line in text.splitlines() if FENCE.match(line))
+    assert fences % 2 == 0, f"{name}: an unclosed code fence"
+    prose = _prose_lines(path)
+    headings = [(n, len(m.group(1))) for n, line in prose if (m := HEADING.match(line))]
+    assert headings and headings[0][1] == 1, f"{name}: does not open with a '# ' title"
+    assert prose[0][1].startswith("# "), f"{name}: the first line is not its '# ' title"
+    assert sum(1 for _, level in headings if level == 1) == 1, f"{name}: more than one title"
+    for (_, before), (number, level) in itertools.pairwise(headings):
+        assert level <= before + 1, f"{name}:{number}: heading skips from h{before} to h{level}"
+    # tables: a header row, a separator row, then rows of the same width
+    rows = [(n, line) for n, line in prose if line.lstrip().startswith("|")]
+    blocks: list[list[tuple[int, str]]] = []
+    for n, line in rows:
+        if blocks and blocks[-1][-1][0] == n - 1:
+            blocks[-1].append((n, line))
+        else:
+            blocks.append([(n, line)])
+    for block in blocks:
+        first = block[0][0]
+        assert len(block) >= 2 and re.fullmatch(r"\s*\|?[\s|:\-]+\|?\s*", block[1][1]), (
+            f"{name}:{first}: a table without a header and separator row (a blank line inside "
+            "a table splits it)"
+        )
+        width = _cells(block[0][1])
+        for n, line in block:
+            assert _cells(line) == width, f"{name}:{n}: {_cells(line)} cells, header has {width}"
 
 
 # --- the committed asv history -------------------------------------------------------------

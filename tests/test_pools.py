@@ -627,3 +627,106 @@ def test_guard_detection(source, guarded, tmp_path):
     ranges = _pools._guarded_lines(str(path))
     line = source.splitlines().index("    call()" if guarded else source.splitlines()[-1]) + 1
     assert any(lo <= line <= hi for lo, hi in ranges) == guarded
+
+
+# ---------------------------------------------------------------------------------------------
+# a parent killed with SIGKILL (the OOM killer, a closed terminal): nothing may outlive it
+
+KILLED_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+
+    import numpy as np
+    import backends
+
+    if __name__ == "__main__":
+        name, prefer, busy = sys.argv[1], sys.argv[2], sys.argv[3] == "busy"
+        opts = {"n_workers": 2} if name == "multiprocessing" else {"n_workers": 2, "prefer": prefer}
+        rng = np.random.default_rng(0)
+        m, x = rng.random(20000), rng.standard_normal((20000, 3))
+        mod = backends.get(name).module
+        pids = mod.start(**{k: v for k, v in opts.items() if k != "chunks"})
+        backends.accel(m[:300], x[:300], backend=name, **opts)
+        if name == "joblib":  # the exact path maps large inputs through joblib's folder
+            backends.accel(m[:3000], 1e60 * x[:3000], backend=name, **opts)
+        print(os.getpid(), *pids, flush=True)
+        while busy:
+            backends.accel(m, x, backend=name, **opts)
+        sys.stdin.read()  # idle until killed
+    """
+)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living descendant of ``pid`` (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return {p for p in found if alive(p)}
+
+
+def _shm_in_use(pids) -> set[str]:
+    """The /dev/shm files and folders mapped or held open by these processes."""
+    out = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            fds = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        for path in [line.split(maxsplit=5)[-1] for line in maps if "/dev/shm/" in line] + fds:
+            if path.startswith("/dev/shm/"):
+                out.add(path.split(" (deleted)")[0])
+    return {"/dev/shm/" + p.split("/")[3] for p in out}  # a joblib folder, not its files
+
+
+@pytest.mark.parametrize("when", ["busy", "idle"])
+@pytest.mark.parametrize(("name", "prefer"), [("multiprocessing", "-"), ("joblib", "processes")])
+def test_killed_parent_leaves_no_process_and_no_segment(name, prefer, when, tmp_path):
+    _module(name)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), name, prefer, when],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    family: set[int] = set()
+    try:
+        parent, *workers = (int(p) for p in proc.stdout.readline().split())
+        assert parent == proc.pid and len(workers) == 2, proc.stderr.read()
+        time.sleep(0.5)  # busy: inside a call of about a second
+        family = _descendants(parent)
+        assert set(workers) <= family
+        held = _shm_in_use({parent, *family}) | {f"/dev/shm/{e}" for e in segments(parent)}
+        assert any("nbody-" in h for h in held), held
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            left = {p for p in family if alive(p)}
+            files = {h for h in held if os.path.exists(h)} | set(segments(parent))
+            if not left and not files:
+                break
+            time.sleep(0.1)
+        assert not left, f"processes of the killed parent still alive after 10 s: {left}"
+        assert not files, f"left behind in /dev/shm after 10 s: {sorted(files)}"
+    finally:  # whatever failed, leave nothing of this test running
+        proc.kill()
+        proc.wait()
+        for pid in family | _descendants(proc.pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 import backends
 from backends import _mpi_launch
 from backends._contract import PRECISIONS, check_precision
@@ -36,6 +38,34 @@ arguments (nothing run); 130 Ctrl-C, 143 SIGTERM (pools closed, MPI job ended, n
 """
 
 
+#: Bytes of memory per particle assumed by the --n check (the largest backends' arrays: the
+#: system, the result, the oracle's sample, a tree's nodes, the pools' shared copies).
+BYTES_PER_PARTICLE = 1024
+
+
+def max_n() -> int:
+    """Return the largest ``--n`` accepted here: this machine's memory at 1 KiB per particle.
+
+    Capped at ``2**31 - 1`` (the kernels index particles with 32-bit integers in places).
+    """
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: no memory bound
+        memory = 2**62
+    return int(min(2**31 - 1, memory // BYTES_PER_PARTICLE))
+
+
+def _particles(text: str) -> int:
+    value = _positive_int(text)
+    top = max_n()
+    if value > top:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} particles are more than this machine can hold: at most {top} "
+            f"({BYTES_PER_PARTICLE} bytes per particle of its memory)"
+        )
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -44,7 +74,7 @@ def _positive_int(text: str) -> int:
             f = float(text)
         except ValueError:
             f = math.nan
-        if not (math.isfinite(f) and f == int(f)):
+        if not (math.isfinite(f) and f == int(f)):  # inf: no int() (OverflowError)
             raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
         value = int(f)
     if value < 1:
@@ -114,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--n",
         nargs="+",
-        type=_positive_int,
+        type=_particles,
         default=list(DEFAULT_N),
         metavar="N",
         help="numbers of particles",
@@ -259,10 +289,33 @@ def _check_output(parser, option: str, path: str | None, seen: dict[str, str]) -
         parser.error(f"{option} {path!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         parser.error(f"{option} {path!r} is not writable")
+    if p.exists() or p.absolute().parent.is_dir():
+        why = _open_for_writing(p)  # root passes os.access for files nobody can write
+        if why is not None:
+            parser.error(f"{option} {path!r} cannot be written: {why}")
     key = os.path.realpath(p)
     if key in seen:
         parser.error(f"{option} and {seen[key]} are the same file {path!r}")
     seen[key] = option
+
+
+def _open_for_writing(path: Path) -> str | None:
+    """Open ``path`` for appending and close it (nothing written); the error, or None.
+
+    A file that did not exist is removed again, so an argument error leaves nothing behind.
+    """
+    existed = path.exists()
+    if existed and not path.is_file():
+        return "not a regular file"
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        if not existed and path.exists():
+            path.unlink()
+    return None
 
 
 def _apply_save(args) -> None:
@@ -383,8 +436,90 @@ def _settings(parser, texts: list[str]) -> list[Job]:
             options[key.strip()] = _value(value)
         if not sep or not options:
             parser.error(f"--setting {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
+        try:
+            check_options(name, options)
+        except backends.BackendUnavailableError as exc:
+            parser.error(f"--setting: backend {name!r} is not available here: {exc}")
+        except (TypeError, ValueError) as exc:
+            parser.error(f"--setting {text!r}: {exc}")
         jobs.append(Job(name, options))
     return jobs
+
+
+#: Keyword arguments of ``accel`` that are the system's, not a backend's setting.
+NOT_SETTINGS = ("softening",)
+
+
+def backend_options(name: str) -> list[str]:
+    """Return the keyword options of backend ``name``'s ``accel`` (``precision`` always).
+
+    Raises ``BackendUnavailableError`` if the backend cannot be imported here.
+    """
+    params = inspect.signature(backends.get(name)._accel).parameters.values()
+    keys = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in NOT_SETTINGS]
+    return keys if "precision" in keys else [*keys, "precision"]
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise the error backend ``name`` would raise for these keyword ``options``; else None.
+
+    The backend's own checks, before any work: each key must be a keyword option of its
+    ``accel`` (``precision`` follows the contract's one rule on every backend); then the
+    backend is called on an empty system (N = 0), which validates every option value at
+    its public door and returns before any kernel is compiled or any pool started; an
+    approximate backend's ``tolerance(**options)`` must accept them too. For ``compare``'s
+    ``--setting`` and the commands that reuse it.
+
+    Parameters
+    ----------
+    name : str
+        A registered backend.
+    options : dict
+        Keyword options, as :func:`parse_setting` returns them.
+
+    Raises
+    ------
+    ValueError, TypeError
+        An unknown backend, an option the backend does not have (the message lists those it
+        has), or a value it rejects (its own message).
+    backends.BackendUnavailableError
+        The backend cannot run here.
+    """
+    known = backend_options(name)
+    for key in options:
+        if key in NOT_SETTINGS:
+            raise ValueError(
+                f"{key} is the system's, not a setting of backend {name!r} (compare runs the "
+                "unsoftened benchmark system)"
+            )
+        if key not in known:
+            raise TypeError(
+                f"backend {name!r} has no option {key!r}; its options are: {', '.join(known)}"
+            )
+    b = backends.get(name)
+    b.accel(np.zeros(0), np.zeros((0, 3)), **options)  # N = 0: options checked, nothing run
+    if not backends.is_exact(name):
+        backends.tolerance(name, **options)
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    """Parse one ``NAME:KEY=VALUE[,KEY=VALUE...]`` into ``(name, options)``, checked.
+
+    Values are converted as ``compare`` does (int, float, true/false/none, else the string)
+    and checked by :func:`check_options`.
+
+    Raises
+    ------
+    ValueError
+        A malformed text, an unknown backend or option, a value the backend rejects, or a
+        backend that cannot run here (the message says which, as ``compare`` reports it).
+    """
+
+    class _Raise:
+        def error(self, message):
+            raise ValueError(message)
+
+    return next((j.name, j.options) for j in _settings(_Raise(), [text]))
 
 
 def _jobs(parser, args) -> list[Job]:

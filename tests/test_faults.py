@@ -1,0 +1,292 @@
+"""Faults found by a fuzzing pass, each kept as a regression test on every backend it touches.
+
+* Read-only, memory-mapped, non-contiguous, byte-swapped and non-float64 inputs work on every
+  backend (the contract converts once, at the door) and give the same answer as plain arrays.
+* ``precision=`` follows one rule on every backend and door (the contract's
+  ``check_precision``).
+* ``compare`` checks every ``--setting`` with the backend's own checks, ``--n`` against the
+  machine's memory and every output file by opening it, before any work (exit 2, one line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backends
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL = backends.names()
+
+
+def _usable(name):
+    reason = backends.unavailable_reason(name)
+    if reason is not None:
+        pytest.skip(reason)
+    return backends.get(name)
+
+
+def _system(n=50, seed=3):
+    rng = np.random.default_rng(seed)
+    return rng.random(n) + 0.1, rng.random((n, 3))
+
+
+def _layouts(m, x, tmp_path):
+    """``(label, masses, positions)``: the same system in the layouts a user may hand over."""
+    ro_m, ro_x = m.copy(), x.copy()
+    ro_m.flags.writeable = False
+    ro_x.flags.writeable = False
+    yield "read-only", ro_m, ro_x
+    for mode in ("r", "c", "r+"):
+        paths = tmp_path / f"m-{mode}.npy", tmp_path / f"x-{mode}.npy"
+        np.save(paths[0], m)
+        np.save(paths[1], x)
+        yield f"memmap {mode}", np.load(paths[0], mmap_mode=mode), np.load(paths[1], mmap_mode=mode)
+    raw = tmp_path / "x.raw"
+    x.tofile(raw)
+    yield "np.memmap r", m, np.memmap(raw, dtype=np.float64, mode="r", shape=x.shape)
+    yield "Fortran order", m, np.asfortranarray(x)
+    wide = np.zeros((2 * len(m), 6))
+    wide[::2, 1::2] = x
+    wide_m = np.zeros(3 * len(m))
+    wide_m[::3] = m
+    yield "strided", wide_m[::3], wide[::2, 1::2]
+    yield "reversed view", m[::-1][::-1], x[:, ::-1][:, ::-1]
+    yield "big-endian", m.astype(">f8"), x.astype(">f8")
+    ro_sw = x.astype(">f8")
+    ro_sw.flags.writeable = False
+    yield "read-only big-endian", m, ro_sw
+    yield "lists", m.tolist(), x.tolist()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_input_layout_gives_the_plain_answer(name, tmp_path):
+    b = _usable(name)
+    m, x = _system()
+    expected = b.accel(m, x)
+    for label, mm, xx in _layouts(m, x, tmp_path):
+        before = np.array(xx, copy=True), np.array(mm, copy=True)
+        got = b.accel(mm, xx)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == x.shape
+        assert got.flags.writeable and got.flags.c_contiguous, label
+        err = backends.relative_error(got, expected)
+        assert err <= 1e-13, f"{name}, {label}: differs from the plain arrays' result by {err:.2e}"
+        np.testing.assert_array_equal(np.asarray(xx), before[0], err_msg=label)
+        np.testing.assert_array_equal(np.asarray(mm), before[1], err_msg=label)
+
+
+def test_nearest_takes_every_input_layout(tmp_path):
+    m, x = _system()
+    expected = backends.accel_nearest(m, x, k=8)
+    for label, mm, xx in _layouts(m, x, tmp_path):
+        got = backends.accel_nearest(mm, xx, k=8)
+        assert backends.relative_error(got, expected) <= 1e-13, label
+
+
+# --- precision=: one rule on every backend (backends._contract.check_precision) -----------
+
+BAD_PRECISIONS = [None, "float16", "FLOAT32", " float32", "double", np.float32, 32, b"float32"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_precision_follows_one_rule_on_every_backend(name):
+    b = _usable(name)
+    m, x = _system(20)
+    has32 = "float32" in backends.precisions(name)
+    for bad in BAD_PRECISIONS:
+        for call in (
+            lambda p: b.accel(m, x, precision=p),
+            lambda p: backends.accel(m, x, backend=name, precision=p),
+            lambda p: backends.tolerance(name, precision=p),
+        ):
+            with pytest.raises(ValueError, match=r"precision must be one of 'float64', 'float32'"):
+                call(bad)
+    np.testing.assert_array_equal(b.accel(m, x, precision="float64"), b.accel(m, x))
+    assert backends.tolerance(name, precision="float64") == backends.tolerance(name)
+    if has32:
+        assert b.accel(m, x, precision="float32").dtype == np.float64
+        assert backends.tolerance(name, precision="float32") >= backends.tolerance(name)
+    else:
+        for call in (
+            lambda: b.accel(m, x, precision="float32"),
+            lambda: backends.tolerance(name, precision="float32"),
+        ):
+            with pytest.raises(ValueError, match=r"not a mode of backend .*numba_parallel"):
+                call()
+
+
+# --- compare: every --setting is checked by the backend's own checks before any work -------
+
+BAD_SETTINGS = [
+    ("tree:theta=-1", "theta must be finite and >= 0; got -1"),
+    ("tree:theta=abc", "theta must be a real number"),
+    ("tree:nope=1", "backend 'tree' has no option 'nope'; its options are: theta"),
+    ("tree:quadrupole=2", "quadrupole must be True or False"),
+    ("tree:leaf_size=0", "leaf_size must be >= 1"),
+    ("tree:precision=float32", "precision='float32' is not a mode of backend 'tree'"),
+    ("tree:softening=0.1", "softening is the system's, not a setting"),
+    ("numpy:block=0", "block must be a positive integer"),
+    ("numpy:precision=none", "precision must be one of 'float64', 'float32'"),
+    ("numba:block=4", "backend 'numba' has no option 'block'; its options are: precision"),
+    ("numba_parallel:precision=float16", "precision must be one of"),
+    ("jax:block=-3", "block must be a positive integer"),
+    ("jax:device=nowhere", "no such JAX device here"),
+    ("multiprocessing:n_workers=0", "n_workers must be"),
+    ("joblib:prefer=nope", "prefer"),
+    ("joblib:chunks=1.5", "chunks must be"),
+    ("pytreegrav_tree:theta=2", "theta must be in (0, 1]"),
+    ("fmm3d:eps=0", "eps"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_SETTINGS)
+def test_check_options_rejects_what_the_backend_rejects(text, message):
+    from backends.compare import args
+
+    name = text.partition(":")[0]
+    _usable(name)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        args.parse_setting(text)
+
+
+def test_check_options_accepts_good_settings_without_running_anything():
+    from backends.compare import args
+
+    for text in (
+        "numpy:block=64",
+        "tree:theta=0.5,quadrupole=true",
+        "numba_parallel:precision=float32",
+    ):
+        name, options = args.parse_setting(text)
+        assert name == text.partition(":")[0] and options
+        args.check_options(name, options)
+
+
+def _compare(*argv, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "backends", "compare", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--setting", "tree:theta=-1"], "theta must be finite and >= 0"),
+        (["--setting", "tree:nope=1"], "has no option 'nope'"),
+        (["--setting", "numpy:block=0"], "block must be a positive integer"),
+        (["--n", "1e20"], "more than this machine can hold"),
+        (["--n", "1e400"], "must be a positive integer"),
+        (["--json", "/proc/version"], "cannot be written"),
+    ],
+)
+def test_compare_refuses_bad_arguments_before_any_work(argv, message, tmp_path):
+    r = _compare("--n", "50", "--backends", "numpy", "tree", *argv, tmp_path=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []
+    errors = [line for line in r.stderr.splitlines() if line.startswith("python -m backends")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+
+
+# --- jax: an explicit block is capped at what N needs, or refused with its cost -------------
+
+JAX_PEAK = """
+import resource, sys
+import backends
+m, x = backends.benchmark_system(int(sys.argv[1]))
+b = backends.get("jax")
+b.accel(m, x)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+b.accel(m, x, block=int(sys.argv[2]))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize(("n", "block"), [(10, 4096), (3, 100_000)])
+def test_jax_large_block_costs_no_more_than_n_needs(n, block):
+    _usable("jax")
+    r = subprocess.run(
+        [sys.executable, "-c", JAX_PEAK, str(n), str(block)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    grown_mb = float(r.stdout.split()[-1])
+    assert grown_mb < 50, f"block={block} at N = {n} raised peak memory by {grown_mb:.0f} MB"
+
+
+def test_jax_block_is_refused_with_its_cost_when_it_cannot_fit():
+    b = _usable("jax")
+    m, x = backends.benchmark_system(200_000)
+    with pytest.raises(ValueError, match=r"block=65536 at N = 200000 needs about .* GiB"):
+        b.accel(m, x, block=65536)
+    small_m, small_x = backends.benchmark_system(10)
+    np.testing.assert_allclose(b.accel(small_m, small_x, block=4096), b.accel(small_m, small_x))
+
+
+# --- float32: the float64 answer to FLOAT32_TOLERANCE, or float64's own error; never NaN -----
+
+FLOAT32 = [name for name in ALL if "float32" in backends.precisions(name)]
+
+
+def _float32_matches_float64(b, m, x, softening=0.0, label=""):
+    try:
+        ref = b.accel(m, x, softening=softening)
+    except FloatingPointError:
+        with pytest.raises(FloatingPointError):
+            b.accel(m, x, softening=softening, precision="float32")
+        return
+    got = b.accel(m, x, softening=softening, precision="float32")
+    assert np.isfinite(got).all(), f"{b.name} {label}: non-finite float32 result"
+    err = backends.relative_error(got, ref)
+    assert err <= backends.FLOAT32_TOLERANCE, f"{b.name} {label}: float32 error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("size", [1e-150, 1e-5, 1.0, 1e7, 1e150])
+def test_float32_with_softening_far_above_the_system(name, size):
+    b = _usable(name)
+    m, x = _system(40, seed=7)
+    x = x * size
+    for ratio in (1e-3, 1.0, 1e6, 1e15, 1e19, 1e25, 1e38, 1e60, 1e120, 1e250):
+        softening = ratio * size
+        if not np.isfinite(softening) or softening > 1e300:
+            continue
+        _float32_matches_float64(b, m, x, softening, f"size {size:g}, softening {softening:g}")
+
+
+def _wide(n, decades, seed):
+    rng = np.random.default_rng(seed)
+    sign = np.sign(rng.standard_normal((n, 3)))
+    return rng.random(n) + 0.01, sign * 10.0 ** rng.uniform(-decades, decades, (n, 3))
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("decades", [4, 8, 12, 20, 40, 140])
+def test_float32_on_a_system_spanning_many_decades(name, decades):
+    b = _usable(name)
+    for seed in range(3):
+        m, x = _wide(40, decades, seed)
+        _float32_matches_float64(b, m, x, 0.0, f"1e-{decades} to 1e{decades}, seed {seed}")
+
+
+@pytest.mark.parametrize("name", FLOAT32)
+def test_float32_tight_binaries_in_a_cluster(name):
+    b = _usable(name)
+    m, x = backends.benchmark_system(300, seed=5)
+    for k, gap in enumerate((1e-6, 1e-9, 1e-12, 1e-15, 1e-30)):
+        x[2 * k + 1] = x[2 * k] + gap * np.array([0.6, -0.8, 0.0])
+    _float32_matches_float64(b, m, x, 0.0, "binaries")
+    _float32_matches_float64(b, m, x + 1e6, 0.0, "binaries far from the origin")
