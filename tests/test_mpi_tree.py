@@ -252,6 +252,7 @@ def test_mpi_run_tree_input_output_check(tmp_path, tree):
         assert rms_error(out["accelerations"], ref) == pytest.approx(r["error_rms"], rel=1e-6)
 
 
+@pytest.mark.slow  # N < P is also in the edge cases above, under mpiexec
 def test_mpi_run_tree_fewer_particles_than_ranks_and_text_report():
     proc = mpiexec(4, "--n", 3, "--algorithm", "tree", "--check", "--repeat", 1)
     assert proc.returncode == 0, proc.stderr
@@ -284,6 +285,7 @@ def test_tree_bad_options_exit_2_with_one_line():
         assert len(errors) == 1 and message in errors[0], proc.stderr
 
 
+@pytest.mark.slow  # two mpiexec jobs and the compare machinery: about 15 s
 def test_compare_shows_the_mpi_tree_beside_tree(tmp_path):
     import subprocess
 
