@@ -23,16 +23,18 @@ rank of ``comm`` (collective):
    source particles plus ``c`` per accepted node, ``c`` = 0.5 for monopoles and 1 for
    quadrupoles, which cost about that much relative to a float64 pair, plus a constant for
    its share of the tree build), carried to the next call as a piecewise-constant density
-   over the Morton curve (``128`` buckets per rank, exchanged with one ``allgather``); particle
-   counts when there is no previous call of the same shape (ranks, N, options). The
+   over the Morton curve (128 buckets per rank up to 64 ranks, ``8192 / P`` beyond,
+   :func:`buckets_for`; exchanged with one ``allgather``); particle counts when there is no
+   previous call of the same shape (ranks, N, options). The
    particles move with one ``Alltoallv`` (``x, y, z, m``: 32 bytes each, none for those
    already in place). Identical keys (coincident points) never straddle two ranks, so a rank
    can end up with no particles: it then has no targets and sends nothing.
 3. **Local tree** of the owned particles (``prepare`` on the common grid and scales), its
-   groups (``tree``'s rule) and its **domain boxes**: up to ``boxes`` (default 48) tight
-   boxes of nodes of the local tree that together cover every target group (the root split
-   greedily, the box of largest diagonal**2 x particles first, never below a group; see
-   :func:`domain_boxes`). One ``allgather`` gives every rank every rank's boxes.
+   groups (``tree``'s rule) and its **domain boxes**: up to ``boxes`` (default 48 up to 128
+   ranks, fewer beyond: :func:`default_boxes`) tight boxes of nodes of the local tree that
+   together cover every target group (the root split greedily, the box of largest
+   diagonal**2 x particles first, never below a group; see :func:`domain_boxes`). One
+   ``allgather`` gives every rank every rank's boxes.
 4. **LET selection**, by each sender for each receiver: a breadth-first walk of the
    sender's tree carrying the set of the receiver's boxes for which the node is still
    undecided (a bit mask). A node whose centre of mass passes ``tree``'s opening test
@@ -66,9 +68,10 @@ error is that of ``tree`` at the same settings (measured within a few percent of
 Memory per rank: O(N/P + LET): its particles (plus the imbalance), its tree (``tree``'s
 ~150 bytes per particle), the received LET and the exchange buffers (32 bytes per particle
 sent and received, 24 for the returned accelerations), the ``P x boxes`` domain boxes and
-the work density (``128 P`` buckets). No rank holds all N particles (:func:`accel_local`;
-:func:`accel` takes the full arrays, as ``mpi``'s other algorithms do, and returns the full
-result on every rank).
+the work density (``P x`` :func:`buckets_for` buckets; in all about 6144 boxes and 8192
+buckets, up to 768 and 1024 ranks, then 8 of each per rank). No rank holds all N particles
+(:func:`accel_local`; :func:`accel` takes the full arrays, as ``mpi``'s other algorithms do,
+and returns the full result on every rank).
 
 After each call :data:`backends.mpi_rows.last_traffic` holds this rank's bulk
 communication (the ``Alltoallv`` payloads it sent to other ranks, one message per non-empty
@@ -97,7 +100,9 @@ __all__ = [
     "DEFAULT_BOXES",
     "accel",
     "accel_local",
+    "buckets_for",
     "check_options",
+    "default_boxes",
     "distribute",
     "domain_boxes",
     "last_stats",
@@ -106,10 +111,10 @@ __all__ = [
     "virtual",
 ]
 
-DEFAULT_BOXES = 48  #: domain boxes per rank (at most 62: one bit each in the LET walk)
+DEFAULT_BOXES = 48  #: domain boxes per rank up to 128 ranks (at most 62: one bit each)
 _MAX_BOXES = 62
 _MARGIN = 1.0 + 1e-9  # the sender's acceptance test, stricter by this relative margin
-_BUCKETS = 128  # work buckets per rank carried to the next call
+_BUCKETS = 128  # work buckets per rank carried to the next call, up to 64 ranks
 #: Per-particle work of sorting, building, decomposing and returning, in pair units
 #: (measured about 0.35 us per particle against 5 ns per interaction of the walk).
 _SETUP_WORK = 64.0
@@ -148,16 +153,32 @@ def _threads(threads: int):
         numba.set_num_threads(before)
 
 
+def default_boxes(ranks: int) -> int:
+    """Domain boxes per rank by default: 48 up to 128 ranks, then fewer, at least 8.
+
+    Every rank receives every rank's boxes (48 bytes each): ``6144 / P`` keeps that
+    allgather at 6 kB x 48 per rank whatever P.
+    """
+    return max(8, min(DEFAULT_BOXES, 6144 // max(ranks, 1)))
+
+
+def buckets_for(ranks: int) -> int:
+    """Work buckets per rank: 128 up to 64 ranks, then ``8192 / P``, at least 8."""
+    return max(8, min(_BUCKETS, 8192 // max(ranks, 1)))
+
+
 def check_options(theta, quadrupole, leaf_size, group_size, boxes):
-    """Validate the tree options; return them as ``(float, bool, int, int, int)``."""
+    """Validate the tree options; return ``(float, bool, int, int, int or None)``."""
     theta, quadrupole, leaf_size = _tbh._check_options(theta, quadrupole, leaf_size)
     for name, value, top in (("group_size", group_size, None), ("boxes", boxes, _MAX_BOXES)):
+        if name == "boxes" and value is None:  # the default for the number of ranks
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(f"{name} must be an integer >= 1; got {value!r}")
         if value < 1 or (top is not None and value > top):
             limit = f"between 1 and {top}" if top else ">= 1"
             raise ValueError(f"{name} must be {limit}; got {value!r}")
-    return theta, quadrupole, leaf_size, int(group_size), int(boxes)
+    return theta, quadrupole, leaf_size, int(group_size), None if boxes is None else int(boxes)
 
 
 # ---------------------------------------------------------------- compiled pieces
@@ -807,6 +828,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
     """
     theta, quadrupole, leaf_size, group_size, nboxes = opts
     size = comm.Get_size()
+    nboxes = default_boxes(size) if nboxes is None else nboxes
     stats = {"ranks": size}
     tick = time.perf_counter()
     seconds = {}
@@ -871,7 +893,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
     # work for the next call, and the balance of this one
     sizes = (t.end[groups] - t.start[groups]) if nown else np.zeros(0, dtype=np.int64)
     pairs = float((sizes * (work[:, 1] + _NODE_COST[quadrupole] * work[:, 0])).sum())
-    first, per = work_density(t, groups, work, quadrupole)
+    first, per = work_density(t, groups, work, quadrupole, buckets_for(size))
     allfirst, allper, allwork = zip(*comm.allgather((first, per, pairs)), strict=True)
     from backends import mpi_rows
 
@@ -966,7 +988,7 @@ def accel_local(
     quadrupole=False,
     leaf_size=_tbh.DEFAULT_LEAF_SIZE,
     group_size=_tbh.DEFAULT_GROUP_SIZE,
-    boxes=DEFAULT_BOXES,
+    boxes=None,
     threads_per_rank=None,
 ) -> np.ndarray:
     """Distributed tree on local slices: each rank passes and gets only its own particles.
@@ -991,7 +1013,8 @@ def accel_local(
         ``tree``'s options (:func:`backends.tree_barnes_hut.accel`).
     boxes : int, optional
         Domain boxes per rank (1 to 62) describing a rank's targets to the LET senders:
-        more boxes, tighter LETs, more boxes to exchange.
+        more boxes, tighter LETs, more boxes to exchange. Default :func:`default_boxes`
+        (48 up to 128 ranks, then ``6144 / P``, at least 8).
     threads_per_rank : int, optional
         Numba threads of this rank; default
         :func:`backends.mpi_rows.default_threads_per_rank`.
@@ -1026,7 +1049,7 @@ def distribute(
     quadrupole=False,
     leaf_size=_tbh.DEFAULT_LEAF_SIZE,
     group_size=_tbh.DEFAULT_GROUP_SIZE,
-    boxes=DEFAULT_BOXES,
+    boxes=None,
     threads_per_rank=None,
 ):
     """Move the particles to the ranks that own them in the tree's decomposition.
@@ -1068,7 +1091,7 @@ def accel(
     quadrupole=False,
     leaf_size=_tbh.DEFAULT_LEAF_SIZE,
     group_size=_tbh.DEFAULT_GROUP_SIZE,
-    boxes=DEFAULT_BOXES,
+    boxes=None,
     threads_per_rank=None,
 ) -> np.ndarray:
     """Distributed tree from full arrays on every rank; every rank gets the full result.
@@ -1118,7 +1141,7 @@ def virtual(
     quadrupole=False,
     leaf_size=_tbh.DEFAULT_LEAF_SIZE,
     group_size=_tbh.DEFAULT_GROUP_SIZE,
-    boxes=DEFAULT_BOXES,
+    boxes=None,
     weights=None,
     receivers=None,
     evaluate=True,
@@ -1164,6 +1187,7 @@ def virtual(
 
     opts = check_options(theta, quadrupole, leaf_size, group_size, boxes)
     theta, quadrupole, leaf_size, group_size, nboxes = opts
+    nboxes = default_boxes(ranks) if nboxes is None else nboxes
     inp = validate(masses, positions, G, softening)
     m, x = inp.masses, inp.positions
     n = m.shape[0]

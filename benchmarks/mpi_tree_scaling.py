@@ -34,8 +34,9 @@ the positions (24 N).
 
 Per rank and step the model adds (no overlap of communication and computation): the walk,
 the build and the local decomposition (``n`` particles), the LET selection, the LET
-``Alltoallv`` (P - 1 messages, the fitted bytes), the allgathers of domain boxes (48 x 48
-bytes per rank), work buckets (128 x 16) and samples (16 S), 4 rounds of splitter refinement
+``Alltoallv`` (P - 1 messages, the fitted bytes), the allgathers of domain boxes (48 bytes
+each, :func:`backends.mpi_tree.default_boxes` per rank), work buckets (16 bytes each,
+:func:`backends.mpi_tree.buckets_for`) and samples (16 S), 4 rounds of splitter refinement
 (``Allreduce`` of P - 1 numbers), and 1 % of the particles migrating (the fraction measured
 between steps of ``mpi_run``). It prints the table, the parallel efficiency against P = 64 at
 the same N, and the dominant cost where it stops scaling.
@@ -55,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from backends import _mpi_launch
+from backends.mpi_tree import buckets_for, default_boxes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 900
@@ -299,7 +301,8 @@ def model_step(n_total: float, p: int, cal: dict, work: tuple, let: tuple) -> di
         "build+local": n * (cal["build_per_particle"] + cal["local_per_particle"]),
         "LET select": records * cal["select_per_record"] + (p - 1) * cal["select_per_message"],
         "LET alltoallv": (p - 1) * ALPHA + let_b / BETA,
-        "allgathers": 3 * logp * ALPHA + (p - 1) * (48 * 48 + 128 * 16 + samples) / BETA,
+        "allgathers": 3 * logp * ALPHA
+        + (p - 1) * (48 * default_boxes(p) + 16 * buckets_for(p) + samples) / BETA,
         "refine+migrate": 4 * (2 * logp * ALPHA + 16 * (p - 1) / BETA) + MOVED * n * 56 / BETA,
     }
     terms["total"] = sum(terms.values())
