@@ -168,6 +168,13 @@ def test_options_are_validated_and_named(mt):
         mpi.accel_local(m, x, algorithm="allgather")
     assert mpi.tolerance(algorithm="tree", theta=0.7) == backends.tolerance("tree", theta=0.7)
     assert mpi.tolerance(algorithm="ring") == 1e-12
+    # the public door: the tree's bound for algorithm="tree", the exact one otherwise
+    for options in ({"theta": 0.7}, {"theta": 0.3, "quadrupole": True}, {}):
+        bound = backends.tolerance("mpi", algorithm="tree", **options)
+        assert bound == backends.tolerance("tree", **options)
+    assert backends.tolerance("mpi", algorithm="ring") == backends.tolerance("mpi") == 1e-12
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        backends.tolerance("mpi", algorithm="nope")
 
 
 # ---------------------------------------------------------------- real mpiexec runs
