@@ -79,7 +79,7 @@ def _check_quadrupole(quadrupole) -> bool:
 def tolerance(theta=DEFAULT_THETA, quadrupole=False, **_options) -> float:
     """Bound on the rms per-particle relative error of ``pytreegrav_tree`` at these settings.
 
-    ``0.15 * theta**2`` with monopoles, ``0.04 * theta**3`` with quadrupoles: 1.5x-2.5x the
+    ``0.15 * theta**2`` with monopoles, ``0.04 * theta**3`` with quadrupoles: 1.5x-4.5x the
     largest rms measured on the systems of :mod:`backends.systems` (N = 2 000 and 20 000,
     theta 0.3 to 1; the thin shell is the worst, 3.3e-2 at the default theta 0.7;
     ``docs/peers.md``). Systems along a line are summed directly (exact).
