@@ -290,3 +290,73 @@ def test_float32_tight_binaries_in_a_cluster(name):
         x[2 * k + 1] = x[2 * k] + gap * np.array([0.6, -0.8, 0.0])
     _float32_matches_float64(b, m, x, 0.0, "binaries")
     _float32_matches_float64(b, m, x + 1e6, 0.0, "binaries far from the origin")
+
+
+# --- text that went stale -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("exact", "scaling"), [(True, "N(N-1) scaling"), (False, "N log N")])
+def test_skip_footnote_names_the_scaling_that_predicted_it(exact, scaling):
+    from types import SimpleNamespace
+
+    from backends.compare.report import Row
+    from backends.compare.runner import Runner
+
+    previous = Row("b", "b", 1000, "ok", best_s=1.0, exact=exact)
+    row = Row("b", "b", 100_000, "ok", exact=exact)
+    stub = SimpleNamespace(args=SimpleNamespace(max_call=0.5))
+    assert Runner._skip(stub, row, previous)
+    assert row.status == "skipped" and f"predicted by {scaling}" in row.message, row.message
+
+
+def test_history_table_lists_the_recorded_commits():
+    import json
+
+    text = (ROOT / "docs" / "history.md").read_text()
+    table = text.split("Recorded so far:", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    listed = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        machine, commits = cells[0].strip("`"), cells[2]
+        listed[machine] = (int(commits.split()[0]), set(re.findall(r"`([0-9a-f]{7})`", commits)))
+    results = ROOT / "benchmarks" / "results"
+    for folder in sorted(p for p in results.iterdir() if (p / "machine.json").is_file()):
+        recorded = {
+            json.loads(f.read_text())["commit_hash"][:7]
+            for f in folder.glob("*.json")
+            if f.name != "machine.json"
+        }
+        if not recorded:
+            continue
+        count, hashes = listed[folder.name]
+        assert hashes == recorded and count == len(recorded), (
+            f"docs/history.md lists {count} commits {sorted(hashes)} for {folder.name}; "
+            f"benchmarks/results holds {len(recorded)}: {sorted(recorded)}"
+        )
+
+
+def test_history_page_lists_every_asv_module():
+    text = (ROOT / "docs" / "history.md").read_text()
+    modules = sorted(p.stem for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    missing = [m for m in modules if f"| `{m}` |" not in text]
+    assert not missing, f"docs/history.md's table of what is measured lacks {missing}"
+
+
+def test_compare_page_list_example_matches_the_registry():
+    import io
+
+    from backends.compare import list_backends
+
+    text = (ROOT / "docs" / "compare.md").read_text()
+    block = text.split("$ python -m backends list\n", 1)[1].split("```", 1)[0]
+    shown = [line.split(None, 3) for line in block.splitlines()[1:] if line.split()]
+    shown = [row for row in shown if not row[0].startswith("mpiexec")]
+    assert [row[0] for row in shown] == backends.names(), "rerun `python -m backends list`"
+    live = io.StringIO()
+    list_backends(live)
+    current = {row.split(None, 1)[0]: row.split(None, 3) for row in live.getvalue().splitlines()}
+    for name, available, kind, text_ in shown:
+        assert kind == current[name][2], f"{name}: kind {kind!r}, now {current[name][2]!r}"
+        if available == "yes":
+            assert text_ == backends._REGISTRY[name].description, name
