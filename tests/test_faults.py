@@ -360,3 +360,72 @@ def test_compare_page_list_example_matches_the_registry():
         assert kind == current[name][2], f"{name}: kind {kind!r}, now {current[name][2]!r}"
         if available == "yes":
             assert text_ == backends._REGISTRY[name].description, name
+
+
+# --- the compare figure: what is drawn, and only that, readable on white -------------------
+
+
+def _rows():
+    from backends.compare.report import Row
+
+    def row(name, n, status="ok", t=None, exact=True, **kw):
+        return Row(name, name, n, status, best_s=t, median_s=t, exact=exact, **kw)
+
+    return [
+        row("python", 100, t=0.5, speedup_vs_python=1.0, error=0.0, error_rms=1e-16),
+        row("python", 1000, t=50.0, speedup_vs_python=1.0, error=0.0, error_rms=1e-16),
+        row("numpy", 100, t=0.01, speedup_vs_python=50.0, speedup_vs_numpy=1.0, error_rms=1e-16),
+        row("numpy", 1000, "skipped", message="predicted over --max-call"),
+        row("jax", 100, t=0.001, speedup_vs_python=500.0, speedup_vs_numpy=10.0, error_rms=2e-16),
+        row("jax", 1000, t=0.1, speedup_vs_python=500.0, error_rms=2e-16),
+        row("tree", 100, t=0.002, exact=False, speedup_vs_python=250.0, error_rms=1e-3),
+        row("tree", 1000, t=0.02, exact=False, speedup_vs_python=2500.0, error_rms=1e-3),
+    ]
+
+
+def _texts(fig):
+    out = [fig._suptitle.get_text()] if fig._suptitle else []
+    for ax in fig.axes:
+        out += [ax.get_title(), *(t.get_text() for t in ax.texts)]
+        legend = ax.get_legend()
+        if legend is not None:
+            out += [t.get_text() for t in legend.get_texts()] + [legend.get_title().get_text()]
+    return out
+
+
+def test_compare_figure_mentions_only_what_it_draws_and_names_what_it_skipped():
+    pytest.importorskip("matplotlib")
+    from backends.compare import plots
+
+    rows = _rows()
+    fig = plots.build_figure(rows, "title")
+    texts = _texts(fig)
+    assert not any("hollow: python" in t for t in texts), "no python point is extrapolated"
+    assert "vs numpy" not in texts, "no bar compares with numpy at N = 1,000"
+    assert "vs python" in texts
+    assert any("numpy skipped at N = 1,000" in t for t in texts), texts
+    rows[1].status = "extrapolated"  # now python's point at 1000 is hollow: say so
+    assert any("hollow: python extrapolated" in t for t in _texts(plots.build_figure(rows, "t")))
+
+
+def test_compare_figure_colours_are_readable_on_white():
+    pytest.importorskip("matplotlib")
+    from backends.compare import plots
+
+    for count in (2, 5, len(backends.names()), 30):
+        styles = plots._styles([f"b{i}" for i in range(count)])
+        worst = min(plots.contrast(st["color"]) for st in styles.values())
+        assert worst >= plots.MIN_CONTRAST, f"{count} backends: contrast {worst:.2f} on white"
+
+
+def test_readme_says_the_asv_site_needs_the_internet_where_it_does():
+    import importlib.util
+
+    spec = importlib.util.find_spec("asv")
+    if spec is None:
+        pytest.skip("asv is not installed")
+    page = Path(spec.origin).parent / "www" / "index.html"
+    remote = re.findall(r'src="(https?://[^"]+)"', page.read_text())
+    readme = (ROOT / "README.md").read_text()
+    if remote:  # asv's site loads scripts from the internet: the README must say so
+        assert "asv preview" in readme and "internet" in readme.split("asv preview", 1)[1][:600]
