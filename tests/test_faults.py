@@ -169,6 +169,7 @@ def test_check_options_accepts_good_settings_without_running_anything():
 
 
 def _compare(*argv, tmp_path):
+    """``python -m backends compare ARGV`` in a fresh interpreter, in ``tmp_path``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
         [sys.executable, "-m", "backends", "compare", *argv],
@@ -191,12 +192,24 @@ def _compare(*argv, tmp_path):
         (["--json", "/proc/version"], "cannot be written"),
     ],
 )
-def test_compare_refuses_bad_arguments_before_any_work(argv, message, tmp_path):
-    r = _compare("--n", "50", "--backends", "numpy", "tree", *argv, tmp_path=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert r.stdout == "" and list(tmp_path.iterdir()) == []
-    errors = [line for line in r.stderr.splitlines() if line.startswith("python -m backends")]
-    assert len(errors) == 1 and message in errors[0], r.stderr
+def test_compare_refuses_bad_arguments_before_any_work(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    from backends.compare import main
+
+    monkeypatch.chdir(tmp_path)  # compare-out/ or any stray file would land here
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--n", "50", "--backends", "numpy", "tree", *argv])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == "" and list(tmp_path.iterdir()) == []
+    errors = [line for line in err.splitlines() if line.startswith("python -m backends")]
+    assert len(errors) == 1 and message in errors[0], err
+
+
+def test_compare_refuses_a_bad_setting_in_a_fresh_interpreter(tmp_path):
+    r = _compare("--n", "50", "--setting", "tree:theta=-1", tmp_path=tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and list(tmp_path.iterdir()) == []
+    assert "theta must be finite and >= 0" in r.stderr.splitlines()[-1]
 
 
 # --- jax: an explicit block is capped at what N needs, or refused with its cost -------------
@@ -213,7 +226,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
 
 
-@pytest.mark.parametrize(("n", "block"), [(10, 4096), (3, 100_000)])
+@pytest.mark.parametrize(
+    ("n", "block"), [(10, 4096), pytest.param(3, 100_000, marks=pytest.mark.slow)]
+)
 def test_jax_large_block_costs_no_more_than_n_needs(n, block):
     _usable("jax")
     r = subprocess.run(

@@ -338,6 +338,7 @@ def test_session_and_backend_close(name, opts):
     assert children() == base
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_changing_n_workers_replaces_the_pool():
     mod = _module("multiprocessing")
     mod.close()
@@ -429,6 +430,7 @@ def test_worker_that_raises_fails_the_call_and_the_next_call_works(
         mod.close()  # its workers carry the hook's environment variable
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_a_raising_worker_leaves_no_thread_exception_behind(tmp_path, monkeypatch):
     """joblib/loky: a failing call must not make loky's manager thread die of a KeyError.
 
@@ -521,6 +523,7 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_interpreter_exit_leaves_nothing_behind(tmp_path):
     script = tmp_path / "use_pools.py"
     script.write_text(EXIT_SCRIPT)
@@ -579,6 +582,7 @@ def test_unguarded_script_gets_one_clear_error(name, tmp_path):
     assert len(lines) <= 20, "\n".join(lines)  # one traceback, not one per worker
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_guarded_script_runs(tmp_path):
     body = UNGUARDED.split('print("the script')
     guarded = (
@@ -595,6 +599,7 @@ def test_guarded_script_runs(tmp_path):
         assert out == ["the script's own output", "finished (200, 3)"], out
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_unguarded_compiled_script_is_stopped_in_the_workers(tmp_path):
     """No source for the parent to read (a .pyc): each worker stops with one line."""
     _module("multiprocessing")
@@ -689,7 +694,7 @@ def _shm_in_use(pids) -> set[str]:
     return {"/dev/shm/" + p.split("/")[3] for p in out}  # a joblib folder, not its files
 
 
-@pytest.mark.parametrize("when", ["busy", "idle"])
+@pytest.mark.parametrize("when", ["busy", pytest.param("idle", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("name", "prefer"), [("multiprocessing", "-"), ("joblib", "processes")])
 def test_killed_parent_leaves_no_process_and_no_segment(name, prefer, when, tmp_path):
     _module(name)
