@@ -35,6 +35,12 @@ MODES = [  # (backend, extra options)
     pytest.param("joblib", {"prefer": "threads"}, id="joblib-threads"),
 ]
 PROCESS_MODES = MODES[:2]
+# the joblib process pool in the slow run only, where a case restarts pools (seconds each)
+MODES_QUICK = [
+    MODES[0],
+    pytest.param("joblib", {"prefer": "processes"}, id="joblib-processes", marks=pytest.mark.slow),
+    MODES[2],
+]
 pytestmark = pytest.mark.skipif(
     not (Path("/proc/self/stat").exists() and Path("/dev/shm").is_dir()),
     reason="these checks count processes in /proc and segments in /dev/shm (Linux)",
@@ -231,6 +237,7 @@ def test_knobs_do_not_change_the_answer(name, opts):
         assert backends.relative_error(out, ref) <= TOL, (n, chunks)
 
 
+@pytest.mark.slow  # nine pools of 1-3 workers; test_knobs_do_not_change_the_answer runs by default
 def test_results_depend_on_chunks_only_and_match_numba_parallel():
     """Bitwise the same for any worker count and pool kind; within 1e-13 of the threads."""
     from backends import numba_parallel
@@ -291,7 +298,7 @@ def test_joblib_large_inputs_travel_as_memory_maps():
 # lifetime: reuse, close, context manager, no growth
 
 
-@pytest.mark.parametrize(("name", "opts"), MODES)
+@pytest.mark.parametrize(("name", "opts"), MODES_QUICK)
 def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
     mod = _module(name)
     threads = opts.get("prefer") == "threads"
@@ -321,7 +328,7 @@ def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
         mod.close()  # idempotent
 
 
-@pytest.mark.parametrize(("name", "opts"), MODES)
+@pytest.mark.parametrize(("name", "opts"), MODES_QUICK)
 def test_session_and_backend_close(name, opts):
     mod = _module(name)
     base = children()
