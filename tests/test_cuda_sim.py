@@ -44,6 +44,12 @@ CASES = [
     ("random", 6, "float64", 0.0, 1.0, 1),
     ("random", 33, "float64", 0.0, 1.0, 32),
     ("random", 33, "float32", 0.01, 1.0, 5),
+    # float32 at any scale: positions of 1e-13 raised a false FloatingPointError, of 1e13 or
+    # a softening of 1e15 gave zeros (power-of-two scaling, or float64 where float32 fails)
+    ("tiny", 20, "float32", 0.0, 1.0, None),
+    ("huge", 20, "float32", 0.0, 1.0, None),
+    ("random", 20, "float32", 1e15, 1.0, None),
+    ("random", 20, "float32", 1e40, 1.0, None),
 ]
 
 
@@ -62,6 +68,8 @@ def _system(kind, n):
         return m, x
     if kind == "far":
         return random_system(n, seed=n + 2, offset=1e6)
+    if kind in ("tiny", "huge"):
+        return random_system(n, seed=n + 3, spread=1e-13 if kind == "tiny" else 1e20)
     raise AssertionError(kind)
 
 
