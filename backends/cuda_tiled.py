@@ -119,14 +119,6 @@ def _kernel(m, x, G, softening, tile, precision):
     return out
 
 
-def _check_float32_range(inp) -> None:
-    big = float(np.finfo(np.float32).max)
-    for arr, name in ((inp.masses, "masses"), (inp.positions, "positions")):
-        if arr.size and np.abs(arr).max() > big:
-            raise ValueError(f"{name} exceed the float32 range; use precision='float64'")
-    # a softening beyond float32 is scaled, or computed in float64 (see _scaled32)
-
-
 def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64", tile=None) -> np.ndarray:
     """Gravitational accelerations with a tiled numba-cuda kernel on an NVIDIA GPU.
 
@@ -167,6 +159,4 @@ def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64", tile=
         raise BackendUnavailableError(reason)
     if tile is None:
         tile = SIMULATOR_TILE if simulating() else DEFAULT_TILE
-    if precision == "float32":
-        _check_float32_range(inp)
     return evaluate("cuda", inp, _kernel, int(tile), precision)

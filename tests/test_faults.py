@@ -254,6 +254,9 @@ def test_jax_block_is_refused_with_its_cost_when_it_cannot_fit():
 # --- float32: the float64 answer to FLOAT32_TOLERANCE, or float64's own error; never NaN -----
 
 FLOAT32 = [name for name in ALL if "float32" in backends.precisions(name)]
+# float32 with hi + lo coordinates and the float64 repair of close rows (cuda keeps plain float32
+# coordinates: a partner closer than ~1e-3 of the extent is beyond it, as docs/jax_cuda.md says)
+FLOAT32_SPLIT = [name for name in FLOAT32 if name != "cuda"]
 
 
 def _float32_matches_float64(b, m, x, softening=0.0, label=""):
@@ -288,7 +291,7 @@ def _wide(n, decades, seed):
     return rng.random(n) + 0.01, sign * 10.0 ** rng.uniform(-decades, decades, (n, 3))
 
 
-@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("name", FLOAT32_SPLIT)
 @pytest.mark.parametrize("decades", [4, 8, 12, 20, 40, 140])
 def test_float32_on_a_system_spanning_many_decades(name, decades):
     b = _usable(name)
@@ -297,7 +300,7 @@ def test_float32_on_a_system_spanning_many_decades(name, decades):
         _float32_matches_float64(b, m, x, 0.0, f"1e-{decades} to 1e{decades}, seed {seed}")
 
 
-@pytest.mark.parametrize("name", FLOAT32)
+@pytest.mark.parametrize("name", FLOAT32_SPLIT)
 def test_float32_tight_binaries_in_a_cluster(name):
     b = _usable(name)
     m, x = backends.benchmark_system(300, seed=5)
