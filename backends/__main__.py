@@ -11,7 +11,9 @@ import sys
 
 #: Commands with a module of their own: name -> "module:function" taking ``argv`` (the
 #: arguments after the command's name) and returning the exit status.
-_COMMANDS: dict[str, str] = {}
+_COMMANDS: dict[str, str] = {
+    "drift": "backends.drift:main",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backends",
         description="Measure every N-body backend on this machine.",
+        epilog="more commands: drift (a leapfrog run with every backend: energy and momentum "
+        "conservation; python -m backends drift --help)",
     )
     sub = parser.add_subparsers(dest="command", metavar="{compare,list}")
     sub.required = True
@@ -297,6 +299,16 @@ def _check_output(parser, option: str, path: str | None, seen: dict[str, str]) -
     if key in seen:
         parser.error(f"{option} and {seen[key]} are the same file {path!r}")
     seen[key] = option
+
+
+def check_plot(parser, path: str | None) -> None:
+    """Check ``--plot``: a .png, .svg or .pdf name, and matplotlib installed."""
+    if path is None:
+        return
+    if Path(path).suffix.lower() not in (".png", ".svg", ".pdf"):
+        parser.error(f"--plot {path!r}: the file name must end in .png, .svg or .pdf")
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib, not installed: pip install 'nbody-backends[plot]'")
 
 
 def _open_for_writing(path: Path) -> str | None:
@@ -593,13 +605,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     seen: dict[str, str] = {}
     for option in ("json", "csv", "plot"):
         _check_output(parser, f"--{option}", getattr(args, option), seen)
-    if args.plot is not None:
-        if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
-            parser.error(f"--plot {args.plot!r}: the file name must end in .png, .svg or .pdf")
-        if importlib.util.find_spec("matplotlib") is None:
-            parser.error(
-                "--plot needs matplotlib, not installed: pip install 'nbody-backends[plot]'"
-            )
+    check_plot(parser, args.plot)
     if args.threads is not None:
         import numba  # the limit is numba's (NUMBA_NUM_THREADS, the cores by default)
 

@@ -86,7 +86,8 @@ class Row:
 class Progress:
     """Progress on stderr: one live line on a terminal, a line per step otherwise, or nothing."""
 
-    def __init__(self, quiet: bool, stream=None) -> None:
+    def __init__(self, quiet: bool, stream=None, name: str = "compare") -> None:
+        self.name = name  # the prefix of the lines written off a terminal
         self.stream = sys.stderr if stream is None else stream
         isatty = getattr(self.stream, "isatty", lambda: False)()
         self.mode = "off" if quiet else ("live" if isatty else "lines")
@@ -100,7 +101,7 @@ class Progress:
                 width = 80  # a size of 0 means unknown (a bare pty)
             self.stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
         elif self.mode == "lines" and not detail:
-            self.stream.write(f"compare: {text}\n")
+            self.stream.write(f"{self.name}: {text}\n")
         else:
             return
         self.stream.flush()
