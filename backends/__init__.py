@@ -68,6 +68,9 @@ class _Spec:
     precisions: tuple[str, ...] = ("float64",)  # values its ``precision=`` option accepts
     exact: bool = True  # direct summation (to rounding); False: an approximate method
     python: tuple[int, int] = (3, 10)  # the oldest Python its dependencies have releases for
+    # options that can select an approximate method of an exact backend (mpi's
+    # algorithm="tree"): with one of them given, its module's tolerance(**options) decides
+    approximate_with: tuple[str, ...] = ()
 
 
 # The registry: name -> where the implementation lives. Nothing here is imported until used.
@@ -118,6 +121,7 @@ _REGISTRY: dict[str, _Spec] = {
         "Reduce_scatter, or a symmetric half-ring with algorithm=ring",
         requires=("mpi4py", "numba"),  # the ranks run the compiled pair kernel
         extra="mpi",
+        approximate_with=("algorithm",),  # algorithm="tree": the distributed tree
     ),
     "multiprocessing": _Spec(
         "backends.multiprocessing_shm:accel",
@@ -221,7 +225,9 @@ def tolerance(name: str, **options) -> float:
     Exact backends declare ``1e-12`` in float64 (direct summation, exact to rounding) and
     ``FLOAT32_TOLERANCE`` (1e-4) with ``precision="float32"``; an approximate backend's
     bound comes from its module's ``tolerance(**options)`` (its settings, e.g. ``theta=`` or
-    ``eps=``; options that do not change the bound are ignored). The error metric is the
+    ``eps=``; options that do not change the bound are ignored), and so does that of an
+    exact backend given an option that can select an approximate method (``mpi`` with
+    ``algorithm=``: ``"tree"`` declares the tree's bound). The error metric is the
     project's per-particle relative error (:func:`relative_error` is its max); the bound is
     on its root mean square over the particles.
 
@@ -246,7 +252,7 @@ def tolerance(name: str, **options) -> float:
     """
     spec = _spec(name)
     precision = _check_precision(options.get("precision", "float64"), name)
-    if spec.exact:
+    if spec.exact and not any(key in options for key in spec.approximate_with):
         return EXACT_TOLERANCE if precision == "float64" else FLOAT32_TOLERANCE
     if len(spec.precisions) < 2:
         options.pop("precision", None)

@@ -34,7 +34,17 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["FM", "LEVELS", "NF", "Octree", "build", "moments", "morton_keys", "prepare"]
+__all__ = [
+    "FM",
+    "LEVELS",
+    "NF",
+    "Octree",
+    "build",
+    "key_grid",
+    "moments",
+    "morton_keys",
+    "prepare",
+]
 
 FM = {"reassoc", "contract", "afn", "arcp", "nsz"}  #: fast-math flags of the tree kernels
 LEVELS = 21  #: Morton levels: 21 bits per axis, 63-bit keys
@@ -292,7 +302,17 @@ def mass_scale(m: np.ndarray) -> float:
     return 2.0 ** -math.frexp(mmax)[1] if mmax > 0.0 else 1.0
 
 
-def prepare(m, x, s, leaf_size, quadrupole, lo=None, hi=None) -> Octree:
+def key_grid(lo, hi) -> tuple[np.ndarray, float]:
+    """Return the Morton grid over the box ``[lo, hi]``: its corner and keys per unit length.
+
+    ``morton_keys(x, *key_grid(lo, hi))`` are the keys :func:`prepare` gives with that box.
+    """
+    lo = np.ascontiguousarray(lo, dtype=np.float64)
+    half = float(np.max(0.5 * np.asarray(hi, dtype=np.float64) - 0.5 * lo))
+    return lo, (float(1 << LEVELS) / half if half > 0.0 else 0.0)
+
+
+def prepare(m, x, s, leaf_size, quadrupole, lo=None, hi=None, ms=None) -> Octree:
     """Sort ``N >= 1`` particles by Morton key and build their octree with moments.
 
     Parameters
@@ -308,6 +328,9 @@ def prepare(m, x, s, leaf_size, quadrupole, lo=None, hi=None) -> Octree:
     lo, hi : (3,) ndarray of float64, optional
         The box the keys are taken on (default: the particles' bounding box). A box shared
         by several processes gives them keys on one common grid.
+    ms : float, optional
+        Power of two the masses are multiplied by (default :func:`mass_scale` of ``m``); one
+        value shared by several processes puts their moments on one scale.
 
     Returns
     -------
@@ -317,13 +340,11 @@ def prepare(m, x, s, leaf_size, quadrupole, lo=None, hi=None) -> Octree:
         lo = x.min(axis=0)
     if hi is None:
         hi = x.max(axis=0)
-    lo = np.ascontiguousarray(lo, dtype=np.float64)
-    half = float(np.max(0.5 * np.asarray(hi) - 0.5 * lo))
-    ks = float(1 << LEVELS) / half if half > 0.0 else 0.0
+    lo, ks = key_grid(lo, hi)
     keys = morton_keys(x, lo, ks)
     order = np.argsort(keys)
     keys = keys[order]
-    ms = mass_scale(m)
+    ms = mass_scale(m) if ms is None else float(ms)
     p = sorted_soa(m, x, order, s, ms)
     start, end, child, nchild = build(keys, leaf_size)
     f = moments(p, start, end, child, nchild, np.flatnonzero(nchild == 0), quadrupole)

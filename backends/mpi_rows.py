@@ -1,6 +1,6 @@
-"""Backend ``mpi``: the kernel shared among MPI ranks (mpi4py), each pair computed once.
+"""Backend ``mpi``: the kernel shared among MPI ranks (mpi4py), each pair once, or a tree.
 
-Both algorithms compute every pair of particles exactly once across all ranks (Newton's
+Both exact algorithms compute every pair of particles exactly once across all ranks (Newton's
 third law), with the symmetric block kernel :func:`backends._pair_kernel.pair_block` that
 ``numba_parallel`` and the process pools use, so ranks, threads and processes do the same
 arithmetic and differ only in how they hand out block pairs and add up partial forces.
@@ -65,6 +65,11 @@ raises an error on all ranks (the faulty ones raise their own, precise error) in
 leaving the others waiting in a collective forever. The ring's point-to-point messages use
 tags 0 to P on ``comm``.
 
+``"tree"`` (approximate)
+    The Barnes-Hut tree distributed over the ranks: a work-balanced Morton decomposition
+    (parallel sample sort), local trees and locally essential trees, ``tree``'s group walk;
+    options ``theta=`` and ``quadrupole=`` as in ``tree``. See :mod:`backends.mpi_tree`.
+
 After each call, :data:`last_traffic` holds this rank's bulk communication of that call:
 ``messages`` and ``bytes`` sent (point-to-point messages as sent; each collective counted as
 a bandwidth-optimal algorithm moves it: P - 1 messages and (P - 1)/P of the vector; the
@@ -88,14 +93,17 @@ from backends.numba_parallel import accel_block
 
 __all__ = [
     "ALGORITHMS",
+    "EXACT_ALGORITHMS",
     "accel",
     "accel_local",
     "default_threads_per_rank",
     "last_traffic",
     "partition",
+    "tolerance",
 ]
 
-ALGORITHMS = ("allgather", "ring")
+ALGORITHMS = ("allgather", "ring", "tree")
+EXACT_ALGORITHMS = ("allgather", "ring")  #: direct summation, each pair once
 
 #: This rank's bulk communication in the last call: ``{"messages": int, "bytes": int}``.
 last_traffic = {"messages": 0, "bytes": 0}
@@ -553,6 +561,37 @@ def _ring_full(m, x, G, softening, comm, threads):
     return out
 
 
+def _tree_options(algorithm, theta, quadrupole) -> dict:
+    """``theta``/``quadrupole`` for the tree (None: its defaults); an error for the others."""
+    if algorithm != "tree":
+        if theta is not None or quadrupole is not None:
+            raise ValueError(
+                f"theta and quadrupole apply to algorithm='tree' only; got algorithm={algorithm!r}"
+            )
+        return {}
+    options = {}
+    if theta is not None:
+        options["theta"] = theta
+    if quadrupole is not None:
+        options["quadrupole"] = quadrupole
+    return options
+
+
+def tolerance(*, algorithm="allgather", theta=None, quadrupole=None, **_) -> float:
+    """Return the declared rms error bound of ``accel`` with these options.
+
+    ``1e-12`` for the exact algorithms (direct summation, exact to rounding); for
+    ``"tree"``, ``tree``'s bound at the same ``theta`` and ``quadrupole``
+    (:func:`backends.tree_barnes_hut.tolerance`).
+    """
+    options = _tree_options(_check_algorithm(algorithm), theta, quadrupole)
+    if algorithm != "tree":
+        return 1e-12
+    from backends import mpi_tree
+
+    return mpi_tree.tolerance(**options)
+
+
 def _kernel(m, x, G, softening, comm, algorithm, threads):
     if algorithm == "allgather":
         return _allgather(m, x, G, softening, comm, threads)
@@ -571,6 +610,8 @@ def accel(
     comm=None,
     algorithm="allgather",
     threads_per_rank=None,
+    theta=None,
+    quadrupole=None,
 ):
     """Gravitational accelerations computed by all ranks of ``comm``; every rank gets all.
 
@@ -589,31 +630,41 @@ def accel(
     comm : mpi4py.MPI.Intracomm, optional
         The ranks that share the work; default ``MPI.COMM_WORLD`` (a single rank when run
         without ``mpiexec``).
-    algorithm : {"allgather", "ring"}, optional
+    algorithm : {"allgather", "ring", "tree"}, optional
         ``"allgather"``: each rank computes a balanced share of the triangle of pairs from
         all N particles, partial forces summed by ``Reduce_scatter``. ``"ring"``: each rank
         uses only its N/P particles and blocks travel half way round with their forces (see
         the module docstring); with full arrays given here this saves no memory, see
-        :func:`accel_local` for that.
+        :func:`accel_local` for that. ``"tree"``: the distributed Barnes-Hut tree
+        (approximate, :func:`backends.mpi_tree.accel`).
     threads_per_rank : int, optional
         Numba threads each rank uses for its share; default
         :func:`default_threads_per_rank` (the rank's cores split evenly among the ranks on
         its node, never oversubscribing).
+    theta, quadrupole : optional
+        ``tree``'s options, for ``algorithm="tree"`` only (default: ``tree``'s defaults).
 
     Returns
     -------
     (N, 3) ndarray of float64
-        The same full result on every rank.
+        The same full result on every rank (for ``"tree"`` within :func:`tolerance`).
 
     Raises
     ------
     TypeError, ValueError
         Invalid arguments, raised on every rank (after one collective agreement).
     """
+    if algorithm == "tree":
+        from backends import mpi_tree
+
+        return mpi_tree.accel(masses, positions, G, softening=softening, comm=comm,
+                              threads_per_rank=threads_per_rank,
+                              **_tree_options(algorithm, theta, quadrupole))  # fmt: skip
     comm = _check_comm(comm)
     error = inp = None
     try:
         algorithm = _check_algorithm(algorithm)
+        _tree_options(algorithm, theta, quadrupole)
         threads = _check_threads(threads_per_rank)
         inp = validate(masses, positions, G, softening)
     except Exception as exc:  # re-raised below, after every rank has heard of it
@@ -632,9 +683,18 @@ def accel(
 
 
 def accel_local(
-    masses, positions, G=1.0, *, softening=0.0, comm=None, threads_per_rank=None
+    masses,
+    positions,
+    G=1.0,
+    *,
+    softening=0.0,
+    comm=None,
+    threads_per_rank=None,
+    algorithm="ring",
+    theta=None,
+    quadrupole=None,
 ) -> np.ndarray:
-    """Ring algorithm on local slices: each rank passes and gets only its own particles.
+    """Ring (or tree) algorithm on local slices: each rank passes and gets only its own particles.
 
     The system is the concatenation of every rank's slice in rank order. Each rank's memory
     stays O(N/P) (its own block plus two travelling blocks of the largest slice), so systems
@@ -655,6 +715,11 @@ def accel_local(
         Default ``MPI.COMM_WORLD``.
     threads_per_rank : int, optional
         Numba threads for this rank's share; default :func:`default_threads_per_rank`.
+    algorithm : {"ring", "tree"}, optional
+        ``"tree"``: the distributed Barnes-Hut tree on local slices
+        (:func:`backends.mpi_tree.accel_local`, approximate, O(N/P + LET) memory per rank).
+    theta, quadrupole : optional
+        ``tree``'s options, for ``algorithm="tree"`` only.
 
     Returns
     -------
@@ -668,9 +733,18 @@ def accel_local(
     FloatingPointError
         The result overflowed float64 on any rank (raised on every rank).
     """
+    if algorithm == "tree":
+        from backends import mpi_tree
+
+        return mpi_tree.accel_local(masses, positions, G, softening=softening, comm=comm,
+                                    threads_per_rank=threads_per_rank,
+                                    **_tree_options(algorithm, theta, quadrupole))  # fmt: skip
     comm = _check_comm(comm)
     error = inp = None
     try:
+        if algorithm != "ring":
+            raise ValueError(f"accel_local's algorithm must be 'ring' or 'tree'; got {algorithm!r}")
+        _tree_options(algorithm, theta, quadrupole)
         threads = _check_threads(threads_per_rank)
         inp = validate(masses, positions, G, softening)
     except Exception as exc:  # re-raised below, after every rank has heard of it

@@ -25,7 +25,22 @@ writes ``masses``, ``positions`` and ``accelerations`` (a valid ``--input`` file
 
 With ``--algorithm ring`` each rank holds only its own block of the particles: a generated
 system is produced block by block (the same numbers as generating it whole), an ``--input``
-file is read whole and cut to the rank's block. Memory is reported per rank (max over ranks):
+file is read whole and cut to the rank's block.
+
+With ``--algorithm tree`` (the distributed Barnes-Hut tree, :mod:`backends.mpi_tree`;
+``--theta``, ``--quadrupole``) no rank ever holds all N particles: each rank generates its
+block, or reads only its block of rows from the ``--input`` file, then the particles move to
+their owners in the tree's domain decomposition (:func:`backends.mpi_tree.distribute`) and
+stay there, as in a simulation; after the warm-up call they are redistributed once more by
+the work it measured, and the timed calls are :func:`backends.mpi_tree.accel_local` on the
+particles each rank owns. ``--check`` then compares ``--check-rows`` sampled rows (default
+1000) with exact summation (each rank sums its own particles' share, ``Reduce``), and the
+JSON object adds ``error_rms``, ``bound`` (``tree``'s declared rms bound), ``check_rows``,
+``theta``, ``quadrupole``, the LET received per rank (``let_nodes``, ``let_particles``,
+``let_bytes``, max over ranks), ``load_imbalance`` (max/mean of the interaction counts over
+the ranks), ``particles_per_rank``, ``distribute_bytes_per_rank`` (the initial exchange)
+and ``phase_seconds`` (the slowest rank's seconds per phase). ``--output`` gathers the whole
+result on rank 0. Memory is reported per rank (max over ranks):
 ``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (the peak of
 the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, from loading the
 data through the warm-up evaluation; the compiled kernel's own (T, 3) result block is not
@@ -55,6 +70,8 @@ import zipfile
 import numpy as np
 
 from backends._contract import interactions, relative_error, validate
+
+ALGORITHMS = ("allgather", "ring", "tree")
 
 _CHUNK = 1024  # rows generated at a time for a block of a random system
 
@@ -95,12 +112,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--softening", type=float, default=0.0, help="Plummer softening (>= 0)")
     p.add_argument(
         "--algorithm",
-        choices=("allgather", "ring"),
+        choices=ALGORITHMS,
         default="allgather",
         help="allgather: every rank holds all particles and computes a balanced share of the "
         "pairs, partial forces summed with Reduce_scatter; ring: every rank holds only its "
         "N/P particles, blocks travel half way round the ring carrying their forces (O(N/P) "
-        "memory per rank). Both compute each pair once",
+        "memory per rank). Both compute each pair once. tree: the Barnes-Hut tree over the "
+        "ranks (approximate; Morton domains balanced by work, locally essential trees)",
+    )
+    p.add_argument("--theta", type=float, help="opening angle of --algorithm tree (default 0.5)")
+    p.add_argument(
+        "--quadrupole", action="store_true", help="quadrupole moments (--algorithm tree)"
+    )
+    p.add_argument(
+        "--check-rows",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="rows sampled by --check for --algorithm tree (all rows if N <= K)",
     )
     p.add_argument(
         "--threads-per-rank",
@@ -110,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
         "the ranks on its node, at least 1: never oversubscribed unless asked for)",
     )
     p.add_argument("--repeat", type=int, default=5, help="timed evaluations after a warm-up")
-    p.add_argument("--check", action="store_true", help="error against numba_parallel")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="error against numba_parallel (tree: --check-rows sampled rows against exact "
+        "summation, with the rms error and the declared bound)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--fail-rank", type=int, help=argparse.SUPPRESS)  # test hook
     return p
@@ -130,6 +164,18 @@ def _parse(argv) -> argparse.Namespace:
         raise UsageError(f"--repeat must be >= 1; got {args.repeat}")
     if args.threads_per_rank is not None and args.threads_per_rank < 1:
         raise UsageError(f"--threads-per-rank must be >= 1; got {args.threads_per_rank}")
+    if args.algorithm != "tree" and (args.theta is not None or args.quadrupole):
+        raise UsageError("--theta and --quadrupole apply to --algorithm tree only")
+    if args.check_rows < 1:
+        raise UsageError(f"--check-rows must be >= 1; got {args.check_rows}")
+    if args.algorithm == "tree":
+        from backends.tree_barnes_hut import DEFAULT_THETA, _check_options
+
+        args.theta = DEFAULT_THETA if args.theta is None else args.theta
+        try:
+            _check_options(args.theta, False, 1)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--{exc}") from None
     try:
         validate(np.empty(0), np.empty((0, 3)), args.G, args.softening)
     except (TypeError, ValueError) as exc:
@@ -235,6 +281,8 @@ def _run(args, comm) -> dict:
     rank, ring = comm.Get_rank(), args.algorithm == "ring"
     default_threads = args.threads_per_rank is None
     threads = mpi_rows.default_threads_per_rank(comm) if default_threads else args.threads_per_rank
+    if args.algorithm == "tree":
+        return _run_tree(args, comm, threads, default_threads)
     # compile (or load from the cache) before tracing: the row kernel of the exact path and
     # the task runner of this thread count
     accel_block(np.zeros((1, 3)), np.ones(2), np.eye(2, 3), 1.0, 0.0)
@@ -268,14 +316,7 @@ def _run(args, comm) -> dict:
     array_peak_bytes = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 
-    times, cpu_times = [], []
-    for _ in range(args.repeat):
-        comm.Barrier()
-        t0, c0 = MPI.Wtime(), time.process_time()
-        result = evaluate()
-        spent = (MPI.Wtime() - t0, time.process_time() - c0)
-        times.append(comm.allreduce(spent[0], op=MPI.MAX))
-        cpu_times.append(comm.allreduce(spent[1], op=MPI.MAX))
+    result, times, cpu_times = _time(evaluate, comm, args.repeat)
 
     if ring and (args.check or args.output):  # assemble the full result on rank 0
         counts, displs = mpi_rows.partition(n, comm.Get_size())
@@ -337,6 +378,299 @@ def _run(args, comm) -> dict:
     }
 
 
+def _time(evaluate, comm, repeat: int):
+    """``repeat`` timed calls, all ranks starting together: (last result, seconds, CPU s)."""
+    from mpi4py import MPI
+
+    times, cpu_times = [], []
+    result = None
+    for _ in range(repeat):
+        comm.Barrier()
+        t0, c0 = MPI.Wtime(), time.process_time()
+        result = evaluate()
+        spent = (MPI.Wtime() - t0, time.process_time() - c0)
+        times.append(comm.allreduce(spent[0], op=MPI.MAX))
+        cpu_times.append(comm.allreduce(spent[1], op=MPI.MAX))
+    return result, times, cpu_times
+
+
+# ---------------------------------------------------------------- --algorithm tree
+
+
+def _npz_arrays(path: str) -> dict:
+    """``{name: (shape, fortran_order, dtype, data offset)}`` of ``masses`` and ``positions``.
+
+    Reads only the archive's directory and the two arrays' headers (UsageError: one line).
+    """
+    try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+        if not is_zip:
+            raise UsageError(f"--input {path}: not an .npz archive (a zip of .npy arrays)")
+        with zipfile.ZipFile(path) as zf:
+            names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+            missing = [k for k in ("masses", "positions") if k not in names]
+            if missing:
+                raise UsageError(
+                    f"--input {path}: no array {', '.join(missing)} (found: "
+                    f"{', '.join(names) or 'none'})"
+                )
+            out = {}
+            for name in ("masses", "positions"):
+                with zf.open(name + ".npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = read(f)
+                    out[name] = (shape, fortran, dtype, f.tell())
+    except UsageError:
+        raise
+    except Exception as exc:  # unreadable, truncated, corrupt, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"--input {path}: cannot read it: {reason}") from None
+    for name, (_, _, dtype, _) in out.items():
+        if dtype.hasobject:
+            raise UsageError(
+                f"--input {path}: cannot read it: {name} holds Python objects (pickled), which "
+                "cannot be loaded with allow_pickle=False"
+            )
+    shapes = [np.broadcast_to(np.zeros((), out[k][2]), out[k][0]) for k in out]
+    try:  # the contract's messages for dtype and shape, without reading any data
+        if len(out["positions"][0]) != 2 or out["positions"][0][1:] != (3,):
+            validate(*shapes)
+        if len(out["masses"][0]) != 1 or out["masses"][0][0] != out["positions"][0][0]:
+            validate(*shapes)
+        validate(shapes[0][:0], shapes[1][:0])
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--input {path}: {exc}") from None
+    return out
+
+
+def _read_rows(path: str, header: dict, lo: int, hi: int):
+    """Rows ``lo:hi`` of ``masses`` and ``positions`` of an .npz, reading only those rows."""
+    arrays = []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in ("masses", "positions"):
+                shape, fortran, dtype, offset = header[name]
+                width = 1 if len(shape) == 1 else 3
+                cols = []
+                # C order: rows are contiguous; Fortran order: read each column's rows
+                for k in range(width if fortran and width > 1 else 1):
+                    with zf.open(name + ".npy") as f:
+                        step = dtype.itemsize * (1 if fortran and width > 1 else width)
+                        start = offset + (k * shape[0] * dtype.itemsize if fortran else 0)
+                        f.seek(start + lo * step)
+                        data = f.read((hi - lo) * step)
+                    if len(data) != (hi - lo) * step:
+                        raise ValueError(f"{name}: the file ends early")
+                    cols.append(np.frombuffer(data, dtype=dtype))
+                block = np.stack(cols, axis=1) if len(cols) > 1 else cols[0]
+                arrays.append(block.reshape(hi - lo, width) if width > 1 else block)
+    except Exception as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"--input {path}: cannot read it: {reason}") from None
+    m, x = arrays
+    for arr, name in ((m, "masses"), (x, "positions")):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            got = float(arr[tuple(bad)])
+            where = ", ".join(str(int(k) + (lo if i == 0 else 0)) for i, k in enumerate(bad))
+            raise UsageError(
+                f"--input {path}: {name} must be finite; got {got!r} at index [{where}]"
+            )
+    inp = validate(m, x)
+    return inp.masses, inp.positions
+
+
+def _load_block(args, comm):
+    """``n, masses, positions, ids`` of this rank's block of rows (generated or read)."""
+    from backends.mpi_rows import partition
+
+    header = None
+    if args.input is not None:
+        header = _npz_arrays(args.input)
+        n = int(header["masses"][0][0])
+    else:
+        n = args.n
+    counts, displs = partition(n, comm.Get_size())
+    lo = int(displs[comm.Get_rank()])
+    hi = lo + int(counts[comm.Get_rank()])
+    if header is None:
+        m, x = _generate_block(n, args.seed, lo, hi)
+    else:
+        m, x = _read_rows(args.input, header, lo, hi)
+    return n, m, x, np.arange(lo, hi, dtype=np.float64).reshape(-1, 1)
+
+
+def _sample_rows(n: int, k: int, seed: int) -> np.ndarray:
+    """``min(n, k)`` distinct sorted row indices, the same on every rank.
+
+    The rows ``compare`` samples with the same seed and count (O(k) memory for k << n).
+    """
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def _particle_errors(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per-particle relative errors by the project's metric (its max is relative_error)."""
+    diff = np.linalg.norm(a - ref, axis=-1)
+    norm = np.linalg.norm(ref, axis=-1)
+    scale = norm.max() if norm.size else 0.0
+    return diff / np.where(norm > 0.0, norm, scale if scale > 0.0 else 1.0)
+
+
+def _check_tree(args, comm, n, m, x, ids, result):
+    """Compare sampled rows with exact summation over every rank's particles (rank 0)."""
+    from mpi4py import MPI
+
+    from backends.numba_parallel import accel_block
+
+    rows = _sample_rows(n, args.check_rows, args.seed + 1)
+    gid = ids[:, 0].astype(np.int64)
+    mine = np.isin(gid, rows)
+    parts = comm.gather((gid[mine], x[mine], result[mine]), root=0)
+    xs = a = None
+    if comm.Get_rank() == 0:
+        g = np.concatenate([p[0] for p in parts])
+        order = np.argsort(g)
+        xs = np.ascontiguousarray(np.concatenate([p[1] for p in parts])[order])
+        a = np.concatenate([p[2] for p in parts])[order]
+    xs = comm.bcast(xs, root=0)
+    part = np.zeros((xs.shape[0], 3))
+    if m.shape[0]:
+        part = accel_block(xs, m, np.ascontiguousarray(x), args.G, args.softening)
+    exact = np.empty_like(part) if comm.Get_rank() == 0 else None
+    comm.Reduce(part, exact, op=MPI.SUM, root=0)
+    if comm.Get_rank() != 0:
+        return None, None, rows.size
+    errors = _particle_errors(a, exact)
+    rms = float(np.sqrt(np.mean(errors**2))) if errors.size else 0.0
+    return (float(errors.max()) if errors.size else 0.0), rms, int(rows.size)
+
+
+def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
+    """``--algorithm tree``: load blocks, distribute, warm up, redistribute, time, check."""
+    from mpi4py import MPI
+
+    from backends import mpi_rows, mpi_tree, tree_barnes_hut
+
+    rank = comm.Get_rank()
+    opts = {"theta": args.theta, "quadrupole": args.quadrupole, "threads_per_rank": threads}
+    tiny_m, tiny_x = np.ones(40), np.random.default_rng(0).standard_normal((40, 3))
+    mpi_tree.accel_local(tiny_m, tiny_x, comm=MPI.COMM_SELF, **opts)  # compile before tracing
+
+    tracemalloc.start()
+    problem = _check_output_path(args.output) if rank == 0 else None
+    n = 0
+    try:
+        n, m, x, ids = _load_block(args, comm)
+    except UsageError as exc:
+        problem = problem or str(exc)
+    _agree(comm, problem)
+    if args.fail_rank == rank:
+        raise RuntimeError(f"--fail-rank {rank}: this rank fails on purpose (test hook)")
+    m, x, ids = mpi_tree.distribute(m, x, ids, comm=comm, **opts)
+    distribute_bytes = mpi_rows.last_traffic["bytes"]
+    held = {"m": m, "x": x, "ids": ids}
+
+    def evaluate():
+        return mpi_tree.accel_local(held["m"], held["x"], args.G, softening=args.softening,
+                                    comm=comm, **opts)  # fmt: skip
+
+    try:
+        evaluate()  # warm-up; an overflow is raised on every rank alike
+    except FloatingPointError as exc:
+        raise UsageError(str(exc)) from None
+    # the owners by the work the warm-up measured: where a simulation keeps its particles
+    held["m"], held["x"], held["ids"] = mpi_tree.distribute(
+        held["m"], held["x"], held["ids"], comm=comm, **opts
+    )
+    particle_bytes = held["m"].nbytes + held["x"].nbytes
+    array_peak_bytes = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+
+    result, times, cpu_times = _time(evaluate, comm, args.repeat)
+    st = mpi_tree.last_stats
+    traffic = mpi_rows.last_traffic
+    mine = {
+        "rss": _peak_rss_bytes(),
+        "particle_bytes": particle_bytes,
+        "array_peak_bytes": array_peak_bytes,
+        "messages": traffic["messages"],
+        "bytes": traffic["bytes"],
+        "distribute_bytes": distribute_bytes,
+        "threads": threads,
+        "particles": int(held["m"].shape[0]),
+        "let_nodes": st.get("let_nodes", 0),
+        "let_particles": st.get("let_particles", 0),
+        "let_bytes": st.get("let_bytes", 0),
+        "seconds": st.get("seconds", {}),
+    }
+    error = error_rms = rows = None
+    if args.check:
+        error, error_rms, rows = _check_tree(args, comm, n, held["m"], held["x"], held["ids"],
+                                             result)  # fmt: skip
+    if args.output:
+        parts = comm.gather((held["ids"][:, 0], held["m"], held["x"], result), root=0)
+        if rank == 0:
+            order = np.argsort(np.concatenate([p[0] for p in parts]))
+            np.savez(
+                args.output,
+                masses=np.concatenate([p[1] for p in parts])[order],
+                positions=np.concatenate([p[2] for p in parts])[order],
+                accelerations=np.concatenate([p[3] for p in parts])[order],
+            )
+    gathered = comm.gather(mine, root=0)
+    if rank != 0:
+        return {}
+    best = min(times)
+    phases = sorted({k for g in gathered for k in g["seconds"]})
+    return {
+        "ranks": comm.Get_size(),
+        "n": n,
+        "algorithm": "tree",
+        "theta": args.theta,
+        "quadrupole": args.quadrupole,
+        "seconds": best,
+        "seconds_median": statistics.median(times),
+        "seconds_all": times,
+        "cpu_seconds": min(cpu_times),
+        "interactions_per_second": interactions(n) / best if best > 0 else 0.0,
+        "error": error,
+        "error_rms": error_rms,
+        "bound": tree_barnes_hut.tolerance(theta=args.theta, quadrupole=args.quadrupole),
+        "check_rows": rows,
+        "G": args.G,
+        "softening": args.softening,
+        "seed": None if args.input is not None else args.seed,
+        "peak_rss_bytes": max(g["rss"] for g in gathered),
+        "peak_rss_bytes_all": [g["rss"] for g in gathered],
+        "particle_bytes": max(g["particle_bytes"] for g in gathered),
+        "array_peak_bytes": max(g["array_peak_bytes"] for g in gathered),
+        "threads_per_rank": gathered[0]["threads"],
+        "threads_per_rank_all": [g["threads"] for g in gathered],
+        "threads_per_rank_default": default_threads,
+        "messages_per_rank": max(g["messages"] for g in gathered),
+        "bytes_per_rank": max(g["bytes"] for g in gathered),
+        "bytes_per_rank_all": [g["bytes"] for g in gathered],
+        "distribute_bytes_per_rank": max(g["distribute_bytes"] for g in gathered),
+        "particles_per_rank": [g["particles"] for g in gathered],
+        "let_nodes": max(g["let_nodes"] for g in gathered),
+        "let_particles": max(g["let_particles"] for g in gathered),
+        "let_bytes": max(g["let_bytes"] for g in gathered),
+        "load_imbalance": st.get("imbalance", 1.0),
+        "work_per_rank": st.get("work_all", []),
+        "phase_seconds": {k: max(g["seconds"].get(k, 0.0) for g in gathered) for k in phases},
+        "repeat": args.repeat,
+        "input": args.input,
+    }
+
+
 def _print_report(r: dict) -> None:
     mib = 2.0**20
     print(
@@ -357,7 +691,19 @@ def _print_report(r: dict) -> None:
         f"communication per rank and evaluation (max over ranks): {r['messages_per_rank']} "
         f"messages, {r['bytes_per_rank'] / mib:.3f} MiB"
     )
-    if r["error"] is not None:
+    if r["algorithm"] == "tree":
+        print(
+            f"tree: theta {r['theta']:g}{', quadrupoles' if r['quadrupole'] else ''}; LET "
+            f"received per rank (max): {r['let_nodes']} nodes, {r['let_particles']} particles, "
+            f"{r['let_bytes'] / mib:.3f} MiB; load imbalance (max/mean work) "
+            f"{r['load_imbalance']:.3f}; particles per rank {r['particles_per_rank']}"
+        )
+        if r["error"] is not None:
+            print(
+                f"error vs exact summation on {r['check_rows']} sampled rows: max "
+                f"{r['error']:.3e}, rms {r['error_rms']:.3e} (declared rms bound {r['bound']:.3g})"
+            )
+    elif r["error"] is not None:
         print(f"error vs numba_parallel: {r['error']:.3e} (max_i |a_i - ref_i| / |ref_i|)")
 
 

@@ -301,54 +301,67 @@ def _quadrupoles(mp, nm, xi, yi, zi, eps2):
     return ax, ay, az
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast):
-    """Sorted accelerations (scaled units, G = 1) of every particle, by the group walk."""
-    n = p.shape[1]
-    out = np.zeros((3, n))
-    t = min(theta, 1.0)
-    theta2 = t * t
-    e32 = np.float32(eps2)
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _group_accel(p, f, nodes, g, theta2, eps2, quadrupole, fast, out):
+    """Walk for group ``g`` and write its targets' accelerations into ``out`` (3, N).
+
+    One iteration of :func:`_evaluate` (steps 4-5 of the module docstring), shared with the
+    distributed tree (``backends.mpi_tree``), which walks a combined tree for its own groups
+    only. Returns ``(accepted nodes, direct source particles)`` of the group's shared lists.
+    """
     px = p[0]
     py = p[1]
     pz = p[2]
     pm = p[3]
-    for li in prange(groups.shape[0]):
-        g = groups[li]
-        mlist, nm, dlist, nd = _walk(g, f[g, 11:17], nodes, theta2)
-        # the accepted nodes' moments, relative to the group's centre, as float32 rows
-        gx = 0.5 * (f[g, 11] + f[g, 14])
-        gy = 0.5 * (f[g, 12] + f[g, 15])
-        gz = 0.5 * (f[g, 13] + f[g, 16])
-        mp = np.empty((10 if quadrupole else 4, nm), dtype=np.float32)
-        for k in range(nm):
-            q = mlist[k]
-            mp[0, k] = f[q, 1] - gx
-            mp[1, k] = f[q, 2] - gy
-            mp[2, k] = f[q, 3] - gz
-            mp[3, k] = f[q, 0]
+    e32 = np.float32(eps2)
+    mlist, nm, dlist, nd = _walk(g, f[g, 11:17], nodes, theta2)
+    # the accepted nodes' moments, relative to the group's centre, as float32 rows
+    gx = 0.5 * (f[g, 11] + f[g, 14])
+    gy = 0.5 * (f[g, 12] + f[g, 15])
+    gz = 0.5 * (f[g, 13] + f[g, 16])
+    mp = np.empty((10 if quadrupole else 4, nm), dtype=np.float32)
+    for k in range(nm):
+        q = mlist[k]
+        mp[0, k] = f[q, 1] - gx
+        mp[1, k] = f[q, 2] - gy
+        mp[2, k] = f[q, 3] - gz
+        mp[3, k] = f[q, 0]
+        if quadrupole:
+            for c in range(6):
+                mp[4 + c, k] = f[q, 5 + c]
+    for i in range(int(nodes[g, 4]), int(nodes[g, 5])):
+        xi = px[i]
+        yi = py[i]
+        zi = pz[i]
+        ax, ay, az = _direct(px, py, pz, pm, xi, yi, zi, dlist, nd, eps2, fast)
+        if nm > 0:
+            x32 = np.float32(xi - gx)
+            y32 = np.float32(yi - gy)
+            z32 = np.float32(zi - gz)
             if quadrupole:
-                for c in range(6):
-                    mp[4 + c, k] = f[q, 5 + c]
-        for i in range(int(nodes[g, 4]), int(nodes[g, 5])):
-            xi = px[i]
-            yi = py[i]
-            zi = pz[i]
-            ax, ay, az = _direct(px, py, pz, pm, xi, yi, zi, dlist, nd, eps2, fast)
-            if nm > 0:
-                x32 = np.float32(xi - gx)
-                y32 = np.float32(yi - gy)
-                z32 = np.float32(zi - gz)
-                if quadrupole:
-                    bx, by, bz = _quadrupoles(mp, nm, x32, y32, z32, e32)
-                else:
-                    bx, by, bz = _monopoles(mp, nm, x32, y32, z32, e32)
-                ax += np.float64(bx)
-                ay += np.float64(by)
-                az += np.float64(bz)
-            out[0, i] = ax
-            out[1, i] = ay
-            out[2, i] = az
+                bx, by, bz = _quadrupoles(mp, nm, x32, y32, z32, e32)
+            else:
+                bx, by, bz = _monopoles(mp, nm, x32, y32, z32, e32)
+            ax += np.float64(bx)
+            ay += np.float64(by)
+            az += np.float64(bz)
+        out[0, i] = ax
+        out[1, i] = ay
+        out[2, i] = az
+    sources = 0
+    for r in range(nd):
+        sources += dlist[2 * r + 1] - dlist[2 * r]
+    return nm, sources
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast):
+    """Sorted accelerations (scaled units, G = 1) of every particle, by the group walk."""
+    out = np.zeros((3, p.shape[1]))
+    t = min(theta, 1.0)
+    theta2 = t * t
+    for li in prange(groups.shape[0]):
+        _group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast, out)
     return out
 
 

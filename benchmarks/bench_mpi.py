@@ -9,7 +9,9 @@ than cores oversubscribe the machine: that is measured too, not hidden.
 ``MpiRun`` runs one thread per rank (what every rank did before threads per rank existed, so
 its history stays comparable); ``MpiHybrid`` compares the two layouts of a 2-core machine,
 2 ranks x 1 thread and 1 rank x 2 threads, for both algorithms (skipped at commits whose
-launcher has no ``threads_per_rank``).
+launcher has no ``threads_per_rank``). ``MpiTree`` tracks the distributed Barnes-Hut tree
+(``--algorithm tree``, default theta) at N = 200 000 on 1 and 2 ranks x 1 thread (skipped at
+commits whose ``mpi_run`` has no tree).
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def _launcher():
 
 def _has_threads(launch) -> bool:
     return "threads_per_rank" in inspect.signature(launch.run).parameters
+
+
+TREE_N = 512 if c.TINY else 200_000
+
+
+def _has_tree() -> bool:
+    try:
+        from backends import mpi_rows
+    except ImportError:
+        return False
+    return "tree" in getattr(mpi_rows, "ALGORITHMS", ())
 
 
 def run_job(ranks: int, n: int = N, repeat: int = REPEAT, **options) -> dict:
@@ -91,6 +104,26 @@ class MpiHybrid:
     def track_seconds(self, layout, algorithm):
         ranks, threads = map(int, layout.split("x"))
         record = run_job(ranks, threads_per_rank=threads, algorithm=algorithm)
+        return float(record["seconds"])
+
+    track_seconds.unit = "seconds"
+
+
+class MpiTree:
+    """Rank 0's seconds per evaluation of the distributed tree at N = 200 000, P x 1 thread."""
+
+    params = ([1, 2],)
+    param_names = ["ranks"]
+    rounds = 1
+    timeout = TIMEOUT + 60
+
+    def setup(self, ranks):
+        _launcher()
+        if not _has_tree():
+            raise NotImplementedError("no --algorithm tree at this commit")
+
+    def track_seconds(self, ranks):
+        record = run_job(ranks, TREE_N, threads_per_rank=1, algorithm="tree", check=False)
         return float(record["seconds"])
 
     track_seconds.unit = "seconds"

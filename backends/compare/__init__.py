@@ -25,6 +25,8 @@ Rules, all documented in the output and in ``docs/compare.md``:
 * ``mpi`` is run as ``mpiexec -n P python -m backends.mpi_run --check --json`` (one row
   per N; its error is rank 0's check against ``numba_parallel``); the
   in-process single-rank ``mpi`` backend is not timed, as it adds nothing to the serial rows.
+  With ``tree`` selected too, ``mpi_run --algorithm tree`` gives an ``mpi tree`` row after
+  ``tree``'s (approximate: its sampled rms error against ``tree``'s bound).
 * Checks: exact backends in float64 pass at max error <= ``--rtol``; in float32
   (``--precision``) at max error <= ``FLOAT32_TOLERANCE``; approximate backends
   (``backends.is_exact`` False) at rms error <= their module's ``tolerance(**options)``.

@@ -555,6 +555,10 @@ def _jobs(parser, args) -> list[Job]:
                 Job(name) if precision == "float64" else Job(name, {"precision": precision})
             )
         jobs += [j for j in extra if j.name == name]
+    if MPI in args.selected and any(j.name == "tree" and not j.options for j in jobs):
+        # the distributed tree beside the one-process tree (mpi_run --algorithm tree)
+        at = max(i for i, j in enumerate(jobs) if j.name == "tree") + 1
+        jobs.insert(at, Job(MPI, {"algorithm": "tree"}))
     for job in extra:
         if job.name not in args.selected:
             reason = args.not_run.get(job.name) or _probe(job.name)[0]

@@ -132,7 +132,7 @@ class Runner:
         """Every selected backend at every N, then the derived columns."""
         for job in self.args.jobs:
             if job.name == MPI:
-                self._run_mpi()
+                self._run_mpi(job.options.get("algorithm"))
             else:
                 self._run_backend(job)
         python = any(j.name == "python" and not j.options for j in self.args.jobs)
@@ -306,19 +306,22 @@ class Runner:
 
     # -- the mpiexec row
 
-    def _run_mpi(self) -> None:
+    def _run_mpi(self, algorithm: str | None = None) -> None:
         """One ``mpiexec`` job per N (each job is its own first call)."""
         ranks, threads = self.args.mpi_ranks, self.args.mpi_threads_per_rank
         previous: Row | None = None
         mine: list[Row] = []
         for n in self.args.n:
-            row = Row(MPI, mpi_label(ranks, threads), n, "ok", ranks=ranks)
+            row = Row(MPI, mpi_label(ranks, threads, algorithm), n, "ok", ranks=ranks)
+            row.exact = algorithm != "tree"
+            if algorithm:
+                row.options = {"algorithm": algorithm}
             row.threads_per_rank = threads or 1  # None: this mpi_run's ranks are serial
             mine.append(row)
             self.rows.append(row)
             if self._skip(row, previous):
                 continue
-            self._mpi_job(row, _predict(previous, n))
+            self._mpi_job(row, _predict(previous, n), algorithm)
             previous = row if row.status == "ok" else previous
         docs = [r.mpi_run for r in mine if r.mpi_run]
         if docs:  # what the job reports it ran, the same for every N
@@ -326,7 +329,7 @@ class Runner:
                 r.threads_per_rank = _reported_threads(docs[-1]) or r.threads_per_rank
                 r.label = mpi_label(ranks, r.threads_per_rank, docs[-1].get("algorithm"))
 
-    def _mpi_job(self, row: Row, guess: float | None) -> None:
+    def _mpi_job(self, row: Row, guess: float | None, algorithm: str | None = None) -> None:
         """Run the job for ``row`` and fill it from mpi_run's JSON."""
         args = self.args
         # the same budget as in-process backends: fewer calls where they are predicted slow
@@ -337,6 +340,8 @@ class Runner:
             extra = {}
             if args.mpi_threads_per_rank is not None:  # only where mpi_run has the option
                 extra["threads_per_rank"] = args.mpi_threads_per_rank
+            if algorithm is not None:
+                extra["algorithm"] = algorithm
             doc, wall = _mpi_launch.run(
                 args.mpi_ranks, row.n, args.seed, reps, args.mpi_timeout, **extra
             )
@@ -354,7 +359,16 @@ class Runner:
             "against numba_parallel"
             + (f"; {reps} of {args.repeat} repeats (--budget)" if reps < args.repeat else "")
         )
-        if doc.get("error") is not None:
+        if doc.get("error") is not None and doc.get("error_rms") is not None:  # approximate
+            row.message = row.message.replace(
+                "against numba_parallel",
+                f"{doc.get('check_rows')} sampled rows against exact summation",
+            )
+            row.error, row.error_rms = float(doc["error"]), float(doc["error_rms"])
+            row.error_rows = doc.get("check_rows")
+            row.tolerance_kind, row.tolerance = "rms", float(doc["bound"])
+            row.error_ok = bool(row.error_rms <= row.tolerance)
+        elif doc.get("error") is not None:
             row.error = float(doc["error"])
             row.tolerance_kind, row.tolerance = "max", args.rtol
             row.error_ok = bool(row.error <= args.rtol)
