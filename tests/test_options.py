@@ -87,7 +87,18 @@ OPTIONS: dict[str, dict[str, Option]] = {
     "cuda": {"tile": Option(st.sampled_from([None, 32, 64, 128]), positive_int().invalid)},
     "mpi": {
         "comm": None,  # filled in lazily (imports mpi4py): see _table
-        "algorithm": choice(["allgather", "ring"], ["fast", "Ring", "", None, 1]),
+        "algorithm": choice(["allgather", "ring", "tree"], ["fast", "Ring", "", None, 1]),
+        # the tree's options (None: its defaults), with algorithm="tree" only
+        "theta": Option(
+            st.floats(0.0, 1.0),
+            st.one_of(st.floats(max_value=-1e-12), st.just(math.nan), st.text(max_size=3)),
+            requires={"algorithm": "tree"},
+        ),
+        "quadrupole": Option(
+            st.booleans(),
+            st.one_of(st.integers(0, 2), st.text(max_size=3)),
+            requires={"algorithm": "tree"},
+        ),
         "threads_per_rank": Option(
             st.one_of(st.none(), st.just(1)),
             st.one_of(st.integers(-5, 0), st.integers(10**5, 10**6), st.booleans(), st.just(1.5)),
