@@ -6,8 +6,12 @@ memory, the block synchronizes, then every thread accumulates the whole tile int
 target's acceleration. Uneven N is handled by guards (the last tile is only partly loaded and
 only its valid part is summed; threads past N load and synchronize but write nothing), never
 by padding. Float64 by default; ``precision="float32"`` computes in float32 (accumulating in
-float32), and either way the result comes back as a new float64 NumPy array, multiplied by G
-on the host. Memory on the device: O(N).
+float32) on positions centred and scaled by a power of two and masses scaled by one
+(:func:`_scaled32`), falling back to float64 where float32 cannot hold the system; either
+way the result comes back as a new float64 NumPy array, multiplied by G on the host. The
+float32 coordinates are plain (no ``hi + lo`` split as in ``numba_parallel``): a pair closer
+than about 1e-3 of the extent has its separation to float32 rounding of the extent, so a
+particle dominated by such a partner can miss the 1e-4 bound. Memory on the device: O(N).
 
 Availability: needs an NVIDIA GPU with a CUDA driver and the ``numba-cuda`` package
 (``pip install 'nbody-backends[cuda]'``). With the environment variable
@@ -20,11 +24,10 @@ backend is used or probed, never at ``import backends``.
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import numpy as np
 
-from backends import BackendUnavailableError
+from backends import BackendUnavailableError, _float32_guard
 from backends._contract import check_precision, evaluate, validate
 
 _NEEDS = (
@@ -58,7 +61,8 @@ def unavailable_reason() -> str | None:
     return f"{_NEEDS} (no CUDA GPU or driver found)"
 
 
-def _kernel(m, x, G, softening, tile, precision):
+def _launch(m, x, softening, tile, precision):
+    """Run the device kernel; return its sums ``sum_j m_j d_ij / r_ij**3`` as float64."""
     from numba import cuda
 
     from backends._cuda_kernel import get_kernel
@@ -74,18 +78,45 @@ def _kernel(m, x, G, softening, tile, precision):
     get_kernel(tile, precision, simulating())[blocks, tile](
         d_src, n, dtype.type(softening * softening), d_out
     )
-    out = d_out.copy_to_host().astype(np.float64)  # copy_to_host waits for the kernel
+    return d_out.copy_to_host().astype(np.float64)  # copy_to_host waits for the kernel
+
+
+def _scaled32(m, x, softening):
+    """Centred, power-of-two-scaled float32 inputs and the factor back; None: use float64.
+
+    Positions are centred on the bounding box and scaled so that the larger of the
+    half-extent and the softening lies in ``[0.5, 1)``, masses so that the largest lies in
+    ``[1, 2)``: float32's range then holds every ``r**3`` of a pair not closer than about
+    ``2**-40`` of the extent, whatever the units (positions of 1e-13 overflowed float32 and
+    raised a false ``FloatingPointError``; positions of 1e13 or a softening of 1e15 gave
+    zeros). A softening above 2**60 half-extents or masses spanning more than 2**100 are out
+    of float32's reach (:mod:`backends._float32_guard`): None.
+    """
+    if _float32_guard.needs_float64(x, softening):
+        return None
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    half = max(0.5 * softening, float((0.5 * hi - 0.5 * lo).max()))
+    mmax = float(m.max())
+    positive = m[m > 0.0]
+    if mmax > 0.0 and float(positive.min()) < mmax * 2.0**-100:
+        return None
+    s = 1.0 if half == 0.0 else 2.0 ** (-np.frexp(half)[1])
+    sm = 1.0 if mmax <= 0.0 else 2.0 ** (1 - np.frexp(mmax)[1])
+    return (x - (0.5 * lo + 0.5 * hi)) * s, m * sm, softening * s, s * s / sm
+
+
+def _kernel(m, x, G, softening, tile, precision):
+    if precision == "float32":
+        prep = _scaled32(m, x, softening)
+        if prep is not None:
+            xs, ms, eps, factor = prep
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = _launch(ms, xs, eps, tile, "float32") * (G * factor)
+            if np.isfinite(out).all():  # else a pair too close for float32: float64 below
+                return out
+    out = _launch(m, x, softening, tile, "float64")
     out *= G
     return out
-
-
-def _check_float32_range(inp) -> None:
-    big = float(np.finfo(np.float32).max)
-    for arr, name in ((inp.masses, "masses"), (inp.positions, "positions")):
-        if arr.size and np.abs(arr).max() > big:
-            raise ValueError(f"{name} exceed the float32 range; use precision='float64'")
-    if inp.softening > math.sqrt(big):
-        raise ValueError("softening**2 exceeds the float32 range; use precision='float64'")
 
 
 def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64", tile=None) -> np.ndarray:
@@ -128,6 +159,4 @@ def accel(masses, positions, G=1.0, *, softening=0.0, precision="float64", tile=
         raise BackendUnavailableError(reason)
     if tile is None:
         tile = SIMULATOR_TILE if simulating() else DEFAULT_TILE
-    if precision == "float32":
-        _check_float32_range(inp)
     return evaluate("cuda", inp, _kernel, int(tile), precision)

@@ -358,14 +358,27 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize(("args", "message"), BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
-def test_argument_errors_exit_2_before_any_work(tmp_path, args, message):
+def test_argument_errors_exit_2_before_any_work(tmp_path, args, message, capsys):
+    # In this process (the checks run before any work; a fresh interpreter per case cost
+    # seconds each): test_argument_error_in_a_fresh_interpreter runs one the way users do.
+    from backends.compare import main
+
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    r = cli("compare", "--json", tmp_path / "r.json", *args)
-    assert r.returncode == 2
-    assert message.replace("{tmp}", str(tmp_path)) in r.stderr
-    assert r.stderr.startswith("usage: python -m backends compare")
-    assert r.stdout == ""
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", "--json", str(tmp_path / "r.json"), *args])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2
+    assert message.replace("{tmp}", str(tmp_path)) in err
+    assert err.startswith("usage: python -m backends compare")
+    assert out == ""
     assert list(tmp_path.iterdir()) == []  # no output file, nothing run
+
+
+def test_argument_error_in_a_fresh_interpreter(tmp_path):
+    r = cli("compare", "--json", tmp_path / "r.json", "--setting", "numpy:block")
+    assert r.returncode == 2 and "expected KEY=VALUE, got 'block'" in r.stderr
+    assert r.stderr.startswith("usage: python -m backends compare") and r.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_shows_the_defaults():

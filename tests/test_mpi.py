@@ -190,7 +190,7 @@ def mpiexec(ranks, *args, timeout=180, module="backends.mpi_run"):
     return launch(cmd, timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.parametrize("ranks", [2, 3, 4])
+@pytest.mark.parametrize("ranks", [2, *(pytest.param(r, marks=pytest.mark.slow) for r in (3, 4))])
 def test_every_rank_checks_the_collective_api(ranks):
     # tests/mpi_rank_checks.py: both algorithms, accel_local on uneven and empty slices, a
     # subcommunicator, invalid input or disagreeing G/N on some ranks (raised everywhere),
@@ -202,6 +202,7 @@ def test_every_rank_checks_the_collective_api(ranks):
     assert found == [str(r) for r in range(ranks)], proc.stdout
 
 
+@pytest.mark.slow  # mpiexec jobs; the 2-rank round trip below runs by default
 @pytest.mark.parametrize(("ranks", "threads"), [(1, 2), (2, 1)])
 @pytest.mark.parametrize("algorithm", ["allgather", "ring"])
 def test_hybrid_layouts_report_threads_and_agree(ranks, threads, algorithm):
@@ -239,7 +240,14 @@ def test_help_shows_defaults():
 
 @pytest.mark.parametrize(
     ("ranks", "algorithm", "n"),
-    [(2, "allgather", 37), (2, "ring", 37), (4, "allgather", 3), (4, "ring", 3), (4, "ring", 41)],
+    [
+        (2, "allgather", 37),
+        (2, "ring", 37),
+        *(
+            pytest.param(*case, marks=pytest.mark.slow)
+            for case in ((4, "allgather", 3), (4, "ring", 3), (4, "ring", 41))
+        ),
+    ],
 )
 def test_input_output_round_trip(tmp_path, ranks, algorithm, n):
     m, x = random_system(n, seed=n)
@@ -263,6 +271,7 @@ def test_input_output_round_trip(tmp_path, ranks, algorithm, n):
         assert backends.relative_error(out["accelerations"], ref) <= TOL
 
 
+@pytest.mark.slow  # four ranks; two ranks run by default (test_input_output_round_trip)
 @pytest.mark.parametrize("algorithm", ["allgather", "ring"])
 def test_generated_system_on_four_ranks(tmp_path, algorithm):
     n, seed = 2 * 1024 + 39, 3  # several generation chunks, uneven blocks
@@ -299,7 +308,7 @@ def _alive(pattern):
     return [line for line in out.splitlines() if pattern in line]
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_one_failing_rank_ends_the_job_fast_and_leaves_nothing(ranks):
     t0 = time.monotonic()
     proc = mpiexec(ranks, "--n", 4000, "--fail-rank", 1, timeout=30)  # MPIRunError = a hang
@@ -333,8 +342,15 @@ def test_killed_job_leaves_no_process_and_no_file():
     ("content", "args", "message"),
     [
         (b"not a zip archive", (), "not an .npz archive"),
-        ("no positions", (), "no array positions (found: masses)"),
-        ("bad shape", (), "positions must have shape (N, 3); got shape (3, 2)"),
+        pytest.param(
+            "no positions", (), "no array positions (found: masses)", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "bad shape",
+            (),
+            "positions must have shape (N, 3); got shape (3, 2)",
+            marks=pytest.mark.slow,
+        ),
         (None, ("--algorithm", "fast"), "argument --algorithm: invalid choice: 'fast'"),
         (None, ("--softening", "-1"), "--softening must be >= 0"),
     ],

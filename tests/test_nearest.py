@@ -113,6 +113,7 @@ def test_more_coincident_particles_than_k(method, softening):
     np.testing.assert_allclose(out[5], [expected, 0.0, 0.0], rtol=1e-15)
 
 
+@pytest.mark.slow  # block=1: 1 000 single-point queries
 def test_batched_blocks_give_identical_results():
     m, x = random_system(1000, seed=7)
     whole = backends.accel_nearest(m, x, 12, softening=0.01, block=1000)

@@ -114,7 +114,9 @@ def test_scratch_arrays_start_on_cache_lines():
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
-@pytest.mark.parametrize(("n", "softening"), [(300, 0.0), (1001, 0.01), (2500, 0.0)])
+@pytest.mark.parametrize(
+    ("n", "softening"), [(300, 0.0), (1001, 0.01), pytest.param(2500, 0.0, marks=pytest.mark.slow)]
+)
 def test_lanes_and_tournament_agree(monkeypatch, n, softening, precision):
     """The small-N lanes and the tournament: same pairs, different order of the sums."""
     m, x = random_system(n, seed=n)
@@ -199,6 +201,7 @@ def across_threads(request, tmp_path_factory):
     return {t: _child(t, 4099, tmp / f"t{t}.npy", limit) for t in (1, 2, 3, 8, 16, 64)}
 
 
+@pytest.mark.slow  # 12 child interpreters (6 thread counts x 2 decompositions)
 def test_results_agree_across_thread_counts(across_threads):
     ref = across_threads[1][0][0]
     for t, (res, info) in across_threads.items():
@@ -208,6 +211,7 @@ def test_results_agree_across_thread_counts(across_threads):
         assert relative_error(res[2], ref) <= FLOAT32_TOLERANCE, t
 
 
+@pytest.mark.slow
 def test_every_thread_does_a_share(across_threads):
     """With T threads each of the T threads computes pairs (16 and 64 oversubscribe here)."""
     pairs = 4099 * 4098 // 2
@@ -339,7 +343,7 @@ def test_float32_small_sizes(n):
     assert relative_error(out, reference.accel(m, x)) <= FLOAT32_TOLERANCE
 
 
-@pytest.mark.parametrize("n", [2000, 20_000])
+@pytest.mark.parametrize("n", [2000, pytest.param(20_000, marks=pytest.mark.slow)])
 def test_float32_benchmark_system_and_plummer(n):
     for m, x in (backends.benchmark_system(n), plummer(n, seed=n)):
         ref = npl.accel(m, x)

@@ -70,7 +70,13 @@ def test_import_backends_does_not_import_the_peers():
 
 @pytest.mark.parametrize(
     ("system", "n"),
-    [("random", 2), ("random", 17), ("random", 300), ("plummer", 400), ("random", 2500)],
+    [
+        ("random", 2),
+        ("random", 17),
+        ("random", 300),
+        ("plummer", 400),
+        pytest.param("random", 2500, marks=pytest.mark.slow),
+    ],
 )
 @pytest.mark.parametrize("G", [1.0, 6.674e-11])
 def test_agrees_with_oracle_within_its_declared_bound(peer, system, n, G):
@@ -83,6 +89,7 @@ def test_agrees_with_oracle_within_its_declared_bound(peer, system, n, G):
     assert backends.relative_error(out, ref) <= max_bound
 
 
+@pytest.mark.slow  # N = 3 000 at eps 1e-12; fmm3d's default is also checked at small N
 def test_fmm3d_at_its_default_agrees_to_1e_10():
     if backends.unavailable_reason("fmm3d") is not None:
         pytest.skip(backends.unavailable_reason("fmm3d"))
@@ -100,8 +107,9 @@ def test_fmm3d_at_its_default_agrees_to_1e_10():
         ("pytreegrav_tree", {"theta": 0.3}),
         ("pytreegrav_tree", {"theta": 0.5, "quadrupole": True}),
         ("pytreegrav_tree", {"theta": 1.0}),
-        ("fmm3d", {"eps": 1e-6}),
-        ("fmm3d", {"eps": 1e-3}),
+        # fmm3d at N = 3 000: seconds each; its eps is property-tested at N = 40 by default
+        pytest.param("fmm3d", {"eps": 1e-6}, marks=pytest.mark.slow),
+        pytest.param("fmm3d", {"eps": 1e-3}, marks=pytest.mark.slow),
     ],
 )
 def test_options_pass_through_and_meet_their_bound(peer_name, options):

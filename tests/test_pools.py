@@ -35,6 +35,12 @@ MODES = [  # (backend, extra options)
     pytest.param("joblib", {"prefer": "threads"}, id="joblib-threads"),
 ]
 PROCESS_MODES = MODES[:2]
+# the joblib process pool in the slow run only, where a case restarts pools (seconds each)
+MODES_QUICK = [
+    MODES[0],
+    pytest.param("joblib", {"prefer": "processes"}, id="joblib-processes", marks=pytest.mark.slow),
+    MODES[2],
+]
 pytestmark = pytest.mark.skipif(
     not (Path("/proc/self/stat").exists() and Path("/dev/shm").is_dir()),
     reason="these checks count processes in /proc and segments in /dev/shm (Linux)",
@@ -231,6 +237,7 @@ def test_knobs_do_not_change_the_answer(name, opts):
         assert backends.relative_error(out, ref) <= TOL, (n, chunks)
 
 
+@pytest.mark.slow  # nine pools of 1-3 workers; test_knobs_do_not_change_the_answer runs by default
 def test_results_depend_on_chunks_only_and_match_numba_parallel():
     """Bitwise the same for any worker count and pool kind; within 1e-13 of the threads."""
     from backends import numba_parallel
@@ -291,7 +298,7 @@ def test_joblib_large_inputs_travel_as_memory_maps():
 # lifetime: reuse, close, context manager, no growth
 
 
-@pytest.mark.parametrize(("name", "opts"), MODES)
+@pytest.mark.parametrize(("name", "opts"), MODES_QUICK)
 def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
     mod = _module(name)
     threads = opts.get("prefer") == "threads"
@@ -321,7 +328,7 @@ def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
         mod.close()  # idempotent
 
 
-@pytest.mark.parametrize(("name", "opts"), MODES)
+@pytest.mark.parametrize(("name", "opts"), MODES_QUICK)
 def test_session_and_backend_close(name, opts):
     mod = _module(name)
     base = children()
@@ -338,6 +345,7 @@ def test_session_and_backend_close(name, opts):
     assert children() == base
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_changing_n_workers_replaces_the_pool():
     mod = _module("multiprocessing")
     mod.close()
@@ -429,6 +437,7 @@ def test_worker_that_raises_fails_the_call_and_the_next_call_works(
         mod.close()  # its workers carry the hook's environment variable
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_a_raising_worker_leaves_no_thread_exception_behind(tmp_path, monkeypatch):
     """joblib/loky: a failing call must not make loky's manager thread die of a KeyError.
 
@@ -521,6 +530,7 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_interpreter_exit_leaves_nothing_behind(tmp_path):
     script = tmp_path / "use_pools.py"
     script.write_text(EXIT_SCRIPT)
@@ -579,6 +589,7 @@ def test_unguarded_script_gets_one_clear_error(name, tmp_path):
     assert len(lines) <= 20, "\n".join(lines)  # one traceback, not one per worker
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_guarded_script_runs(tmp_path):
     body = UNGUARDED.split('print("the script')
     guarded = (
@@ -595,6 +606,7 @@ def test_guarded_script_runs(tmp_path):
         assert out == ["the script's own output", "finished (200, 3)"], out
 
 
+@pytest.mark.slow  # real scripts and pools started anew: seconds each
 def test_unguarded_compiled_script_is_stopped_in_the_workers(tmp_path):
     """No source for the parent to read (a .pyc): each worker stops with one line."""
     _module("multiprocessing")
@@ -689,7 +701,7 @@ def _shm_in_use(pids) -> set[str]:
     return {"/dev/shm/" + p.split("/")[3] for p in out}  # a joblib folder, not its files
 
 
-@pytest.mark.parametrize("when", ["busy", "idle"])
+@pytest.mark.parametrize("when", ["busy", pytest.param("idle", marks=pytest.mark.slow)])
 @pytest.mark.parametrize(("name", "prefer"), [("multiprocessing", "-"), ("joblib", "processes")])
 def test_killed_parent_leaves_no_process_and_no_segment(name, prefer, when, tmp_path):
     _module(name)

@@ -4,8 +4,11 @@ Panels: time against N on log-log axes with an N^2 guide (or, with a single N, t
 bars), speedups over ``python`` and ``numpy`` at the largest N, and the rms error against time
 at the largest N (log-log, one point per backend and setting: the accuracy-speed frontier).
 Every backend has its own marker and line style, and colours come from a map whose
-lightness changes monotonically, so the figure reads in grey. The spread of the repeats is
-drawn from the best to the median time.
+lightness changes monotonically, so the figure reads in grey; the map is cut where its colours
+would have less than :data:`MIN_CONTRAST` against the white background. The spread of the
+repeats is drawn from the best to the median time. A backend not run at an N (skipped by
+``--max-call``, failed) is named under the first panel; titles and legends mention only
+what is drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ import math
 from backends.compare.report import RMS_GOAL, Row, fmt_rate
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+#: Least contrast ratio (WCAG's, of relative luminances) of a backend's colour against white:
+#: 3 is WCAG's minimum for graphical objects (viridis's yellow end has 1.1, its green 1.8).
+MIN_CONTRAST = 3.0
+_CMAP_END = 0.58  # viridis beyond this fraction is lighter than MIN_CONTRAST allows
 _LINES = ("-", "--", "-.", ":")
 
 
@@ -26,12 +33,22 @@ def _styles(labels: list[str]) -> dict[str, dict]:
     k = max(len(labels) - 1, 1)
     return {
         label: {
-            "color": cmap(0.9 * i / k),  # 0.9: the palest yellow is hard to see on white
+            "color": cmap(_CMAP_END * i / k),
             "marker": _MARKERS[i % len(_MARKERS)],
             "linestyle": _LINES[i % len(_LINES)],
         }
         for i, label in enumerate(labels)
     }
+
+
+def contrast(color) -> float:
+    """Return the WCAG contrast ratio of an RGB(A) colour (components in [0, 1]) on white."""
+
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (channel(c) for c in color[:3])
+    return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05)
 
 
 def _time_vs_n(ax, timed: list[Row], styles: dict[str, dict]) -> None:
@@ -61,7 +78,9 @@ def _time_vs_n(ax, timed: list[Row], styles: dict[str, dict]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("N (particles)")
     ax.set_ylabel("time per evaluation (s): best, bar to median")
-    ax.set_title("time vs N (hollow: python extrapolated)")
+    guessed = sorted({r.label for r in timed if r.status == "extrapolated"})
+    note = f" (hollow: {', '.join(guessed)} extrapolated)" if guessed else ""
+    ax.set_title("time vs N" + note)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="x-small", ncols=2)
 
@@ -85,7 +104,9 @@ def _throughput_bars(ax, timed: list[Row], styles: dict[str, dict]) -> None:
     ax.margins(x=0.15)
     ax.set_xlabel("interactions per second, N(N-1)/t: best, bar to median")
     n = rows[0].n if rows else 0
-    ax.set_title(f"throughput at N = {n:,} (hatched: python extrapolated)")
+    guessed = sorted({r.label for r in rows if r.status == "extrapolated"})
+    note = f" (hatched: {', '.join(guessed)} extrapolated)" if guessed else ""
+    ax.set_title(f"throughput at N = {n:,}" + note)
     ax.grid(True, axis="x", which="both", alpha=0.3)
 
 
@@ -96,16 +117,21 @@ def _speedups(ax, measured: list[Row]) -> None:
     xs = range(len(at))
     vs_py = [r.speedup_vs_python or 0.0 for r in at]
     vs_np = [r.speedup_vs_numpy or 0.0 for r in at]
-    ax.bar([x - 0.2 for x in xs], vs_py, width=0.4, label="vs python", color="0.25")
-    ax.bar([x + 0.2 for x in xs], vs_np, width=0.4, label="vs numpy", color="0.75",
-           edgecolor="0.2", hatch="..")  # fmt: skip
+    both = any(vs_py) and any(vs_np)  # side by side only when both series have bars
+    if any(vs_py):
+        ax.bar([x - 0.2 * both for x in xs], vs_py, width=0.4 if both else 0.6,
+               label="vs python", color="0.25")  # fmt: skip
+    if any(vs_np):
+        ax.bar([x + 0.2 * both for x in xs], vs_np, width=0.4 if both else 0.6,
+               label="vs numpy", color="0.75", edgecolor="0.2", hatch="..")  # fmt: skip
     ax.set_xticks(list(xs), [r.label for r in at], rotation=35, ha="right", fontsize="small")
     ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("speedup (x)")
     guessed = any(r.python_extrapolated for r in at)
     ax.set_title(f"speedup at N = {n_max:,}" + (" (vs python: extrapolated)" if guessed else ""))
-    ax.legend(fontsize="small")
+    if any(vs_py) or any(vs_np):
+        ax.legend(fontsize="small")
     ax.grid(True, axis="y", which="both", alpha=0.3)
 
 
@@ -136,11 +162,32 @@ def _error_vs_time(ax, measured: list[Row], styles: dict[str, dict]) -> None:
     sampled = any(r.error_rows and r.error_rows < r.n for r in measured if r.n == n_max)
     ax.set_title(f"error vs time at N = {n_max:,}" + (" (sampled rows)" if sampled else ""))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="x-small", title="hollow: approximate", title_fontsize="x-small")
+    hollow = "hollow: approximate" if any(not r.exact for r in shown) else None
+    ax.legend(fontsize="x-small", title=hollow, title_fontsize="x-small")
+
+
+def _not_run(rows: list[Row]) -> str:
+    """Return a note naming each backend not timed at some N (skipped or failed), or ''."""
+    missing: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        if r.status in ("skipped", "failed") and r.backend != "python":
+            missing.setdefault((r.label, r.status), []).append(r.n)
+    parts = [
+        f"{label} {status} at N = {', '.join(f'{n:,}' for n in sorted(ns))}"
+        for (label, status), ns in missing.items()
+    ]
+    return "not timed: " + "; ".join(parts) if parts else ""
 
 
 def write_plot(path: str, rows: list[Row], title: str) -> None:
     """Write the figure to ``path`` (PNG, SVG or PDF, by its suffix)."""
+    build_figure(rows, title).savefig(path, dpi=110)
+
+
+def build_figure(rows: list[Row], title: str):
+    """Return the compare figure (a ``matplotlib.figure.Figure``) of these rows."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -161,8 +208,14 @@ def write_plot(path: str, rows: list[Row], title: str) -> None:
         _throughput_bars(ax_t, timed, styles)
     if measured:
         _speedups(ax_s, measured)
+    note = _not_run(rows)
+    if note:  # under the first panel, in the figure's own space
+        ax_t.annotate("\n".join(textwrap.wrap(note, 90)), (0, 0), xycoords="figure fraction",
+                      xytext=(6, 4), textcoords="offset points", fontsize="x-small",
+                      va="bottom", annotation_clip=False)  # fmt: skip
+        fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def title(meta: dict, settings: dict) -> str:

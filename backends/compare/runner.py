@@ -196,8 +196,9 @@ class Runner:
         if guess is None or guess <= self.args.max_call:
             return False
         row.status = "skipped"
+        scaling = "N(N-1)" if previous.exact else "N log N"  # as _cost predicted it
         row.message = (
-            f"about {guess:.3g} s per call predicted by N(N-1) scaling from "
+            f"about {guess:.3g} s per call predicted by {scaling} scaling from "
             f"N={previous.n:,}, over --max-call {self.args.max_call:g} s"
         )
         return True
