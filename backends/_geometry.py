@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LINE_SPREAD", "centred", "is_linear"]
+__all__ = ["LINE_SPREAD", "centre_shift", "centred", "is_linear"]
 
 #: A system is a line when the median distance of its particles from their principal axis
 #: is at most this many median spacings along the axis.
@@ -24,7 +24,7 @@ LINE_SPREAD = 4.0
 SAMPLE = 4096
 
 
-def is_linear(x: np.ndarray) -> bool:
+def is_linear(x: np.ndarray, n: int | None = None) -> bool:
     """Return True when the particles lie along a line, to within a few spacings.
 
     The principal axis is the leading eigenvector of the positions' covariance (about the
@@ -41,17 +41,22 @@ def is_linear(x: np.ndarray) -> bool:
     ----------
     x : (N, 3) ndarray of float64
         Positions (trusted: finite, validated by the caller).
+    n : int, optional
+        The number of particles ``x`` stands for, when ``x`` is already a sample of a larger
+        system (the distributed tree gathers strided samples of every rank's particles):
+        its median gap is scaled by ``len(x) / n``. Default: ``x`` is the whole system.
 
     Returns
     -------
     bool
         False for N < 3.
     """
-    n = x.shape[0]
-    if n < 3:
+    if n is None:
+        n = x.shape[0]
+        step = -(-n // SAMPLE)  # a strided sample of at most SAMPLE particles decides
+        x = x[::step]
+    if n < 3 or x.shape[0] < 3:
         return False
-    step = -(-n // SAMPLE)  # a strided sample of at most SAMPLE particles decides
-    x = x[::step]
     y = x - x.mean(axis=0)
     scale = float(np.abs(y).max())
     if scale == 0.0:
@@ -83,12 +88,23 @@ def centred(x: np.ndarray) -> np.ndarray:
     """
     if x.shape[0] == 0:
         return x
-    lo = x.min(axis=0)
-    hi = x.max(axis=0)
+    shift = centre_shift(x.min(axis=0), x.max(axis=0))
+    return x if shift is None else x - shift
+
+
+def centre_shift(lo: np.ndarray, hi: np.ndarray) -> np.ndarray | None:
+    """Return the shift :func:`centred` subtracts for the bounding box ``[lo, hi]``, or None.
+
+    The box's centre on the axes where subtracting it is exact for every coordinate in the
+    box, 0 on the others; None when there is no such axis. Ranks that agree on the box of
+    the whole system agree on the shift.
+    """
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
     c = 0.5 * lo + 0.5 * hi
     exact = ((c > 0.0) & (lo >= 0.5 * c) & (hi <= 2.0 * c)) | (
         (c < 0.0) & (hi <= 0.5 * c) & (lo >= 2.0 * c)
     )
     if not exact.any():
-        return x
-    return x - np.where(exact, c, 0.0)
+        return None
+    return np.where(exact, c, 0.0)

@@ -94,6 +94,8 @@ from numba import njit, parallel_chunksize, prange
 
 from backends import tree_barnes_hut as _tbh
 from backends._contract import unscale
+from backends._geometry import SAMPLE as _LINE_SAMPLE
+from backends._geometry import centre_shift, is_linear
 from backends._octree import FM, NF, key_grid, morton_keys, prepare
 
 __all__ = [
@@ -127,12 +129,15 @@ last_stats: dict = {}
 _WORK: dict = {}  # the previous call's work density (see step 2 of the module docstring)
 
 
-def tolerance(*, theta=_tbh.DEFAULT_THETA, quadrupole=False, **_) -> float:
+def tolerance(
+    *, theta=_tbh.DEFAULT_THETA, quadrupole=False, group_size=_tbh.DEFAULT_GROUP_SIZE, **_
+) -> float:
     """Return the declared rms error bound: ``tree``'s for the same settings.
 
-    See :func:`backends.tree_barnes_hut.tolerance`.
+    See :func:`backends.tree_barnes_hut.tolerance` (``group_size`` matters there: small
+    groups loosen it).
     """
-    return _tbh.tolerance(theta=theta, quadrupole=quadrupole)
+    return _tbh.tolerance(theta=theta, quadrupole=quadrupole, group_size=group_size)
 
 
 def _mpi():
@@ -676,7 +681,12 @@ def _signature(comm, n, theta, quadrupole, leaf_size, group_size, boxes):
 
 
 def _frame(comm, m, x, softening):
-    """Global box, max |m| and N by one Allreduce; the common scales and grid."""
+    """Global box, max |m| and N by one Allreduce; the common scales, grid and centring.
+
+    Returns ``(N, frame, shift)``: ``shift`` (or None) is what :func:`_local` subtracts from
+    the positions (:func:`backends._geometry.centre_shift`, exact), and the frame's box is
+    the shifted one.
+    """
     MPI = _mpi()
     b = _bounds(m, x) if m.shape[0] else np.full(7, -np.inf)
     tot = np.empty(8)
@@ -684,8 +694,25 @@ def _frame(comm, m, x, softening):
     tot[7] = comm.allreduce(m.shape[0], op=MPI.SUM)
     n = int(tot[7])
     if n == 0:
-        return n, None
-    return n, (-tot[:3], tot[3:6], *frame(-tot[:3], tot[3:6], tot[6], softening))
+        return n, None, None
+    lo, hi = -tot[:3], tot[3:6]
+    shift = centre_shift(lo, hi)  # tree's centring, decided on the common box
+    if shift is not None:
+        lo, hi = lo - shift, hi - shift  # exact, as for every coordinate in the box
+    return n, (lo, hi, *frame(lo, hi, tot[6], softening)), shift
+
+
+def _is_line(comm, x, n: int) -> bool:
+    """``tree``'s line test on the whole system, from a strided sample of every rank (collective).
+
+    Each rank contributes every ``ceil(N / SAMPLE)``-th of its particles; one ``allgather``
+    gives every rank the same sample and so the same decision.
+    """
+    if n < _tbh.LINE_MIN_N:
+        return False
+    step = -(-n // _LINE_SAMPLE)
+    sample = np.concatenate(comm.allgather(np.ascontiguousarray(x[::step])))
+    return is_linear(sample.reshape(-1, 3), n)
 
 
 def _refine(comm, skeys, cw, split, allk, allw, tol=2e-3, rounds=24):
@@ -839,13 +866,23 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         seconds[name] = now - tick
         tick = now
 
-    n, fr = _frame(comm, m, x, softening)
+    n, fr, shift = _frame(comm, m, x, softening)
     if keep and n == 0:
         return m, x, extra
     if n <= 1 and not keep:
         last_stats.clear()
         last_stats.update(stats, n=n)
         return np.zeros((m.shape[0], 3))
+    if not keep and _is_line(comm, x, n):  # tree's rule: no bound holds on a line
+        from backends import mpi_rows
+
+        counts = np.array(comm.allgather(m.shape[0]), dtype=np.int64)
+        out = mpi_rows._ring_local(m, x, G, softening, comm, counts, threads)
+        last_stats.clear()
+        last_stats.update(stats, n=n, particles=m.shape[0], direct="line")
+        return out
+    if shift is not None and not keep:
+        x = x - shift  # exact (Sterbenz): the separations are unchanged, bit for bit
     lo, hi, s, fast, ms, klo, ks = fr
     sig = _signature(comm, n, theta, quadrupole, leaf_size, group_size, nboxes)
     # G * s**2 / ms, folded into the unsorting where it is safely normal, else exactly later

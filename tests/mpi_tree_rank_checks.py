@@ -21,7 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_mpi_tree import SYSTEMS, rms_error, system  # noqa: E402
 
-from backends import mpi_rows, mpi_tree, numba_parallel, reference, relative_error  # noqa: E402
+from backends import (  # noqa: E402
+    mpi_rows,
+    mpi_tree,
+    numba_parallel,
+    reference,
+    relative_error,
+    systems,
+)
 from backends import tree_barnes_hut as tree  # noqa: E402
 
 
@@ -97,6 +104,24 @@ def edges(comm):
     xe[5] = xe[4] + 1e-21
     out = mpi_tree.accel(m, xe, theta=0.0)
     assert relative_error(out, numba_parallel.accel(m, xe)) <= 1e-12
+    # particles along a line (forces cancel: no tree bound holds) are summed directly,
+    # with the full arrays and on local slices alike, whatever each rank holds
+    ml, xl = systems.make("line", 2000, seed=3)
+    ref = numba_parallel.accel(ml, xl)
+    assert relative_error(mpi_tree.accel(ml, xl), ref) <= 1e-9
+    lo, hi = rank * 2000 // size, (rank + 1) * 2000 // size
+    local = mpi_tree.accel_local(ml[lo:hi], xl[lo:hi])
+    assert mpi_tree.last_stats.get("direct") == "line", mpi_tree.last_stats
+    assert relative_error(local, ref[lo:hi]) <= 1e-9 if hi > lo else local.shape == (0, 3)
+    # far from the origin the system is centred (as tree does): the error is the unshifted one
+    mk, xk = systems.make("corner", 3000, seed=4)
+    for shift in (0.0, 1e8):
+        out = mpi_tree.accel(mk, xk + shift, theta=0.3, quadrupole=True)
+        err = rms_error(out, numba_parallel.accel(mk, xk + shift))
+        assert err <= tree.tolerance(theta=0.3, quadrupole=True), (shift, err)
+        if shift == 0.0:
+            err0 = err
+    assert err <= 1.5 * err0, (err, err0)
     # invalid input on rank 1 only, or ranks disagreeing: raised on every rank
     mb, xb = system("gauss", 10, seed=1)
     bad = xb[:, :2] if rank == 1 else xb
