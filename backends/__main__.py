@@ -15,6 +15,11 @@ _COMMANDS: dict[str, str] = {
     "frontier": "backends.compare.frontier:main",
     "drift": "backends.drift:main",
 }
+#: One line each for ``python -m backends --help``.
+COMMAND_HELP: dict[str, str] = {
+    "frontier": "the fastest backend and setting for each accuracy at your N",
+    "drift": "a leapfrog run with every backend: energy and momentum conservation",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

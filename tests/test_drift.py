@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -426,7 +427,10 @@ def test_the_command_line_dispatches_and_exits_2():
     assert r.stderr.splitlines()[-1].endswith("--dt: must be a positive number; got '0'")
     from backends.compare.args import build_parser
 
-    assert "python -m backends drift --help" in build_parser().format_help()
+    text = build_parser().format_help()
+    assert "python -m backends COMMAND --help" in text
+    assert re.search(r"^  drift +a leapfrog run", text, re.M)
+    assert re.search(r"^  frontier +the fastest backend", text, re.M)
 
 
 # --------------------------------------------------------------------------- progress

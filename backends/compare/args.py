@@ -124,13 +124,22 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(shown).replace('%', '%%')})"
 
 
+def _more_commands() -> str:
+    """Return the commands with modules of their own, one line each, for the help."""
+    from backends.__main__ import _COMMANDS, COMMAND_HELP
+
+    lines = ["more commands (python -m backends COMMAND --help for each):"]
+    lines += [f"  {name:<10}{COMMAND_HELP.get(name, '')}" for name in _COMMANDS]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``python -m backends`` parser, with the ``compare`` and ``list`` commands."""
     parser = argparse.ArgumentParser(
         prog="python -m backends",
         description="Measure every N-body backend on this machine.",
-        epilog="more commands: drift (a leapfrog run with every backend: energy and momentum "
-        "conservation; python -m backends drift --help)",
+        epilog=_more_commands(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="{compare,list}")
     sub.required = True
