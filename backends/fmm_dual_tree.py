@@ -282,13 +282,13 @@ def _pair_exact(p, acc, a0, a1, b0, b1, eps2, diagonal):
 
 
 @njit(inline="always", fastmath=_FM, error_model="numpy")
-def _accept(a, b, geo, theta2):
+def _accept(a, b, geo, prm):
     """Return whether ``r_A + r_B < theta |z_A - z_B|`` (the acceptance criterion)."""
     dx = geo[a, 0] - geo[b, 0]
     dy = geo[a, 1] - geo[b, 1]
     dz = geo[a, 2] - geo[b, 2]
     rr = geo[a, 3] + geo[b, 3]
-    return rr * rr < theta2 * (dx * dx + dy * dy + dz * dz)
+    return rr * rr < prm[0] * (dx * dx + dy * dy + dz * dz)
 
 
 @njit(inline="always")
@@ -336,7 +336,7 @@ def _split_self(stack, top, a, nodes):
 
 
 @njit(cache=True, nogil=True)
-def _tasks(nodes, geo, theta2, cut, nmax):
+def _tasks(nodes, geo, prm, cut, nmax):
     """Split the root's self-interaction into independent tasks (pairs of nodes).
 
     The walk's own rules (:func:`_walk`), stopped where both nodes hold at most ``nmax``
@@ -365,7 +365,7 @@ def _tasks(nodes, geo, theta2, cut, nmax):
                 continue
         elif geo[a, 4] == 0.0 and geo[b, 4] == 0.0:
             continue
-        elif max(na, nb) > nmax and na * nb > cut and not _accept(a, b, geo, theta2):
+        elif max(na, nb) > nmax and na * nb > cut and not _accept(a, b, geo, prm):
             if nchild[a] > 0 or nchild[b] > 0:
                 top = _split(stack, top, a, b, nodes, geo)
                 continue
@@ -496,7 +496,6 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
     A node with itself: directly if a leaf or ``n (n - 1) / 2 <= cut``, else the children's
     self-interactions and every pair of children.
     """
-    theta2 = prm[0]
     eps2 = prm[1]
     cut = int(prm[2])
     fast = prm[3] != 0.0
@@ -534,12 +533,12 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
         sb = start[b]
         eb = end[b]
         if (ea - sa) * (eb - sb) <= cut or (
-            nchild[a] == 0 and nchild[b] == 0 and not _accept(a, b, geo, theta2)
+            nchild[a] == 0 and nchild[b] == 0 and not _accept(a, b, geo, prm)
         ):
             cnt[1] += 1
             cnt[2] += (ea - sa) * (eb - sb)
             near, nd = _push(near, nd, a, b)
-        elif _accept(a, b, geo, theta2):
+        elif _accept(a, b, geo, prm):
             cnt[0] += 1
             pa[nm] = a
             pb[nm] = b
@@ -680,41 +679,17 @@ def _unsort(acc, perm, scale):
 # --------------------------------------------------------------------------------------
 
 
-class _Tree:
-    """A built tree with multipoles: what the walk needs (scaled units)."""
+class _Expansions:
+    """Multipoles of every node of a tree at one order, with the order's tables."""
 
-    def __init__(self, m, x, softening, order, leaf_size):
-        lo = x.min(axis=0)
-        hi = x.max(axis=0)
-        # an axis whose coordinates all lie within a factor 2 of each other (a system far
-        # from the origin) is shifted to start at 0: exact (Sterbenz), so separations keep
-        # every digit while the expansions work on coordinates of the system's own size
-        self.shift = np.where((lo > 0.0) & (hi <= 2.0 * lo), lo, 0.0)
-        self.shift = np.where((hi < 0.0) & (lo >= 2.0 * hi), hi, self.shift)
-        s = float(_scale(lo - self.shift, hi - self.shift, softening))
-        self.fast = s > 0.0  # else: extent beyond 2**179, unscaled, sqrt and division only
-        self.s = s if self.fast else 1.0
-        half = float(np.max(0.5 * hi - 0.5 * lo))
-        ks = float(1 << _LEVELS) / half if half > 0.0 else 0.0
-        keys = morton_keys(x, np.ascontiguousarray(lo), ks)
-        self.perm = np.argsort(keys, kind="stable")
-        keys = keys[self.perm]
-        self.ms = mass_scale(m)
-        nodes = np.vstack(build(keys, leaf_size))
-        del keys
-        self.leaves = np.flatnonzero(nodes[3] == 0)
-        self.p = _sorted_soa(m, x, self.perm, self.shift, self.s, self.ms)
-        self.nodes = nodes
-        self.parent, self.bounds = _levels(self.nodes[2], self.nodes[3])
-        self.lnode = self.leaves[np.argsort(self.nodes[0, self.leaves], kind="stable")]
-        self.nodes = _leaf_ranges(self.nodes, self.lnode)
+    def __init__(self, tree, order):
         self.order = order
         tb = self.tb = tables(order)
         self.geo, self.mp = _upward(
-            self.p,
-            self.nodes,
-            self.bounds,
-            self.leaves,
+            tree.p,
+            tree.nodes,
+            tree.bounds,
+            tree.leaves,
             order,
             tb.ncoef,
             tb.itab,
@@ -729,14 +704,44 @@ class _Tree:
         tab[2:, : tb.itab.shape[1]] = tb.itab
         self.tab = tab
 
-    def evaluate(self, theta, softening, cut, fast, threads, counts=None):
-        """Sorted accelerations ``(3, N)`` in scaled units, G = 1."""
+
+class _Tree:
+    """The sorted particles and the octree: what every evaluation shares (scaled units)."""
+
+    def __init__(self, m, x, softening, leaf_size):
+        lo = x.min(axis=0)
+        hi = x.max(axis=0)
+        # an axis whose coordinates all lie within a factor 2 of each other (a system far
+        # from the origin) is shifted to start at 0: exact (Sterbenz), so separations keep
+        # every digit while the expansions work on coordinates of the system's own size
+        self.shift = np.where((lo > 0.0) & (hi <= 2.0 * lo), lo, 0.0)
+        self.shift = np.where((hi < 0.0) & (lo >= 2.0 * hi), hi, self.shift)
+        s = float(_scale(lo - self.shift, hi - self.shift, softening))
+        self.fast = s > 0.0  # else: extent beyond 2**179, unscaled, sqrt and division only
+        self.s = s if self.fast else 1.0
+        self.eps2 = (softening * self.s) ** 2
+        half = float(np.max(0.5 * hi - 0.5 * lo))
+        ks = float(1 << _LEVELS) / half if half > 0.0 else 0.0
+        keys = morton_keys(x, np.ascontiguousarray(lo), ks)
+        self.perm = np.argsort(keys, kind="stable")
+        keys = keys[self.perm]
+        self.ms = mass_scale(m)
+        nodes = np.vstack(build(keys, leaf_size))
+        del keys
+        self.leaves = np.flatnonzero(nodes[3] == 0)
+        self.p = _sorted_soa(m, x, self.perm, self.shift, self.s, self.ms)
+        self.parent, self.bounds = _levels(nodes[2], nodes[3])
+        self.lnode = self.leaves[np.argsort(nodes[0, self.leaves], kind="stable")]
+        self.nodes = _leaf_ranges(nodes, self.lnode)
+
+    def evaluate(self, ex, theta, cut, fast, threads, counts=None):
+        """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
         n = self.p.shape[1]
-        tb = self.tb
-        prm = np.array([theta * theta, (softening * self.s) ** 2, cut, float(fast), self.order])
-        tasks = _tasks(self.nodes, self.geo, prm[0], cut, max(n // (8 * threads), 1))
+        tb = ex.tb
+        prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order])
+        tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
         accs = np.zeros((threads, 3, n))
-        los = np.zeros((threads, self.nodes.shape[1], self.mp.shape[1]))
+        los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1]))
         cnts = np.zeros((threads, 4), dtype=np.int64) if counts is None else counts
         with parallel_chunksize(1):
             _interact(
@@ -747,10 +752,10 @@ class _Tree:
                 cnts,
                 self.nodes,
                 self.lnode,
-                self.geo,
-                self.mp,
+                ex.geo,
+                ex.mp,
                 prm,
-                self.tab,
+                ex.tab,
                 tb.ftab,
                 tb.shift,
             )
@@ -758,12 +763,12 @@ class _Tree:
             los,
             accs,
             self.p,
-            self.geo,
+            ex.geo,
             self.nodes,
             self.parent,
             self.bounds,
             self.leaves,
-            self.order,
+            ex.order,
             tb.ncoef,
             tb.itab,
             tb.ftab,
@@ -795,15 +800,17 @@ def _collinear(x) -> bool:
     return float(np.sqrt((perp * perp).sum(axis=1).max())) <= LINE_TOLERANCE * length
 
 
-def _kernel(m, x, G, softening, order, theta, leaf_size, cut):
+def _kernel(m, x, G, softening, st):
+    """Evaluate on trusted inputs with the settings ``st`` (:func:`settings`)."""
     if _collinear(x):
         return _direct(m, x, G, softening)
-    tree = _Tree(m, x, softening, order, leaf_size)
+    tree = _Tree(m, x, softening, st["leaf_size"])
     threads = numba.get_num_threads()
     scale = G * tree.s * tree.s / tree.ms
+    ex = _Expansions(tree, st["order"])
     out, ok = None, False
     for fast in (True, False) if tree.fast else (False,):
-        acc = tree.evaluate(theta, softening, cut, fast, threads)
+        acc = tree.evaluate(ex, st["theta"], st["cut"], fast, threads)
         out, ok = _unsort(acc, tree.perm, scale)
         if ok:
             break
@@ -893,7 +900,13 @@ def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None) -> dict
         leaf_size = _LEAF_SIZE
     cut = _cut(order)
     bound = _bound(order, theta) if expert else eps
-    return {"order": order, "theta": theta, "leaf_size": leaf_size, "cut": cut, "bound": bound}
+    return {
+        "order": order,
+        "theta": theta,
+        "leaf_size": leaf_size,
+        "cut": cut,
+        "bound": bound,
+    }
 
 
 def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, **_) -> float:
@@ -959,4 +972,4 @@ def accel(
     """
     st = settings(eps=eps, order=order, theta=theta, leaf_size=leaf_size)
     inp = validate(masses, positions, G, softening)
-    return evaluate("fmm", inp, _kernel, st["order"], st["theta"], st["leaf_size"], st["cut"])
+    return evaluate("fmm", inp, _kernel, st)

@@ -86,6 +86,13 @@ def decades(n: int, seed: int = 0):
     return 10.0 ** rng.uniform(-4.0, 4.0, n), rng.standard_normal((n, 3))
 
 
+def point(n: int, seed: int = 0):
+    """Gaussian blob with a third of its particles (and mass) at one point: a dominant mass."""
+    m, x = gaussian(n, seed)
+    x[1::3] = x[0]
+    return m, x
+
+
 def cube(n: int, seed: int = 0):
     """Uniform random cube: the forces near its centre nearly cancel."""
     rng = np.random.default_rng(seed)
@@ -103,6 +110,7 @@ SYSTEMS = {
     "corner": corner,
     "decades": decades,
     "cube": cube,
+    "point": point,
 }
 
 #: (system, softening) pairs with Plummer softening: about the mean separation and 10x more.
