@@ -76,8 +76,9 @@ def test_default_leaves_on_larger_system(fmm):
 def test_smaller_eps_is_more_accurate(fmm, cases):
     m, x, ref = cases["gaussian", 0.0]
     errs = [rms_error(fmm.accel(m, x, 0.7, eps=e, leaf_size=16), ref) for e in EPS]
-    assert errs == sorted(errs, reverse=True)
-    assert errs[-1] < 1e-11
+    for a, b in zip(errs, errs[1:]):  # down to the rounding of the sums (~1e-15)
+        assert b < a or b < 1e-13, errs
+    assert errs[0] > 1e-5 and errs[-1] < 1e-11
 
 
 @pytest.mark.parametrize(
@@ -174,10 +175,10 @@ def test_extreme_scales_are_exact_powers_of_two(fmm, px, pm):
 def test_far_from_origin(fmm):
     """A system 1e8 of its sizes away from the origin keeps its accuracy (exact shift)."""
     m, x = SYSTEMS["disc"](3000, 10)
-    ref = exact(m, x)
     for offset in (1e4, 1e8, -1e12):
-        out = fmm.accel(m, x + offset, eps=1e-9)
-        assert rms_error(out, ref) <= 1e-9, offset
+        xo = x + offset  # (rounded: the reference is the exact sum of these positions)
+        out = fmm.accel(m, xo, eps=1e-9)
+        assert rms_error(out, exact(m, xo)) <= 1e-9, offset
 
 
 def test_close_pair_takes_the_exact_path(fmm):
@@ -216,7 +217,8 @@ def test_same_result_on_any_thread_count(fmm):
         one = fmm.accel(m, x, eps=1e-10)
     finally:
         numba.set_num_threads(before)
-    np.testing.assert_allclose(fmm.accel(m, x, eps=1e-10), one, rtol=1e-12, atol=0)
+    # the threads' partial sums are added in another order: rounding only
+    assert backends.relative_error(fmm.accel(m, x, eps=1e-10), one) <= 1e-11
 
 
 @pytest.mark.parametrize(
