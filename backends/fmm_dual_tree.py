@@ -58,16 +58,18 @@ the same calibration holds (tested with softening from 1e-2 to 10x the mean sepa
 Accuracy
 --------
 The rms per-particle relative error of order ``p`` and angle ``theta`` is modelled as
-``C_p theta**(p + 1)``, ``C_p`` the largest ratio measured on a battery of systems (twice
-it; see ``docs/fmm.md`` and ``benchmarks/fmm_calibration.py``). The default path picks the
-order from a table of ``eps`` and the widest angle in [0.3, 0.75] whose modelled error is
-within ``eps``.
+``C_p theta**(p + 1) + 1e-14``, ``C_p`` 1.5 times the largest ratio measured on a battery of
+systems (discs, shells, clumps, a heavy binary, a dominant point mass, softened systems;
+``docs/fmm.md``, ``benchmarks/fmm_calibration.py``). The default path takes the order from a
+table of ``eps`` and the widest angle in [0.25, 0.75] whose modelled error is within ``eps``.
+Systems whose particles all lie on one line (within 1e-6 of its length) are summed directly
+(:func:`_collinear`): there the forces cancel and no expansion keeps a relative error.
 
-Memory: ``O(N)``. Per particle: the sorted copy (32 B), keys and order (16-24 B), one
+Memory: ``O(N)``. Per particle: the sorted copy (32 B), keys and order (24 B), one
 ``(3, N)`` accumulator per thread (24 B each) and the result's two copies (48 B); per node
-(about ``N / 35`` nodes at the default leaves) the multipoles and one local expansion per
-thread, ``C(p + 3, 3)`` doubles each (286 at ``p = 10``). About 350 B per particle at the
-default settings and 2 threads (``docs/fmm.md``).
+(about ``N / 35`` nodes with leaves of 128) the multipoles and one local expansion per
+thread, ``C(p + 3, 3)`` doubles each (455 at order 12, ``eps = 1e-6``): about 460 B per
+particle at the default ``eps`` and 2 threads, 1.3 KB at order 20 (``docs/fmm.md``).
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. No global side effects.
 """
@@ -95,20 +97,22 @@ __all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tole
 DEFAULT_EPS = 1e-6  #: default requested rms per-particle relative error
 EPS_RANGE = (1e-12, 1e-2)  #: the requested errors the calibration covers
 THETA_RANGE = (0.25, 0.75)  #: opening angles the default path chooses from
-#: The error model: rms <= _C[p] * theta**(p + 1) + _FLOOR. ``_C[p]`` is 1.5 times the
-#: largest rms / theta**(p + 1) measured on the calibration battery (12 systems, 4 of them
-#: softened, and a Gaussian with a third of its mass at one point), theta 0.3 to 0.75,
-#: N = 20 000, leaves of 16 (benchmarks/fmm_calibration.py, 2026-12-03); above p = 14,
-#: where those runs are mostly direct sums, the value of p = 14.
+#: The error model: rms <= _C[p] * theta**(p + 1) + _FLOOR. ``_C[p]`` is the larger of
+#: 3.5 times the largest rms / theta**(p + 1) measured on the calibration battery (12
+#: systems, 4 of them softened; theta 0.3 to 0.75, N = 20 000, leaves of 16) and 1.5 times
+#: the largest on its hardest member, a Gaussian with a third of its mass at one point (0.74,
+#: theta 0.25 to 0.75 in steps of 0.025, N = 3000 and 10 000, leaves of 16 and 128): see
+#: benchmarks/fmm_calibration.py and docs/fmm.md (2026-12-03).
 _C = {
-    1: 1.36, 2: 0.631, 3: 0.45, 4: 0.372, 5: 0.317, 6: 0.288, 7: 0.262, 8: 0.247, 9: 0.231,
-    10: 0.219, 11: 0.204, 12: 0.198, 13: 0.198, 14: 0.184, 15: 0.184, 16: 0.184, 17: 0.184,
-    18: 0.184, 19: 0.184, 20: 0.184,
+    1: 3.18, 2: 1.47, 3: 1.1, 4: 1.1, 5: 1.1, 6: 1.1, 7: 1.1, 8: 1.1, 9: 1.1, 10: 1.1,
+    11: 1.1, 12: 1.1, 13: 1.1, 14: 1.1, 15: 1.1, 16: 1.1, 17: 1.1, 18: 1.1, 19: 1.1,
+    20: 1.1,
 }  # fmt: skip
 _FLOOR = 1e-14  #: float64 rounding of the sums (measured rms at most 4e-15)
 #: (smallest eps, order) rows of the default path: the order for eps in [row, row above)
 _ORDER_TABLE = (
-    (3e-3, 4), (3e-4, 6), (3e-5, 8), (3e-6, 10), (3e-7, 12), (3e-9, 14), (3e-11, 16), (0.0, 20)
+    (3e-3, 4), (3e-4, 6), (3e-5, 8), (3e-6, 10), (3e-7, 12), (3e-8, 14), (3e-9, 16),
+    (3e-10, 18), (0.0, 20),
 )  # fmt: skip
 _LEAF_SIZE = 128
 

@@ -23,6 +23,7 @@ Not part of the asv suite (N = 10**7 takes minutes and gigabytes; fmm3dpy is opt
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 
@@ -224,6 +225,8 @@ def main(argv=None) -> None:
     print(f"# python -m benchmarks.fmm_scaling {' '.join(argv or sys.argv[1:])}")
     for goal in args.goals:
         GOALS[goal](args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f"# peak resident memory of this process: {peak:.2f} GiB")
 
 
 if __name__ == "__main__":
