@@ -58,10 +58,11 @@ the same calibration holds (tested with softening from 1e-2 to 10x the mean sepa
 Accuracy
 --------
 The rms per-particle relative error of order ``p`` and angle ``theta`` is modelled as
-``C_p theta**(p + 1) + 1e-14``, ``C_p`` 1.5 times the largest ratio measured on a battery of
-systems (discs, shells, clumps, a heavy binary, a dominant point mass, softened systems;
-``docs/fmm.md``, ``benchmarks/fmm_calibration.py``). The default path takes the order from a
-table of ``eps`` and the widest angle in [0.25, 0.75] whose modelled error is within ``eps``.
+``C_p theta**(p + 1) + 1e-14``, ``C_p`` (1.1 from order 3 on) above every ratio measured on
+a battery of systems (discs, shells, clumps, a heavy binary, a dominant point mass,
+softened systems; ``docs/fmm.md``, ``benchmarks/fmm_calibration.py``). The default path
+takes the order from a table of ``eps`` and the widest angle in [0.25, 0.75] whose modelled
+error is within ``eps``.
 Systems whose particles all lie on one line (within 1e-6 of its length) are summed directly
 (:func:`_collinear`): there the forces cancel and no expansion keeps a relative error.
 

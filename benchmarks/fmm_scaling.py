@@ -206,6 +206,7 @@ GOALS = {"direct": goal_direct, "fmm3d": goal_fmm3d, "linear": goal_linear, "tre
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--goals", nargs="+", default=list(GOALS), choices=GOALS)
+    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--big", type=int, default=1_000_000)
@@ -218,6 +219,8 @@ def main(argv=None) -> None:
     import numba
 
     numba.set_num_threads(args.threads)
+    for name in set(SYSTEMS) - set(args.systems):
+        del SYSTEMS[name]
     m, x = backends.benchmark_system(2000)
     for b in ("fmm", "numba_parallel", "tree"):  # compile outside the timings
         backends.get(b).accel(m, x)
