@@ -78,7 +78,7 @@ def test_smaller_eps_is_more_accurate(fmm, cases):
     errs = [rms_error(fmm.accel(m, x, 0.7, eps=e, leaf_size=16), ref) for e in EPS]
     for a, b in zip(errs, errs[1:], strict=False):  # down to the rounding (~1e-15)
         assert b < a or b < 1e-13, errs
-    assert errs[0] > 1e-5 and errs[-1] < 1e-11
+    assert errs[0] > 1e-8 and errs[-1] < 1e-11  # (not a direct sum at eps = 1e-2)
 
 
 @pytest.mark.parametrize(
