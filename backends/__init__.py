@@ -140,6 +140,13 @@ _REGISTRY: dict[str, _Spec] = {
         requires=("numba",),
         exact=False,
     ),
+    "fmm": _Spec(
+        "backends.fmm_dual_tree:accel",
+        "fast multipole method in Numba: dual tree walk, Cartesian expansions, eps = rms error "
+        "(approximate)",
+        requires=("numba",),
+        exact=False,
+    ),
     # peers: the libraries users would pick instead, under the same contract
     "pytreegrav_bruteforce": _Spec(
         "backends.peer_pytreegrav:accel_bruteforce",

@@ -1,0 +1,994 @@
+r"""Backend ``fmm``: a fast multipole method with a dual tree walk, in Numba (approximate).
+
+``eps`` (default 1e-6, any value in [1e-12, 1e-2]) is the requested rms per-particle
+relative error; the expansion order and the opening angle come from a calibration
+(:func:`settings`), and :func:`tolerance` declares ``eps``. ``order=`` and ``theta=`` set them
+by hand (the declared bound is then the calibrated error model's for those settings).
+
+Strategy
+--------
+1. **Tree.** Positions are shifted (exactly, see :class:`_Tree`) and scaled by a power of two
+   so the extent lies in ``[1, 2)``; particles are sorted along 63-bit Morton keys and the
+   octree is built from the sorted keys, both shared with ``tree``
+   (:mod:`backends._octree`): a node is a contiguous range of particles, split at the highest
+   Morton level where its keys differ, at most ``leaf_size`` (default 128) per leaf except
+   coincident points.
+2. **Upward pass** (parallel over leaves, then over the nodes of each level): each node's
+   expansion centre ``z`` (its ``|m|``-weighted centre, the centre of mass for positive
+   masses), a radius ``r`` holding every particle, and its Cartesian multipoles
+   ``M_n = sum_j m_j (x_j - z)^n / n!`` to total degree ``p`` (P2M at the leaves, M2M
+   above; :mod:`backends._cartesian`).
+3. **Dual tree walk** (Dehnen's mutual scheme). Interactions of node pairs ``(A, B)`` start
+   from the root's interaction with itself. A pair is summed directly if
+   ``n_A n_B <= C(p + 6, 6) / 2`` (cheaper than an expansion); else it is a **mutual M2L**
+   if the **acceptance criterion**
+
+       ``r_A + r_B < theta |z_A - z_B|``
+
+   holds (one derivative tensor of the kernel at ``z_A - z_B`` gives both ``A``'s local
+   expansion from ``B``'s multipoles and ``B``'s from ``A``'s); else summed directly if both
+   are leaves; else the node with the larger radius is split. A node with itself: directly
+   for a leaf, else its children with themselves and with each other. The walk is cut into
+   a few thousand independent tasks (node pairs) run in parallel on Numba's threads, each
+   thread adding into its own accumulators (no locks, no races).
+4. **M2L, 8 at a time.** Accepted pairs are buffered and translated 8 at a time, one per
+   lane of 512-bit vectors (:mod:`backends._simd`): the derivatives ``D_k(R)`` by the
+   McMurchie-Davidson recursion and the contraction ``L_n += sum_m D_{n+m} M_m`` run as
+   vector fused multiply-adds with no gathers.
+5. **Near field.** The direct node pairs of a task are grouped by the leaves of the pair's
+   first node in Morton order, their source ranges sorted and adjacent ones merged, and
+   summed by the symmetric SIMD pair kernel of ``numba_parallel``
+   (:func:`backends._pair_kernel.pair_block`): each particle pair once, ``r**-3`` from the
+   float32 estimate corrected in float64 (~2 ulp). A pair too close for that estimate
+   makes the sum non-finite and the evaluation is redone with ``sqrt`` and division.
+6. **Downward pass**: the threads' locals are added up, shifted from parents to children
+   (L2L, parallel over the nodes of each level) and evaluated at the particles (L2P, the
+   gradient of the local expansion, parallel over leaves), plus the direct sums.
+
+Softening
+---------
+Plummer softening is exact in the direct sums and enters the expansions through the kernel
+itself: ``K(R) = (|R|**2 + eps**2)**-1/2`` depends on ``|R|**2`` only, so its derivatives
+follow from the same recursion with ``s = |R|**2 + eps**2`` in place of ``|R|**2``, and the
+M2L is the Taylor expansion of the *softened* kernel in the offsets of source and target
+from their centres (the multipoles are plain mass moments, independent of the softening).
+The softened kernel is smoother than ``1 / r``, so the series converges at least as fast:
+the same calibration holds (tested with softening from 1e-2 to 10x the mean separation).
+
+Accuracy
+--------
+The rms per-particle relative error of order ``p`` and angle ``theta`` is modelled as
+``C_p theta**(p + 1) + 1e-14``, ``C_p`` (1.1 from order 3 on) above every ratio measured on
+a battery of systems (discs, shells, clumps, a heavy binary, a dominant point mass,
+softened systems; ``docs/fmm.md``, ``benchmarks/fmm_calibration.py``). The default path
+takes the order from a table of ``eps`` and the widest angle in [0.25, 0.75] whose modelled
+error is within ``eps``.
+Systems whose particles all lie on one line (within 1e-6 of its length) are summed directly
+(:func:`_collinear`): there the forces cancel and no expansion keeps a relative error.
+
+Memory: ``O(N)``. Per particle: the sorted copy (32 B), keys and order (24 B), one
+``(3, N)`` accumulator per thread (24 B each) and the result's two copies (48 B); per node
+(about ``N / 35`` nodes with leaves of 128) the multipoles and one local expansion per
+thread, ``C(p + 3, 3)`` doubles each (455 at order 12, ``eps = 1e-6``): about 460 B per
+particle at the default ``eps`` and 2 threads, 1.3 KB at order 20 (``docs/fmm.md``).
+
+Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. No global side effects.
+"""
+
+from __future__ import annotations
+
+import numbers
+from math import comb
+
+import numba
+import numpy as np
+from numba import njit, parallel_chunksize, prange
+
+from backends._cartesian import FM as _FM
+from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, monomials, tables
+from backends._contract import evaluate, validate
+from backends._octree import LEVELS as _LEVELS
+from backends._octree import build, mass_scale, morton_keys
+from backends._pair_kernel import pair_block
+from backends.numba_parallel import _kernel as _direct
+from backends.numba_parallel import _scale
+
+__all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tolerance"]
+
+DEFAULT_EPS = 1e-6  #: default requested rms per-particle relative error
+EPS_RANGE = (1e-12, 1e-2)  #: the requested errors the calibration covers
+THETA_RANGE = (0.25, 0.75)  #: opening angles the default path chooses from
+#: The error model: rms <= _C[p] * theta**(p + 1) + _FLOOR. ``_C[p]`` is the larger of
+#: 3.5 times the largest rms / theta**(p + 1) measured on the calibration battery (12
+#: systems, 4 of them softened; theta 0.3 to 0.75, N = 20 000, leaves of 16) and 1.5 times
+#: the largest on its hardest member, a Gaussian with a third of its mass at one point (0.74,
+#: theta 0.25 to 0.75 in steps of 0.025, N = 3000 and 10 000, leaves of 16 and 128): see
+#: benchmarks/fmm_calibration.py and docs/fmm.md (2026-12-03).
+_C = {
+    1: 3.18, 2: 1.47, 3: 1.1, 4: 1.1, 5: 1.1, 6: 1.1, 7: 1.1, 8: 1.1, 9: 1.1, 10: 1.1,
+    11: 1.1, 12: 1.1, 13: 1.1, 14: 1.1, 15: 1.1, 16: 1.1, 17: 1.1, 18: 1.1, 19: 1.1,
+    20: 1.1,
+}  # fmt: skip
+_FLOOR = 1e-14  #: float64 rounding of the sums (measured rms at most 4e-15)
+#: (smallest eps, order) rows of the default path: the order for eps in [row, row above).
+#: At a given bound a higher order allows a wider angle and fewer direct pairs, until the
+#: M2L's C(p + 6, 6) steps outweigh them: order 8 at theta 0.59 took 0.73 s where order 4
+#: at theta 0.39 took 1.9 s (eps 1e-2), order 12 at theta 0.5 and order 8 at theta 0.36 both
+#: 2.1 s (eps 1e-4), order 16 at theta 0.42 5.5 s against order 12 at theta 0.34 4.0 s
+#: (eps 1e-6); N = 1e5 benchmark system, 1 thread, CPU seconds.
+_ORDER_TABLE = (
+    (3e-3, 8), (3e-4, 10), (3e-7, 12), (3e-8, 14), (3e-9, 16), (3e-10, 18), (0.0, 20),
+)  # fmt: skip
+_LEAF_SIZE = 128
+
+#: Node pairs on a walk's stack: a self-interaction pushes at most 36 (8 children and their
+#: 28 pairs) and a split at most 8, at most 2 x 21 of each on the way down (21 levels).
+_STACK = 2048
+
+
+# --------------------------------------------------------------------------------------
+# geometry and multipoles
+# --------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _levels(child, nchild):
+    """Parents and the node ranges of each depth (nodes are numbered breadth-first)."""
+    nn = child.shape[0]
+    parent = np.zeros(nn, dtype=np.int64)
+    depth = np.zeros(nn, dtype=np.int64)
+    for q in range(nn):
+        for c in range(child[q], child[q] + nchild[q]):
+            parent[c] = q
+            depth[c] = depth[q] + 1
+    nl = depth[nn - 1] + 1
+    bounds = np.zeros(nl + 1, dtype=np.int64)
+    for q in range(nn):
+        bounds[depth[q] + 1] = q + 1
+    return parent, bounds
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
+def _upward(p, nodes, bounds, leaves, order, ncoef, itab, ftab, off, shift):
+    """Centres, radii, ``|m|`` sums and multipoles of every node (P2M, then M2M by levels).
+
+    Returns ``geo`` (nodes, 5): centre ``z``, radius, ``sum |m|``; and the multipoles
+    ``(nodes, nc)``. The centre of a node is its ``|m|``-weighted centre (the centre of mass
+    for positive masses; the tight box's centre for a node without mass); its radius bounds
+    the distance from the centre to each of its particles (exact for leaves; above, the
+    smaller of ``max(|z_c - z| + r_c)`` and the distance to the farthest corner of the
+    node's tight box).
+    """
+    start = nodes[0]
+    end = nodes[1]
+    child = nodes[2]
+    nchild = nodes[3]
+    nn = start.shape[0]
+    nc = ncoef[order + 1]
+    geo = np.zeros((nn, 5))
+    box = np.zeros((nn, 6))
+    mp = np.zeros((nn, nc))
+    for k in prange(leaves.shape[0]):
+        q = leaves[k]
+        s = start[q]
+        e = end[q]
+        ma = 0.0
+        sx = 0.0
+        sy = 0.0
+        sz = 0.0
+        for c in range(3):
+            box[q, c] = p[c, s]
+            box[q, 3 + c] = p[c, s]
+        for j in range(s, e):
+            w = abs(p[3, j])
+            ma += w
+            sx += w * p[0, j]
+            sy += w * p[1, j]
+            sz += w * p[2, j]
+            for c in range(3):
+                box[q, c] = min(box[q, c], p[c, j])
+                box[q, 3 + c] = max(box[q, 3 + c], p[c, j])
+        if ma > 0.0:
+            cx = sx / ma
+            cy = sy / ma
+            cz = sz / ma
+        else:
+            cx = 0.5 * (box[q, 0] + box[q, 3])
+            cy = 0.5 * (box[q, 1] + box[q, 4])
+            cz = 0.5 * (box[q, 2] + box[q, 5])
+        w = np.empty(nc)
+        r2 = 0.0
+        mq = mp[q]
+        for j in range(s, e):
+            bx = p[0, j] - cx
+            by = p[1, j] - cy
+            bz = p[2, j] - cz
+            r2 = max(r2, bx * bx + by * by + bz * bz)
+            monomials(bx, by, bz, nc, itab, ftab, w)
+            mj = p[3, j]
+            for c in range(nc):
+                mq[c] += mj * w[c]
+        geo[q, 0] = cx
+        geo[q, 1] = cy
+        geo[q, 2] = cz
+        geo[q, 3] = np.sqrt(r2)
+        geo[q, 4] = ma
+    for lev in range(bounds.shape[0] - 2, -1, -1):
+        for q in prange(bounds[lev], bounds[lev + 1]):
+            if nchild[q] == 0:
+                continue
+            c0 = child[q]
+            c1 = c0 + nchild[q]
+            ma = 0.0
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for c in range(3):
+                box[q, c] = box[c0, c]
+                box[q, 3 + c] = box[c0, 3 + c]
+            for ch in range(c0, c1):
+                w = geo[ch, 4]
+                ma += w
+                sx += w * geo[ch, 0]
+                sy += w * geo[ch, 1]
+                sz += w * geo[ch, 2]
+                for c in range(3):
+                    box[q, c] = min(box[q, c], box[ch, c])
+                    box[q, 3 + c] = max(box[q, 3 + c], box[ch, 3 + c])
+            if ma > 0.0:
+                cx = sx / ma
+                cy = sy / ma
+                cz = sz / ma
+            else:
+                cx = 0.5 * (box[q, 0] + box[q, 3])
+                cy = 0.5 * (box[q, 1] + box[q, 4])
+                cz = 0.5 * (box[q, 2] + box[q, 5])
+            dx = max(cx - box[q, 0], box[q, 3] - cx)
+            dy = max(cy - box[q, 1], box[q, 4] - cy)
+            dz = max(cz - box[q, 2], box[q, 5] - cz)
+            rb = np.sqrt(dx * dx + dy * dy + dz * dz)
+            rc = 0.0
+            w = np.empty(nc)
+            mq = mp[q]
+            for ch in range(c0, c1):
+                bx = geo[ch, 0] - cx
+                by = geo[ch, 1] - cy
+                bz = geo[ch, 2] - cz
+                rc = max(rc, np.sqrt(bx * bx + by * by + bz * bz) + geo[ch, 3])
+                if geo[ch, 4] > 0.0:
+                    monomials(bx, by, bz, nc, itab, ftab, w)
+                    m2m(mp[ch], mq, w, order, ncoef, itab, off, shift)
+            geo[q, 0] = cx
+            geo[q, 1] = cy
+            geo[q, 2] = cz
+            geo[q, 3] = min(rb, rc)
+            geo[q, 4] = ma
+    return geo, mp
+
+
+# --------------------------------------------------------------------------------------
+# the dual tree walk
+# --------------------------------------------------------------------------------------
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _pair_exact(p, acc, a0, a1, b0, b1, eps2, diagonal):
+    """Mutual pairs with ``sqrt`` and division (the safe path for pairs too close)."""
+    for i in range(a0, a1):
+        xi = p[0, i]
+        yi = p[1, i]
+        zi = p[2, i]
+        mi = p[3, i]
+        ax = 0.0
+        ay = 0.0
+        az = 0.0
+        for j in range(i + 1 if diagonal else b0, b1):
+            dx = p[0, j] - xi
+            dy = p[1, j] - yi
+            dz = p[2, j] - zi
+            r2 = dx * dx + dy * dy + dz * dz + eps2
+            if r2 > 0.0:
+                w = 1.0 / (r2 * np.sqrt(r2))
+                ax += p[3, j] * w * dx
+                ay += p[3, j] * w * dy
+                az += p[3, j] * w * dz
+                acc[0, j] -= mi * w * dx
+                acc[1, j] -= mi * w * dy
+                acc[2, j] -= mi * w * dz
+        acc[0, i] += ax
+        acc[1, i] += ay
+        acc[2, i] += az
+
+
+@njit(inline="always", fastmath=_FM, error_model="numpy")
+def _accept(a, b, geo, prm):
+    """Return whether ``r_A + r_B < theta |z_A - z_B|`` (the acceptance criterion)."""
+    dx = geo[a, 0] - geo[b, 0]
+    dy = geo[a, 1] - geo[b, 1]
+    dz = geo[a, 2] - geo[b, 2]
+    rr = geo[a, 3] + geo[b, 3]
+    return rr * rr < prm[0] * (dx * dx + dy * dy + dz * dz)
+
+
+@njit(inline="always")
+def _push(stack, top, a, b):
+    if 2 * top + 2 > stack.shape[0]:
+        bigger = np.empty(2 * stack.shape[0], dtype=np.int64)
+        bigger[: stack.shape[0]] = stack
+        stack = bigger
+    stack[2 * top] = a
+    stack[2 * top + 1] = b
+    return stack, top + 1
+
+
+@njit(inline="always")
+def _put(stack, top, a, b):
+    stack[2 * top] = a
+    stack[2 * top + 1] = b
+    return top + 1
+
+
+@njit(inline="always")
+def _split(stack, top, a, b, nodes, geo):
+    """Push the children of the larger of ``a``, ``b`` (never a leaf) paired with the other."""
+    child = nodes[2]
+    nchild = nodes[3]
+    if nchild[b] == 0 or (nchild[a] > 0 and geo[a, 3] >= geo[b, 3]):
+        for i in range(child[a], child[a] + nchild[a]):
+            top = _put(stack, top, i, b)
+    else:
+        for i in range(child[b], child[b] + nchild[b]):
+            top = _put(stack, top, a, i)
+    return top
+
+
+@njit(inline="always")
+def _split_self(stack, top, a, nodes):
+    """Push the self-interactions of ``a``'s children and every pair of them."""
+    c0 = nodes[2, a]
+    c1 = c0 + nodes[3, a]
+    for i in range(c0, c1):
+        top = _put(stack, top, i, i)
+        for j in range(i + 1, c1):
+            top = _put(stack, top, i, j)
+    return top
+
+
+@njit(cache=True, nogil=True)
+def _tasks(nodes, geo, prm, cut, nmax):
+    """Split the root's self-interaction into independent tasks (pairs of nodes).
+
+    The walk's own rules (:func:`_walk`), stopped where both nodes hold at most ``nmax``
+    particles. Returns ``(K, 2)`` node pairs (``a == b``: a self-interaction), the most
+    expensive first.
+    """
+    start = nodes[0]
+    end = nodes[1]
+    nchild = nodes[3]
+    out = np.empty((64, 2), dtype=np.int64)
+    cost = np.empty(64)
+    nt = 0
+    stack = np.empty(2 * _STACK, dtype=np.int64)
+    stack[0] = 0
+    stack[1] = 0
+    top = 1
+    while top > 0:
+        top -= 1
+        a = stack[2 * top]
+        b = stack[2 * top + 1]
+        na = end[a] - start[a]
+        nb = end[b] - start[b]
+        if a == b:
+            if nchild[a] > 0 and na > nmax and na * (na - 1) // 2 > cut:
+                top = _split_self(stack, top, a, nodes)
+                continue
+        elif geo[a, 4] == 0.0 and geo[b, 4] == 0.0:
+            continue
+        elif max(na, nb) > nmax and na * nb > cut and not _accept(a, b, geo, prm):
+            if nchild[a] > 0 or nchild[b] > 0:
+                top = _split(stack, top, a, b, nodes, geo)
+                continue
+        if nt == out.shape[0]:
+            out2 = np.empty((2 * nt, 2), dtype=np.int64)
+            out2[:nt] = out
+            out = out2
+            cost2 = np.empty(2 * nt)
+            cost2[:nt] = cost
+            cost = cost2
+        out[nt, 0] = a
+        out[nt, 1] = b
+        cost[nt] = 0.5 * na * na if a == b else 1.0 * na * nb
+        nt += 1
+    order = np.argsort(-cost[:nt])
+    return out[order].copy()
+
+
+@njit(fastmath=_FM, error_model="numpy")
+def _near(near, nd, p, acc, nodes, lnode, eps2, fast):
+    """Sum the direct node pairs of one task, each particle pair once (Newton's third law).
+
+    A pair ``(A, B)`` (``A`` the one earlier in Morton order) becomes, for every leaf ``L``
+    of ``A``, the block ``L x B`` of the symmetric pair kernel; a self pair ``(A, A)``
+    becomes, for every leaf ``L`` of ``A``, the diagonal block ``L x L`` and the block of
+    ``L`` with the rest of ``A`` after it. A leaf's source ranges are sorted and adjacent
+    ones merged, so its rows run a few long vector loops.
+    """
+    start = nodes[0]
+    end = nodes[1]
+    lf0 = nodes[4]
+    lf1 = nodes[5]
+    k = 0
+    for e in range(nd):
+        a = near[2 * e]
+        b = near[2 * e + 1]
+        if start[b] < start[a]:
+            a = b
+        k += lf1[a] - lf0[a]
+    tg = np.empty(k, dtype=np.int64)
+    s0 = np.empty(k, dtype=np.int64)
+    s1 = np.empty(k, dtype=np.int64)
+    k = 0
+    for e in range(nd):
+        a = near[2 * e]
+        b = near[2 * e + 1]
+        if start[b] < start[a]:
+            a, b = b, a
+        for lf in range(lf0[a], lf1[a]):
+            tg[k] = lf
+            if a == b:
+                s0[k] = start[lnode[lf]]  # the diagonal block, then the rest of A
+                s1[k] = end[a]
+            else:
+                s0[k] = start[b]
+                s1[k] = end[b]
+            k += 1
+    span = np.int64(end[0]) + 1  # the root's end: past every slot
+    key = np.empty(k, dtype=np.int64)
+    for e in range(k):
+        key[e] = tg[e] * span + s0[e]
+    order = np.argsort(key)
+    ranges = np.empty(2 * k, dtype=np.int64)
+    e = 0
+    blocks = 0
+    while e < k:
+        t = tg[order[e]]
+        nr = 0
+        while e < k and tg[order[e]] == t:
+            o = order[e]
+            if nr > 0 and ranges[2 * nr - 1] == s0[o]:
+                ranges[2 * nr - 1] = s1[o]
+            else:
+                ranges[2 * nr] = s0[o]
+                ranges[2 * nr + 1] = s1[o]
+                nr += 1
+            e += 1
+        q = lnode[t]
+        t0 = start[q]
+        t1 = end[q]
+        blocks += nr
+        for r in range(nr):
+            b0 = ranges[2 * r]
+            b1 = ranges[2 * r + 1]
+            if b0 == t0:  # this leaf's own block first, then what follows it
+                if fast:
+                    pair_block(p, acc, t0, t1, p, acc, t0, t1, eps2, True)
+                else:
+                    _pair_exact(p, acc, t0, t1, t0, t1, eps2, True)
+                b0 = t1
+            if b1 > b0:
+                if fast:
+                    pair_block(p, acc, t0, t1, p, acc, b0, b1, eps2, False)
+                else:
+                    _pair_exact(p, acc, t0, t1, b0, b1, eps2, False)
+    return blocks
+
+
+@njit(cache=True, nogil=True)
+def _leaf_ranges(nodes, lnode):
+    """Rows 4, 5 of the nodes: each node's leaves ``lnode[lf0:lf1]`` (in Morton order)."""
+    nn = nodes.shape[1]
+    out = np.empty((6, nn), dtype=np.int64)
+    out[:4] = nodes[:4]
+    for k in range(lnode.shape[0]):
+        out[4, lnode[k]] = k
+        out[5, lnode[k]] = k + 1
+    for q in range(nn - 1, -1, -1):
+        if nodes[3, q] > 0:
+            c0 = nodes[2, q]
+            c1 = c0 + nodes[3, q]
+            out[4, q] = out[4, c0]
+            out[5, q] = out[5, c0]
+            for c in range(c0, c1):
+                out[4, q] = min(out[4, q], out[4, c])
+                out[5, q] = max(out[5, q], out[5, c])
+    return out
+
+
+@njit(nogil=True, fastmath=_FM, error_model="numpy")
+def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift, work, buf, pa, pb):
+    """Walk the node pairs of one task into one thread's accumulators ``acc`` and ``lo``.
+
+    A pair of nodes ``(A, B)`` is, in this order: skipped if neither has mass; summed
+    directly (mutual pairs on the SIMD pair kernel) if ``n_A n_B <= cut``; a mutual M2L if
+    the acceptance criterion holds; summed directly if both are leaves; otherwise the node
+    with the larger radius (a leaf never) is split and its children paired with the other.
+    A node with itself: directly if a leaf or ``n (n - 1) / 2 <= cut``, else the children's
+    self-interactions and every pair of children.
+    """
+    eps2 = prm[1]
+    cut = int(prm[2])
+    fast = prm[3] != 0.0
+    order = int(prm[4])
+    ncoef = tab[0]
+    off = tab[1]
+    itab = tab[2:]
+    start = nodes[0]
+    end = nodes[1]
+    nchild = nodes[3]
+    stack = np.empty(2 * _STACK, dtype=np.int64)
+    stack[0] = a0
+    stack[1] = b0
+    top = 1
+    nm = 0  # M2L interactions waiting in pa, pb
+    near = np.empty(2 * 256, dtype=np.int64)  # direct pairs of nodes (one-sided near field)
+    nd = 0
+    while top > 0:
+        top -= 1
+        a = stack[2 * top]
+        b = stack[2 * top + 1]
+        sa = start[a]
+        ea = end[a]
+        if a == b:
+            na = ea - sa
+            if nchild[a] == 0 or na * (na - 1) // 2 <= cut:
+                cnt[1] += 1
+                cnt[2] += na * (na - 1) // 2
+                near, nd = _push(near, nd, a, a)
+            else:
+                top = _split_self(stack, top, a, nodes)
+            continue
+        if geo[a, 4] == 0.0 and geo[b, 4] == 0.0:
+            continue
+        sb = start[b]
+        eb = end[b]
+        if (ea - sa) * (eb - sb) <= cut or (
+            nchild[a] == 0 and nchild[b] == 0 and not _accept(a, b, geo, prm)
+        ):
+            cnt[1] += 1
+            cnt[2] += (ea - sa) * (eb - sb)
+            near, nd = _push(near, nd, a, b)
+        elif _accept(a, b, geo, prm):
+            cnt[0] += 1
+            pa[nm] = a
+            pb[nm] = b
+            nm += 1
+            if nm == LANES:
+                m2l_lanes(
+                    pa, pb, nm, geo, mp, lo, eps2, order, ncoef, itab, ftab, off, shift, work, buf
+                )
+                nm = 0
+        else:
+            top = _split(stack, top, a, b, nodes, geo)
+    if nm > 0:
+        m2l_lanes(pa, pb, nm, geo, mp, lo, eps2, order, ncoef, itab, ftab, off, shift, work, buf)
+    if nd > 0:
+        cnt[3] += _near(near, nd, p, acc, nodes, lnode, eps2, fast)
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _interact(tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, shift):
+    """Run every task, in parallel; each thread adds into its own ``accs[t]``, ``los[t]``.
+
+    ``prm``: theta**2, eps**2, cut, fast (0/1), order. ``tab``: ``ncoef`` and ``off``
+    (padded to the width of ``itab``) on top of ``itab``.
+    """
+    nc = mp.shape[1]
+    order = int(prm[4])
+    for k in prange(tasks.shape[0]):
+        t = numba.get_thread_id()
+        work = np.empty((order + 1, nc, LANES))
+        buf = np.empty((5, nc, LANES))
+        pa = np.empty(LANES, dtype=np.int64)
+        pb = np.empty(LANES, dtype=np.int64)
+        _walk(
+            tasks[k, 0],
+            tasks[k, 1],
+            p,
+            accs[t],
+            los[t],
+            cnts[t],
+            nodes,
+            lnode,
+            geo,
+            mp,
+            prm,
+            tab,
+            ftab,
+            shift,
+            work,
+            buf,
+            pa,
+            pb,
+        )
+
+
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
+def _downward(
+    los, accs, p, geo, nodes, parent, bounds, leaves, order, ncoef, itab, ftab, off, shift
+):
+    """Add up the threads' locals, shift them down (L2L by levels), evaluate at the particles.
+
+    Returns the sorted ``(3, N)`` accelerations (scaled units): the threads' direct sums
+    plus the local expansions' gradients (L2P).
+    """
+    nt = los.shape[0]
+    nc = los.shape[2]
+    lo = los[0]
+    for lev in range(bounds.shape[0] - 1):
+        for q in prange(bounds[lev], bounds[lev + 1]):
+            for t in range(1, nt):
+                for c in range(nc):
+                    lo[q, c] += los[t, q, c]
+            if q > 0:
+                a = parent[q]
+                w = np.empty(nc)
+                monomials(
+                    geo[q, 0] - geo[a, 0],
+                    geo[q, 1] - geo[a, 1],
+                    geo[q, 2] - geo[a, 2],
+                    nc,
+                    itab,
+                    ftab,
+                    w,
+                )
+                l2l(lo[a], lo[q], w, order, ncoef, itab, off, shift)
+    n = p.shape[1]
+    out = np.empty((3, n))
+    nc1 = ncoef[order]
+    for k in prange(leaves.shape[0]):
+        q = leaves[k]
+        w = np.empty(max(nc1, 1))
+        lq = lo[q]
+        for i in range(nodes[0, q], nodes[1, q]):
+            monomials(
+                p[0, i] - geo[q, 0], p[1, i] - geo[q, 1], p[2, i] - geo[q, 2], nc1, itab, ftab, w
+            )
+            ax, ay, az = l2p(lq, w, nc1, itab)
+            for t in range(nt):
+                ax += accs[t, 0, i]
+                ay += accs[t, 1, i]
+                az += accs[t, 2, i]
+            out[0, i] = ax
+            out[1, i] = ay
+            out[2, i] = az
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _sorted_soa(m, x, perm, shift, s, ms):
+    """``(4, N)`` copy in Morton order: ``(x - shift) * s`` and ``m * ms`` (both exact)."""
+    n = m.shape[0]
+    p = np.empty((4, n))
+    for i in prange(n):
+        j = perm[i]
+        for k in range(3):
+            p[k, i] = (x[j, k] - shift[k]) * s
+        p[3, i] = m[j] * ms
+    return p
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _unsort(acc, perm, scale):
+    """Return the result in the caller's order times ``scale``, and whether it is finite."""
+    n = perm.shape[0]
+    out = np.empty((n, 3))
+    bad = 0
+    for i in prange(n):
+        j = perm[i]
+        for k in range(3):
+            v = acc[k, i] * scale
+            out[j, k] = v
+            if not np.isfinite(v):
+                bad += 1
+    return out, bad == 0
+
+
+# --------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------
+
+
+class _Expansions:
+    """Multipoles of every node of a tree at one order, with the order's tables."""
+
+    def __init__(self, tree, order):
+        self.order = order
+        tb = self.tb = tables(order)
+        self.geo, self.mp = _upward(
+            tree.p,
+            tree.nodes,
+            tree.bounds,
+            tree.leaves,
+            order,
+            tb.ncoef,
+            tb.itab,
+            tb.ftab,
+            tb.off,
+            tb.shift,
+        )
+        width = max(tb.itab.shape[1], tb.off.shape[0], tb.ncoef.shape[0])
+        tab = np.zeros((2 + tb.itab.shape[0], width), dtype=np.int64)
+        tab[0, : tb.ncoef.shape[0]] = tb.ncoef
+        tab[1, : tb.off.shape[0]] = tb.off
+        tab[2:, : tb.itab.shape[1]] = tb.itab
+        self.tab = tab
+
+
+class _Tree:
+    """The sorted particles and the octree: what every evaluation shares (scaled units)."""
+
+    def __init__(self, m, x, softening, leaf_size):
+        lo = x.min(axis=0)
+        hi = x.max(axis=0)
+        # an axis whose coordinates all lie within a factor 2 of each other (a system far
+        # from the origin) is shifted to start at 0: exact (Sterbenz), so separations keep
+        # every digit while the expansions work on coordinates of the system's own size
+        self.shift = np.where((lo > 0.0) & (hi <= 2.0 * lo), lo, 0.0)
+        self.shift = np.where((hi < 0.0) & (lo >= 2.0 * hi), hi, self.shift)
+        s = float(_scale(lo - self.shift, hi - self.shift, softening))
+        self.fast = s > 0.0  # else: extent beyond 2**179, unscaled, sqrt and division only
+        self.s = s if self.fast else 1.0
+        self.eps2 = (softening * self.s) ** 2
+        half = float(np.max(0.5 * hi - 0.5 * lo))
+        ks = float(1 << _LEVELS) / half if half > 0.0 else 0.0
+        keys = morton_keys(x, np.ascontiguousarray(lo), ks)
+        self.perm = np.argsort(keys, kind="stable")
+        keys = keys[self.perm]
+        self.ms = mass_scale(m)
+        nodes = np.vstack(build(keys, leaf_size))
+        del keys
+        self.leaves = np.flatnonzero(nodes[3] == 0)
+        self.p = _sorted_soa(m, x, self.perm, self.shift, self.s, self.ms)
+        self.parent, self.bounds = _levels(nodes[2], nodes[3])
+        self.lnode = self.leaves[np.argsort(nodes[0, self.leaves], kind="stable")]
+        self.nodes = _leaf_ranges(nodes, self.lnode)
+
+    def evaluate(self, ex, theta, cut, fast, threads, counts=None):
+        """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
+        n = self.p.shape[1]
+        tb = ex.tb
+        prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order])
+        tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
+        accs = np.zeros((threads, 3, n))
+        los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1]))
+        cnts = np.zeros((threads, 4), dtype=np.int64) if counts is None else counts
+        with parallel_chunksize(1):
+            _interact(
+                tasks,
+                self.p,
+                accs,
+                los,
+                cnts,
+                self.nodes,
+                self.lnode,
+                ex.geo,
+                ex.mp,
+                prm,
+                ex.tab,
+                tb.ftab,
+                tb.shift,
+            )
+        return _downward(
+            los,
+            accs,
+            self.p,
+            ex.geo,
+            self.nodes,
+            self.parent,
+            self.bounds,
+            self.leaves,
+            ex.order,
+            tb.ncoef,
+            tb.itab,
+            tb.ftab,
+            tb.off,
+            tb.shift,
+        )
+
+
+#: A system whose particles all lie within this fraction of its length from one straight
+#: line is summed directly (see :func:`_collinear`).
+LINE_TOLERANCE = 1e-6
+
+
+def _collinear(x) -> bool:
+    """Whether every particle lies within ``LINE_TOLERANCE`` of the system's length of a line.
+
+    On a line the forces from both sides cancel, down to 1e-5 of the typical force for
+    some particles of a random line; their per-particle relative error is the expansion's
+    error over that small net force, unbounded by any order or angle. Such systems take the
+    exact path (direct summation, ``numba_parallel``'s kernel): O(N**2), exact to rounding.
+    """
+    c = x.mean(axis=0)
+    d = x - c
+    w, v = np.linalg.eigh(d.T @ d)
+    u = v[:, 2]  # the principal axis
+    along = d @ u
+    length = float(along.max() - along.min())
+    perp = d - along[:, None] * u[None, :]
+    return float(np.sqrt((perp * perp).sum(axis=1).max())) <= LINE_TOLERANCE * length
+
+
+def _kernel(m, x, G, softening, st):
+    """Evaluate on trusted inputs with the settings ``st`` (:func:`settings`)."""
+    if _collinear(x):
+        return _direct(m, x, G, softening)
+    tree = _Tree(m, x, softening, st["leaf_size"])
+    threads = numba.get_num_threads()
+    scale = G * tree.s * tree.s / tree.ms
+    ex = _Expansions(tree, st["order"])
+    out, ok = None, False
+    for fast in (True, False) if tree.fast else (False,):
+        acc = tree.evaluate(ex, st["theta"], st["cut"], fast, threads)
+        out, ok = _unsort(acc, tree.perm, scale)
+        if ok:
+            break
+    return out
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number in [1e-12, 1e-2]; got {eps!r}")
+    eps = float(eps)
+    if not EPS_RANGE[0] <= eps <= EPS_RANGE[1]:
+        raise ValueError(f"eps must be in [1e-12, 1e-2] (the calibrated range); got {eps!r}")
+    return eps
+
+
+def _check_options(eps, order, theta, leaf_size):
+    eps = _check_eps(eps)
+    if order is not None:
+        if isinstance(order, bool) or not isinstance(order, numbers.Integral):
+            raise TypeError(f"order must be an integer in [1, {MAX_ORDER}] or None; got {order!r}")
+        if not 1 <= order <= MAX_ORDER:
+            raise ValueError(f"order must be in [1, {MAX_ORDER}]; got {order!r}")
+        order = int(order)
+    if theta is not None:
+        if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
+            raise TypeError(f"theta must be a real number in (0, 1) or None; got {theta!r}")
+        theta = float(theta)
+        if not 0.0 < theta < 1.0:  # (also rejects NaN)
+            raise ValueError(f"theta must be in (0, 1) (the opening angle); got {theta!r}")
+    if leaf_size is not None:
+        if isinstance(leaf_size, bool) or not isinstance(leaf_size, numbers.Integral):
+            raise TypeError(f"leaf_size must be an integer >= 1 or None; got {leaf_size!r}")
+        if leaf_size < 1:
+            raise ValueError(f"leaf_size must be >= 1; got {leaf_size!r}")
+        leaf_size = int(leaf_size)
+    return eps, order, theta, leaf_size
+
+
+def _bound(order: int, theta: float) -> float:
+    """Return the error model's bound ``_C[order] * theta**(order + 1) + _FLOOR``."""
+    return min(1.0, _C[min(order, max(_C))] * theta ** (order + 1) + _FLOOR)
+
+
+def _cut(order: int) -> int:
+    """Largest ``n_A n_B`` summed directly rather than by a mutual M2L at this order.
+
+    Half the M2L's coefficient steps, ``C(p + 6, 6) / 2``: one step of its contraction costs
+    about as much as two pairs of the direct kernel (measured), so below this the direct sum
+    is the cheaper and exact choice.
+    """
+    return comb(order + 6, 6) // 2
+
+
+def _order_for(eps: float) -> int:
+    """Return the calibrated order for a requested rms ``eps`` (first row with eps >= e)."""
+    for e, p in _ORDER_TABLE:
+        if eps >= e:
+            return p
+    return _ORDER_TABLE[-1][1]
+
+
+def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None) -> dict:
+    """Return the settings ``accel`` runs with for these options and the rms bound they keep.
+
+    Parameters
+    ----------
+    eps, order, theta, leaf_size
+        As for :func:`accel`.
+
+    Returns
+    -------
+    dict
+        ``order``, ``theta``, ``leaf_size``, ``cut`` (the largest number of particle pairs
+        summed directly rather than by an expansion) and ``bound`` (:func:`tolerance`).
+    """
+    eps, order, theta, leaf_size = _check_options(eps, order, theta, leaf_size)
+    expert = order is not None or theta is not None
+    if order is None and theta is None:
+        order = _order_for(eps)
+    elif order is None:  # the lowest order whose bound at this theta is within eps
+        order = next((p for p in range(1, MAX_ORDER + 1) if _bound(p, theta) <= eps), MAX_ORDER)
+    if theta is None:  # the widest angle whose bound at this order is within eps
+        c = _C[min(order, max(_C))]
+        t = ((eps - _FLOOR) / c) ** (1.0 / (order + 1)) if eps > _FLOOR else 0.0
+        theta = min(THETA_RANGE[1], max(THETA_RANGE[0], t))
+    if leaf_size is None:
+        leaf_size = _LEAF_SIZE
+    cut = _cut(order)
+    bound = _bound(order, theta) if expert else eps
+    return {
+        "order": order,
+        "theta": theta,
+        "leaf_size": leaf_size,
+        "cut": cut,
+        "bound": bound,
+    }
+
+
+def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, **_) -> float:
+    """Bound on the rms per-particle relative error promised by these options.
+
+    ``eps`` itself on the default path (the calibration picks an order and an opening angle
+    whose modelled error ``_C[p] theta**(p + 1)`` is within it). With ``order=`` or
+    ``theta=`` given, the model's bound for the settings actually used, which may be above
+    or below ``eps``. Other options (``leaf_size``) do not loosen it.
+
+    Parameters
+    ----------
+    eps : float, optional
+        Requested rms per-particle relative error, in [1e-12, 1e-2].
+    order : int, optional
+    theta : float, optional
+
+    Returns
+    -------
+    float
+    """
+    return float(settings(eps=eps, order=order, theta=theta)["bound"])
+
+
+def accel(
+    masses,
+    positions,
+    G=1.0,
+    *,
+    softening=0.0,
+    eps=DEFAULT_EPS,
+    order=None,
+    theta=None,
+    leaf_size=None,
+) -> np.ndarray:
+    """Gravitational accelerations by a fast multipole method (approximate, O(N)).
+
+    Parameters
+    ----------
+    masses : (N,) array_like of real
+    positions : (N, 3) array_like of real
+    G : float, optional
+        Gravitational constant.
+    softening : float, optional
+        Plummer softening length (>= 0), in the direct sums and the expansions alike
+        (the expansions are those of the softened kernel; module docstring).
+    eps : float, optional
+        Requested rms per-particle relative error, in [1e-12, 1e-2] (default 1e-6): the
+        order and the opening angle come from the calibration (:func:`settings`).
+    order : int, optional
+        Expansion order, 1 to 20 (experts; default from ``eps``).
+    theta : float, optional
+        Opening angle in (0, 1) of the acceptance criterion
+        ``r_A + r_B < theta |z_A - z_B|`` (experts; default from ``eps`` and the order).
+    leaf_size : int, optional
+        Most particles per leaf (>= 1); coincident points share one leaf whatever its size.
+
+    Returns
+    -------
+    (N, 3) ndarray of float64
+        A new array. Its rms per-particle relative error is bounded by :func:`tolerance`
+        of the same options (``eps`` unless ``order``/``theta`` are given).
+    """
+    st = settings(eps=eps, order=order, theta=theta, leaf_size=leaf_size)
+    inp = validate(masses, positions, G, softening)
+    return evaluate("fmm", inp, _kernel, st)

@@ -1,0 +1,287 @@
+"""The ``fmm`` backend: rms error within the requested ``eps`` on many systems, edge cases."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import backends
+from backends import reference
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.fmm_systems import SYSTEMS  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    backends.unavailable_reason("fmm") is not None, reason="fmm backend unavailable"
+)
+
+
+@pytest.fixture(scope="module")
+def fmm():
+    from backends import fmm_dual_tree
+
+    return fmm_dual_tree
+
+
+def exact(m, x, G=1.0, softening=0.0):
+    return backends.get("numba_parallel").accel(m, x, G, softening=softening)
+
+
+def rms_error(a, ref):
+    """Return the rms over particles of |a_i - ref_i| / |ref_i| (0: over max |ref|)."""
+    d = np.linalg.norm(a - ref, axis=1)
+    r = np.linalg.norm(ref, axis=1)
+    return float(np.sqrt(np.mean((d / np.where(r > 0, r, r.max())) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """Systems of 3000 particles and their exact accelerations, computed once."""
+    out = {}
+    for name in ("gaussian", "plummer", "clumps", "disc", "shell", "binary", "corner", "point"):
+        m, x = SYSTEMS[name](3000, 11)
+        out[name, 0.0] = (m, x, exact(m, x, 0.7))
+    for name, soft in (("plummer", 0.01), ("clumps", 0.05), ("disc", 0.3)):
+        m, x = SYSTEMS[name](3000, 12)
+        out[name, soft] = (m, x, exact(m, x, 0.7, soft))
+    return out
+
+
+EPS = [1e-2, 1e-4, 1e-6, 1e-8, 1e-10]
+
+
+@pytest.mark.parametrize("eps", EPS)
+def test_rms_within_eps(fmm, cases, eps):
+    for (name, soft), (m, x, ref) in cases.items():
+        out = fmm.accel(m, x, 0.7, softening=soft, eps=eps, leaf_size=16)
+        assert np.isfinite(out).all()
+        err = rms_error(out, ref)
+        assert err <= eps, (name, soft, eps, err)
+        assert fmm.tolerance(eps=eps) == eps
+
+
+def test_default_leaves_on_larger_system(fmm):
+    m, x = SYSTEMS["plummer"](20_000, 3)
+    ref = exact(m, x)
+    for eps in (1e-3, 1e-6, 1e-9):
+        assert rms_error(fmm.accel(m, x, eps=eps), ref) <= eps
+
+
+def test_smaller_eps_is_more_accurate(fmm, cases):
+    m, x, ref = cases["gaussian", 0.0]
+    errs = [rms_error(fmm.accel(m, x, 0.7, eps=e, leaf_size=16), ref) for e in EPS]
+    for a, b in zip(errs, errs[1:], strict=False):  # down to the rounding (~1e-15)
+        assert b < a or b < 1e-13, errs
+    assert errs[0] > 1e-8 and errs[-1] < 1e-11  # (not a direct sum at eps = 1e-2)
+
+
+@pytest.mark.parametrize(
+    ("order", "theta"), [(1, 0.3), (2, 0.5), (4, 0.7), (6, 0.5), (9, 0.6), (14, 0.4), (20, 0.6)]
+)
+def test_expert_settings_keep_their_bound(fmm, cases, order, theta):
+    bound = fmm.tolerance(order=order, theta=theta)
+    assert bound == fmm.settings(order=order, theta=theta)["bound"]
+    for key in (("clumps", 0.0), ("disc", 0.0), ("plummer", 0.01)):
+        m, x, ref = cases[key]
+        out = fmm.accel(m, x, 0.7, softening=key[1], order=order, theta=theta, leaf_size=16)
+        assert rms_error(out, ref) <= bound, (key, order, theta)
+
+
+def test_expert_order_or_theta_alone(fmm):
+    st = fmm.settings(eps=1e-8, order=6)
+    assert st["order"] == 6 and st["bound"] <= 1e-8 or st["theta"] == fmm.THETA_RANGE[0]
+    st = fmm.settings(eps=1e-5, theta=0.4)
+    assert st["theta"] == 0.4 and st["bound"] <= 1e-5
+    assert fmm.tolerance(eps=1e-5, theta=0.4) == st["bound"]
+
+
+def test_calibration_keeps_eps_everywhere(fmm):
+    """On the default path the modelled error of the chosen order and angle is within eps."""
+    for eps in np.geomspace(1e-12, 1e-2, 61):
+        st = fmm.settings(eps=eps)
+        assert fmm._bound(st["order"], st["theta"]) <= eps * (1 + 1e-12), eps
+        assert fmm.THETA_RANGE[0] <= st["theta"] <= fmm.THETA_RANGE[1]
+        assert st["bound"] == eps
+
+
+def test_registry(fmm):
+    assert "fmm" in backends.names()
+    assert not backends.is_exact("fmm")
+    assert backends.tolerance("fmm") == fmm.DEFAULT_EPS == 1e-6
+    assert backends.tolerance("fmm", eps=1e-9) == 1e-9
+    assert backends.get("fmm").module is fmm
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17])
+def test_small_systems_against_oracle(fmm, n):
+    rng = np.random.default_rng(n)
+    m, x = rng.random(n), rng.standard_normal((n, 3))
+    out = fmm.accel(m, x, 1.5, softening=0.01)
+    assert out.shape == (n, 3) and out.dtype == np.float64
+    ref = reference.accel(m, x, 1.5, softening=0.01)
+    if n == 1:
+        np.testing.assert_array_equal(out, 0.0)
+    elif n > 1:
+        assert rms_error(out, ref) <= 1e-6
+
+
+def test_coincident_points_and_zero_masses(fmm):
+    m, x = SYSTEMS["gaussian"](2000, 5)
+    x[1::3] = x[0]  # a third of the particles at one point
+    x[500:520] = x[7]
+    m[2::5] = 0.0
+    for soft in (0.0, 0.02):
+        ref = exact(m, x, softening=soft)
+        out = fmm.accel(m, x, softening=soft, eps=1e-8)
+        assert np.isfinite(out).all()
+        assert rms_error(out, ref) <= 1e-8
+    np.testing.assert_array_equal(fmm.accel([1.0, 2.0], [[1.0, 2, 3], [1.0, 2, 3]]), 0.0)
+
+
+@pytest.mark.parametrize("name", ["decades", "cube"])
+def test_masses_over_decades_and_a_uniform_cube(fmm, name):
+    m, x = SYSTEMS[name](4000, 2)
+    ref = exact(m, x)
+    for eps in (1e-3, 1e-7):
+        assert rms_error(fmm.accel(m, x, eps=eps, leaf_size=32), ref) <= eps
+
+
+def test_collinear_systems_are_summed_directly(fmm):
+    m, x = SYSTEMS["line"](2000, 3)
+    ref = exact(m, x)
+    assert fmm._collinear(x) and not fmm._collinear(SYSTEMS["disc"](2000, 3)[1])
+    assert backends.relative_error(fmm.accel(m, x, eps=1e-2), ref) <= 1e-12
+    jitter = 1e-9 * np.random.default_rng(0).standard_normal(x.shape)
+    assert fmm._collinear(x + jitter)
+
+
+def test_masses_of_both_signs(fmm):
+    m, x = SYSTEMS["gaussian"](3000, 6)
+    m = m - 0.5
+    ref = exact(m, x)
+    for eps in (1e-4, 1e-8):
+        assert rms_error(fmm.accel(m, x, eps=eps), ref) <= eps
+
+
+def test_every_particle_massless(fmm):
+    m, x = SYSTEMS["gaussian"](500, 6)
+    np.testing.assert_array_equal(fmm.accel(np.zeros(500), x), 0.0)
+
+
+def test_G_scales_the_result(fmm):
+    m, x = SYSTEMS["plummer"](3000, 8)
+    a1 = fmm.accel(m, x, 1.0)
+    np.testing.assert_allclose(fmm.accel(m, x, 6.674e-11), 6.674e-11 * a1, rtol=1e-15)
+    np.testing.assert_array_equal(fmm.accel(m, x, 4.0), 4.0 * a1)
+
+
+@pytest.mark.parametrize(("px", "pm"), [(200, -300), (-200, 300), (60, 0), (0, 700)])
+def test_extreme_scales_are_exact_powers_of_two(fmm, px, pm):
+    m, x = SYSTEMS["clumps"](2000, 9)
+    base = fmm.accel(m, x)
+    out = fmm.accel(np.ldexp(m, pm), np.ldexp(x, px))
+    np.testing.assert_array_equal(out, np.ldexp(base, pm - 2 * px))
+
+
+def test_far_from_origin(fmm):
+    """A system 1e8 of its sizes away from the origin keeps its accuracy (exact shift)."""
+    m, x = SYSTEMS["disc"](3000, 10)
+    for offset in (1e4, 1e8, -1e12):
+        xo = x + offset  # (rounded: the reference is the exact sum of these positions)
+        out = fmm.accel(m, xo, eps=1e-9)
+        assert rms_error(out, exact(m, xo)) <= 1e-9, offset
+
+
+def test_close_pair_takes_the_exact_path(fmm):
+    """A pair closer than float32's rsqrt estimate can resolve: exact sqrt path, no NaN."""
+    m, x = SYSTEMS["gaussian"](1000, 4)
+    x[1] = x[0] + 1e-25
+    ref = reference.accel(m[:50], x[:50])  # a subsystem the oracle can do quickly
+    out = fmm.accel(m[:50], x[:50])
+    assert np.isfinite(out).all() and rms_error(out, ref) <= 1e-6
+    out = fmm.accel(m, x)
+    assert np.isfinite(out).all() and rms_error(out, exact(m, x)) <= 1e-6
+
+
+def test_inputs_untouched_read_only_and_non_contiguous(fmm):
+    m, x = SYSTEMS["plummer"](4000, 2)
+    ref = fmm.accel(m, x, softening=0.01)
+    m2 = np.repeat(m, 2)[::2]
+    x2 = np.asfortranarray(np.repeat(x, 2, axis=0)[::2])
+    m2.flags.writeable = False
+    x2.flags.writeable = False
+    m0, x0 = m2.copy(), x2.copy()
+    out = fmm.accel(m2, x2, softening=0.01)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(m2, m0)
+    np.testing.assert_array_equal(x2, x0)
+    assert out.flags.writeable and not np.shares_memory(out, x2)
+
+
+def test_same_result_on_any_thread_count(fmm):
+    import numba
+
+    m, x = SYSTEMS["clumps"](5000, 3)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = fmm.accel(m, x, eps=1e-10)
+    finally:
+        numba.set_num_threads(before)
+    # the threads' partial sums are added in another order: rounding only
+    assert backends.relative_error(fmm.accel(m, x, eps=1e-10), one) <= 1e-11
+
+
+@pytest.mark.parametrize(
+    ("options", "exc", "match"),
+    [
+        ({"eps": 0.1}, ValueError, "eps must be in"),
+        ({"eps": 1e-13}, ValueError, "eps must be in"),
+        ({"eps": float("nan")}, ValueError, "eps must be in"),
+        ({"eps": "1e-6"}, TypeError, "eps must be a real"),
+        ({"eps": True}, TypeError, "eps must be a real"),
+        ({"order": 0}, ValueError, "order must be in"),
+        ({"order": 21}, ValueError, "order must be in"),
+        ({"order": 2.0}, TypeError, "order must be an integer"),
+        ({"order": True}, TypeError, "order must be an integer"),
+        ({"theta": 0.0}, ValueError, "theta must be in"),
+        ({"theta": 1.0}, ValueError, "theta must be in"),
+        ({"theta": float("nan")}, ValueError, "theta must be in"),
+        ({"theta": "0.5"}, TypeError, "theta must be a real"),
+        ({"leaf_size": 0}, ValueError, "leaf_size must be >= 1"),
+        ({"leaf_size": 8.0}, TypeError, "leaf_size must be an integer"),
+    ],
+)
+def test_bad_options(fmm, options, exc, match):
+    m, x = SYSTEMS["gaussian"](10, 0)
+    with pytest.raises(exc, match=match):
+        fmm.accel(m, x, **options)
+    if set(options) <= {"eps", "order", "theta"}:
+        with pytest.raises(exc, match=match):
+            fmm.tolerance(**options)
+
+
+def test_bad_inputs_name_the_argument(fmm):
+    with pytest.raises(ValueError, match="softening"):
+        fmm.accel([1.0, 1.0], [[0, 0, 0], [1, 0, 0]], softening=-1.0)
+    with pytest.raises(ValueError, match="positions"):
+        fmm.accel([1.0, 1.0], [[0, 0, np.nan], [1, 0, 0]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gaussian", "plummer", "disc", "binary"])
+def test_large_system_sampled_rows(fmm, name):
+    from backends.numba_parallel import accel_block
+
+    m, x = SYSTEMS[name](200_000, 1)
+    rows = np.random.default_rng(0).choice(len(m), 400, replace=False)
+    ref = accel_block(np.ascontiguousarray(x[rows]), m, x, 1.0, 0.0)
+    for eps in (1e-4, 1e-6, 1e-9):
+        out = fmm.accel(m, x, eps=eps)[rows]
+        assert rms_error(out, ref) <= eps, (name, eps)
