@@ -119,6 +119,31 @@ OPTIONS: dict[str, dict[str, Option]] = {
         "leaf_size": positive_int(1, 64, none=False),
         "group_size": positive_int(1, 128, none=False),
     },
+    "fmm": {
+        "eps": Option(
+            st.floats(1e-12, 1e-2),
+            st.one_of(
+                st.floats(max_value=9.9e-13),
+                st.floats(min_value=0.0101),
+                st.sampled_from([math.nan, math.inf]),
+                NOT_REAL.filter(lambda v: v is not None),
+            ),
+        ),
+        "order": Option(
+            st.one_of(st.none(), st.integers(1, 20)),
+            st.one_of(st.integers(-5, 0), st.integers(21, 99), st.just(2.5), st.booleans()),
+        ),
+        "theta": Option(
+            st.one_of(st.none(), st.floats(0.05, 0.95)),
+            st.one_of(
+                st.floats(max_value=0.0),
+                st.floats(min_value=1.0),
+                st.just(math.nan),
+                st.text(max_size=3),
+            ),
+        ),
+        "leaf_size": positive_int(1, 256),
+    },
     "pytreegrav_bruteforce": {},
     "pytreegrav_tree": {
         "theta": Option(
