@@ -22,10 +22,15 @@ name           what it is
                the corner cube of side 1e-3 (power-law density towards its corner)
 ``masses``     Gaussian positions, masses log-uniform over 8 decades (1e-8 to 1)
 ``clustered``  five clumps of sizes 1e-3 to 3 and a uniform background in a box of 20
+``point``      a dominant point mass: Gaussian positions with every third particle (about a
+               third of the mass) moved onto the first one's position
 =============  ===========================================================================
 
-Every system is a function of ``(n, seed)`` only, deterministic, with positive masses,
-distinct positions and no softening needed; :func:`make` adds an optional rigid ``shift`` of
+Every system is a function of ``(n, seed)`` only, deterministic, with positive masses and no
+softening needed; positions are distinct except in ``point``, whose coincident particles
+contribute nothing to each other (the contract) and form one source of zero extent: the
+hardest case found for expansions, which are then evaluated at the full opening angle with
+no averaging over the source.  :func:`make` adds an optional rigid ``shift`` of
 every position (the same physics far from the origin, where float64 coordinates carry fewer
 digits of the separations).
 """
@@ -125,6 +130,12 @@ def _clustered(rng, n, seed):
     return rng.random(n), x
 
 
+def _point(rng, n, seed):
+    m, x = rng.random(n), rng.standard_normal((n, 3))
+    x[1::3] = x[:1]
+    return m, x
+
+
 _MAKERS = {
     "benchmark": _benchmark,
     "plummer": _plummer,
@@ -136,6 +147,7 @@ _MAKERS = {
     "corner": _corner,
     "masses": _masses,
     "clustered": _clustered,
+    "point": _point,
 }
 
 #: Every system's name, in the order of the table above.

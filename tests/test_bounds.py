@@ -3,10 +3,10 @@ at its defaults is tight (within 10x of the worst rms measured on them, lines as
 
 The systems come from :mod:`backends.systems` (thin disc, thin shell, particles along a
 line, clumps 1e6 apart, a heavy tight binary far from a cluster, particles crowded into a
-corner, masses over 8 decades, clustered, Gaussian and Plummer); the reference is
-``numba_parallel`` (float64 direct summation, within ~1e-13 of the pure-Python oracle on
-these systems). The default run uses N = 1 500 and a few settings per backend; the slow
-run (``-m slow``) sweeps more settings at N = 2 000 and 12 000.
+corner, masses over 8 decades, clustered, a dominant point mass, Gaussian and Plummer);
+the reference is ``numba_parallel`` (float64 direct summation, within ~1e-13 of the
+pure-Python oracle on these systems). The default run uses N = 1 500 and a few settings
+per backend; the slow run (``-m slow``) sweeps more settings at N = 2 000 and 12 000.
 """
 
 from __future__ import annotations
@@ -110,11 +110,16 @@ def test_declared_bound_holds_more_settings_and_sizes(name, options, n):
 
 @pytest.mark.parametrize("name", APPROXIMATE)
 def test_bound_at_the_defaults_is_within_10x_of_the_worst_rms(name):
-    """Lines aside: the trees sum them directly (so they say nothing about tightness)."""
+    """Lines aside: the trees sum them directly (so they say nothing about tightness).
+
+    ``fmm`` at N = 12 000: at 1 500 it sums most node pairs directly (a pair of fewer than
+    ``C(p + 6, 6) / 2`` particle pairs is cheaper summed than expanded), so it is exact
+    there by design and its bound is tight only where the expansions do the work.
+    """
     _usable(name)
     if name == "fmm3d":
         pytest.skip("fmm3d's default eps=1e-12 takes minutes on far clumps: in the slow run")
-    _tight(name, 1500)
+    _tight(name, 12000 if name == "fmm" else 1500)
 
 
 @pytest.mark.slow
@@ -222,7 +227,8 @@ def test_systems_are_deterministic_and_valid():
         m2, x2 = systems.make(name, 300, seed=7)
         assert m.shape == (300,) and x.shape == (300, 3) and (m > 0).all()
         np.testing.assert_array_equal(x, x2)
-        assert np.unique(x, axis=0).shape[0] == 300, name
+        distinct = 200 if name == "point" else 300  # x[1::3] (100 of them) on x[0]
+        assert np.unique(x, axis=0).shape[0] == distinct, name
         assert systems.make(name, 0)[1].shape == (0, 3)
     m, x = systems.make("benchmark", 100, seed=42)
     m0, x0 = backends.benchmark_system(100, 42)
