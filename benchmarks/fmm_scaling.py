@@ -33,6 +33,7 @@ import numpy as np
 
 import backends
 from benchmarks.fmm_systems import plummer
+from benchmarks.tree_vs_pytreegrav import Rows  # exact sampled rows and their rms error
 
 SYSTEMS = {"benchmark": backends.benchmark_system, "plummer": plummer}
 FMM_EPS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
@@ -53,21 +54,6 @@ def header() -> str:
         f"{md['machine']['cpu']} ({simd['isa']}, {simd['bits']}-bit), "
         f"{numba.get_num_threads()} Numba threads, numba {numba.__version__}, {md['date']}"
     )
-
-
-class Rows:
-    """Exact rows of one system and the rms relative error of a result on them."""
-
-    def __init__(self, m, x, count):
-        from backends.numba_parallel import accel_block
-
-        rng = np.random.default_rng(0)
-        self.rows = np.sort(rng.choice(len(m), min(count, len(m)), replace=False))
-        self.ref = accel_block(np.ascontiguousarray(x[self.rows]), m, x, 1.0, 0.0)
-
-    def rms(self, a) -> float:
-        d = np.linalg.norm(a[self.rows] - self.ref, axis=1)
-        return float(np.sqrt(np.mean((d / np.linalg.norm(self.ref, axis=1)) ** 2)))
 
 
 def best_of(calls, repeat):
