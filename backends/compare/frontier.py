@@ -29,7 +29,6 @@ Rules (printed with the results and in ``docs/frontier.md``):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import signal
 import sys
@@ -42,6 +41,14 @@ import numpy as np
 
 import backends
 from backends import systems
+from backends.compare import _on_sigterm, _Terminated
+from backends.compare.args import (
+    _check_output,
+    _non_negative_int,
+    _positive_float,
+    _positive_int,
+    check_plot,
+)
 from backends.compare.report import Progress, fmt_speedup, fmt_time, metadata, write_json
 
 __all__ = ["EXACT", "FAMILIES", "TARGETS", "Point", "front", "main", "pareto"]
@@ -174,35 +181,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        f = float(text)
-    except ValueError:
-        f = math.nan
-    if not (math.isfinite(f) and f == int(f) and f >= 1):
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return int(f)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    if text.strip() in ("0", "+0"):
-        return 0
-    try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``python -m backends frontier`` parser."""
     p = _Parser(
@@ -240,13 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(parser, option: str, path: str | None, seen: dict) -> None:
-    """Check an output file as compare does (writable, not a folder, not given twice)."""
-    from backends.compare.args import _check_output as check
-
-    check(parser, option, path, seen)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse and check everything; errors exit with status 2 before any work."""
     parser = build_parser()
@@ -254,11 +225,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     seen: dict[str, str] = {}
     _check_output(parser, "--json", args.json, seen)
     _check_output(parser, "--plot", args.plot, seen)
-    if args.plot is not None:
-        if Path(args.plot).suffix.lower() not in (".png", ".svg", ".pdf"):
-            parser.error(f"--plot {args.plot!r}: the file name must end in .png, .svg or .pdf")
-        if importlib.util.find_spec("matplotlib") is None:
-            parser.error("--plot needs matplotlib: pip install 'nbody-backends[plot]'")
+    check_plot(parser, args.plot)
     if args.threads is not None:
         import numba
 
@@ -701,14 +668,6 @@ def frontier(args) -> int:
             print(f"frontier: could not write --plot {args.plot}: {exc}", file=sys.stderr)
             status = 1
     return status
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C so that the backends are closed."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
