@@ -19,6 +19,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from mpi_rank_checks import raises_everywhere  # noqa: E402
 from test_mpi_tree import SYSTEMS, rms_error, system  # noqa: E402
 
 from backends import (  # noqa: E402
@@ -30,16 +31,6 @@ from backends import (  # noqa: E402
     systems,
 )
 from backends import tree_barnes_hut as tree  # noqa: E402
-
-
-def raises_everywhere(comm, func, expected_here, match):
-    """Call the collective ``func`` on every rank; it must raise ``expected_here`` here."""
-    try:
-        func()
-    except expected_here as exc:
-        assert match in str(exc), (match, str(exc))
-    else:
-        raise AssertionError(f"rank {comm.rank}: no {expected_here.__name__} raised")
 
 
 def edges(comm):
