@@ -49,7 +49,14 @@ from backends.compare.args import (
     _positive_int,
     check_plot,
 )
-from backends.compare.report import Progress, fmt_speedup, fmt_time, metadata, write_json
+from backends.compare.report import (
+    Progress,
+    fmt_speedup,
+    fmt_time,
+    metadata,
+    text_table,
+    write_json,
+)
 
 __all__ = ["EXACT", "FAMILIES", "TARGETS", "Point", "front", "main", "pareto"]
 
@@ -476,15 +483,7 @@ def render(meta: dict, settings: dict, points: list[Point], not_run: dict[str, s
                 ("*" if p.pareto else "") + mark,
             ]
         )
-    widths = [max(len(r[k]) for r in table) for k in range(len(head))]
-    for k, r in enumerate(table):
-        cells = [
-            c.ljust(w) if j == 0 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += text_table(table)
     lines += ["", "Fastest for a required rms error (the Pareto front):", ""]
     lines.append("| rms <= | fastest | time | vs exact | measured rms | max |")
     lines.append("|---|---|---|---|---|---|")

@@ -306,6 +306,25 @@ def _cells(row: Row, note: str, rtol: float) -> list[str]:
     ]
 
 
+def text_table(table: list[list[str]], left=(0,)) -> list[str]:
+    """Lines of a plain-text table, a rule under its first (header) row.
+
+    Columns are as wide as their widest cell, two spaces apart; those numbered in ``left``
+    are left-aligned, the others right-aligned; trailing spaces are stripped.
+    """
+    widths = [max(len(r[k]) for r in table) for k in range(len(table[0]))]
+    lines = []
+    for k, r in enumerate(table):
+        cells = [
+            c.ljust(w) if j in left else c.rjust(w)
+            for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
 def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str]) -> str:
     """Return the report printed on stdout: header, table, footnotes, verdict."""
     m = meta["machine"]
@@ -329,15 +348,7 @@ def render(meta: dict, settings: dict, rows: list[Row], not_run: dict[str, str])
             notes.append(f"[{len(notes) + 1}] {row.label} at N={row.n:,}: {row.message}")
             note = f" [{len(notes)}]"
         table.append(_cells(row, note, settings["rtol"]))
-    widths = [max(len(r[k]) for r in table) for k in range(len(_HEAD))]
-    for k, r in enumerate(table):
-        cells = [
-            c.ljust(w) if j in _LEFT else c.rjust(w)
-            for j, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += text_table(table, _LEFT)
     lines += [
         "",
         "first call: the first call in this process (imports not done by an earlier row, "

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict
 
-from backends.compare.report import Progress, fmt_time, write_json
+from backends.compare.report import Progress, fmt_time, text_table, write_json
 from backends.drift.leapfrog import Initial, Row
 
 __all__ = [
@@ -157,15 +157,7 @@ def render(meta: dict, settings: dict, initial: Initial, rows: list[Row], notes:
             footnotes.append(f"[{len(footnotes) + 1}] {row.label}: {row.message}")
             note = f" [{len(footnotes)}]"
         table.append(_cells(row, note))
-    widths = [max(len(r[k]) for r in table) for k in range(len(_HEAD))]
-    for k, r in enumerate(table):
-        cells = [
-            c.ljust(w) if j == 0 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(r, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += text_table(table)
     ref = next((r.reference for r in rows if r.reference), None)
     lines += [
         "",
