@@ -351,16 +351,11 @@ def _run(args, comm) -> dict:
             error = relative_error(result, ref)
         if args.output:
             np.savez(args.output, masses=m, positions=x, accelerations=result)
-    best = min(times)
     return {
         "ranks": comm.Get_size(),
         "n": n,
         "algorithm": args.algorithm,
-        "seconds": best,
-        "seconds_median": statistics.median(times),
-        "seconds_all": times,
-        "cpu_seconds": min(cpu_times),
-        "interactions_per_second": interactions(n) / best if best > 0 else 0.0,
+        **_timings(n, times, cpu_times),
         "error": error,
         "G": args.G,
         "softening": args.softening,
@@ -375,6 +370,18 @@ def _run(args, comm) -> dict:
         "bytes_per_rank": peaks[4],
         "repeat": args.repeat,
         "input": args.input,
+    }
+
+
+def _timings(n: int, times: list[float], cpu_times: list[float]) -> dict:
+    """Return the report's timing fields: best, median and all wall times, best CPU time, rate."""
+    best = min(times)
+    return {
+        "seconds": best,
+        "seconds_median": statistics.median(times),
+        "seconds_all": times,
+        "cpu_seconds": min(cpu_times),
+        "interactions_per_second": interactions(n) / best if best > 0 else 0.0,
     }
 
 
@@ -628,7 +635,6 @@ def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
     gathered = comm.gather(mine, root=0)
     if rank != 0:
         return {}
-    best = min(times)
     phases = sorted({k for g in gathered for k in g["seconds"]})
     return {
         "ranks": comm.Get_size(),
@@ -636,11 +642,7 @@ def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
         "algorithm": "tree",
         "theta": args.theta,
         "quadrupole": args.quadrupole,
-        "seconds": best,
-        "seconds_median": statistics.median(times),
-        "seconds_all": times,
-        "cpu_seconds": min(cpu_times),
-        "interactions_per_second": interactions(n) / best if best > 0 else 0.0,
+        **_timings(n, times, cpu_times),
         "error": error,
         "error_rms": error_rms,
         "bound": tree_barnes_hut.tolerance(theta=args.theta, quadrupole=args.quadrupole),
