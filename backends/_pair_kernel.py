@@ -6,7 +6,8 @@ accumulator of ``A``'s particle and subtracts from that of ``B``'s. A *diagonal*
 (``A`` and ``B`` the same range of the same array) computes each unordered pair ``i < j`` of
 the range once. Threads (:mod:`backends.numba_parallel`), process pools and MPI ranks differ
 only in how they hand out block pairs and add up the accumulators, so they do the same
-arithmetic.
+arithmetic. :func:`pair_block_lanes` is the same loop for the short, unaligned ranges of a
+tree's near field (``fmm``): whole aligned vectors with the lanes outside the range masked.
 
 Inputs are *prepared*: a ``(4, N)`` structure-of-arrays copy ``p`` (rows x, y, z, m) whose
 coordinates are scaled by a power of two ``s`` so that the system's extent lies in
@@ -38,6 +39,7 @@ __all__ = [
     "inv_r3",
     "pair_block",
     "pair_block32",
+    "pair_block_lanes",
     "pair_blocks",
     "wide_vectors",
 ]
@@ -182,6 +184,63 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
                 ok = r2 > 0.0
                 w = inv_r3(r2 if ok else 1.0)
                 w = w if ok and k > lim else 0.0
+                sj = ms[k] * w
+                si = mi * w
+                ax += dx * sj
+                ay += dy * sj
+                az += dz * sj
+                bx[k] -= dx * si
+                by[k] -= dy * si
+                bz[k] -= dz * si
+            acc_a[0, i] += ax
+            acc_a[1, i] += ay
+            acc_a[2, i] += az
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
+def pair_block_lanes(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2):
+    """:func:`pair_block` of two different ranges, over whole aligned vectors of sources.
+
+    The source loop runs from ``b0`` rounded down to a multiple of 8 to ``b1`` rounded up,
+    and the lanes outside ``[b0, b1)`` get weight 0: they add exactly nothing and write
+    their accumulators back unchanged. A short range (the leaves of a tree hold a few dozen
+    particles) then runs as whole 512-bit vectors from a cache-line boundary instead of a
+    misaligned head and a scalar remainder loop, which cost as much as the vectors. The
+    caller's ``pb`` and ``acc_b`` must have columns up to ``b1`` rounded up to 8, start on
+    a 64-byte boundary and have a row length that is a multiple of 8 (:func:`empty64`), and
+    no other thread may write ``acc_b`` meanwhile (the masked lanes are written too).
+    """
+    wide_vectors()
+    raw_rsqrt32()  # inv_r3 refines the bare estimate itself
+    c0 = b0 - b0 % 8
+    c1 = b1 + (-b1) % 8
+    for jt in range(c0, c1, TILE):
+        je = min(jt + TILE, c1)
+        lo = b0 - jt  # lanes k < lo or k >= hi are outside the range
+        hi = b1 - jt
+        xs = pb[0, jt:je]
+        ys = pb[1, jt:je]
+        zs = pb[2, jt:je]
+        ms = pb[3, jt:je]
+        bx = acc_b[0, jt:je]
+        by = acc_b[1, jt:je]
+        bz = acc_b[2, jt:je]
+        for i in range(a0, a1):
+            xi = pa[0, i]
+            yi = pa[1, i]
+            zi = pa[2, i]
+            mi = pa[3, i]
+            ax = 0.0
+            ay = 0.0
+            az = 0.0
+            for k in range(xs.shape[0]):
+                dx = xs[k] - xi
+                dy = ys[k] - yi
+                dz = zs[k] - zi
+                r2 = dx * dx + dy * dy + dz * dz + eps2
+                ok = r2 > 0.0
+                w = inv_r3(r2 if ok else 1.0)
+                w = w if ok and k >= lo and k < hi else 0.0
                 sj = ms[k] * w
                 si = mi * w
                 ax += dx * sj

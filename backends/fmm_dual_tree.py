@@ -37,9 +37,12 @@ Strategy
    vector fused multiply-adds with no gathers.
 5. **Near field.** The direct node pairs of a task are grouped by the leaves of the pair's
    first node in Morton order, their source ranges sorted and adjacent ones merged, and
-   summed by the symmetric SIMD pair kernel of ``numba_parallel``
-   (:func:`backends._pair_kernel.pair_block`): each particle pair once, ``r**-3`` from the
-   float32 estimate corrected in float64 (~2 ulp). A pair too close for that estimate
+   summed by the symmetric SIMD pair kernel of ``numba_parallel``: each particle pair once,
+   ``r**-3`` from the float32 estimate corrected in float64 (~2 ulp). A leaf with another
+   range runs whole aligned vectors with the lanes outside the range masked
+   (:func:`backends._pair_kernel.pair_block_lanes`; the sorted copy and the accumulators
+   are padded to a multiple of 8 columns for it), a leaf with itself the diagonal
+   :func:`backends._pair_kernel.pair_block`. A pair too close for that estimate
    makes the sum non-finite and the evaluation is redone with ``sqrt`` and division.
 6. **Downward pass**: the threads' locals are added up, shifted from parents to children
    (L2L, parallel over the nodes of each level) and evaluated at the particles (L2P, the
@@ -89,7 +92,7 @@ from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, mono
 from backends._contract import evaluate, validate
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import build, mass_scale, morton_keys
-from backends._pair_kernel import pair_block
+from backends._pair_kernel import empty64, pair_block, pair_block_lanes
 from backends.numba_parallel import _kernel as _direct
 from backends.numba_parallel import _scale
 
@@ -477,7 +480,7 @@ def _near(near, nd, p, acc, nodes, lnode, eps2, fast):
                 b0 = t1
             if b1 > b0:
                 if fast:
-                    pair_block(p, acc, t0, t1, p, acc, b0, b1, eps2, False)
+                    pair_block_lanes(p, acc, t0, t1, p, acc, b0, b1, eps2)
                 else:
                     _pair_exact(p, acc, t0, t1, b0, b1, eps2, False)
     return blocks
@@ -642,8 +645,7 @@ def _downward(
                     w,
                 )
                 l2l(lo[a], lo[q], w, order, ncoef, itab, off, shift)
-    n = p.shape[1]
-    out = np.empty((3, n))
+    out = np.empty((3, nodes[1, 0]))  # the root's end: N
     nc1 = ncoef[order]
     for k in prange(leaves.shape[0]):
         q = leaves[k]
@@ -664,11 +666,34 @@ def _downward(
     return out
 
 
+@njit(cache=True, nogil=True)
+def _width(n):
+    """Columns of the sorted copy and the accumulators: ``N`` rounded up to 8, plus 8."""
+    return n + (-n) % 8 + 8
+
+
+@njit(cache=True, nogil=True)
+def _zeros64(rows, cols):
+    """Zeroed :func:`backends._pair_kernel.empty64` (rows on cache lines)."""
+    a = empty64(rows, cols)
+    a[:, :] = 0.0
+    return a
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _sorted_soa(m, x, perm, shift, s, ms):
-    """``(4, N)`` copy in Morton order: ``(x - shift) * s`` and ``m * ms`` (both exact)."""
+    """``(4, W)`` copy in Morton order: ``(x - shift) * s`` and ``m * ms`` (both exact).
+
+    ``W`` is ``N`` rounded up to a multiple of 8, plus 8: the columns past ``N`` are massless
+    copies of particle 0, so :func:`backends._pair_kernel.pair_block_lanes` may read whole
+    vectors past any range; the array starts on a cache line.
+    """
     n = m.shape[0]
-    p = np.empty((4, n))
+    p = empty64(4, _width(n))
+    for i in range(n, p.shape[1]):
+        for k in range(3):
+            p[k, i] = (x[0, k] - shift[k]) * s if n > 0 else 0.0
+        p[3, i] = 0.0
     for i in prange(n):
         j = perm[i]
         for k in range(3):
@@ -748,6 +773,7 @@ class _Tree:
         nodes = np.vstack(build(keys, leaf_size))
         del keys
         self.leaves = np.flatnonzero(nodes[3] == 0)
+        self.n = m.shape[0]
         self.p = _sorted_soa(m, x, self.perm, self.shift, self.s, self.ms)
         self.parent, self.bounds = _levels(nodes[2], nodes[3])
         self.lnode = self.leaves[np.argsort(nodes[0, self.leaves], kind="stable")]
@@ -755,11 +781,11 @@ class _Tree:
 
     def evaluate(self, ex, theta, cut, fast, threads, counts=None):
         """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
-        n = self.p.shape[1]
+        n = self.n
         tb = ex.tb
         prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order])
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
-        accs = np.zeros((threads, 3, n))
+        accs = _zeros64(threads * 3, self.p.shape[1]).reshape((threads, 3, self.p.shape[1]))
         los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1]))
         cnts = np.zeros((threads, 4), dtype=np.int64) if counts is None else counts
         with parallel_chunksize(1):

@@ -286,3 +286,64 @@ def test_large_system_sampled_rows(fmm, name):
     for eps in (1e-4, 1e-6):
         out = fmm.accel(m, x, eps=eps)[rows]
         assert rms_error(out, ref) <= eps, (name, eps)
+
+
+@pytest.fixture(scope="module")
+def lanes_vs_plain():
+    """Compiled runner of the near field's masked kernel and of ``pair_block``."""
+    from numba import njit
+
+    from backends._pair_kernel import FM, empty64, pair_block, pair_block_lanes
+
+    @njit(fastmath=FM, error_model="numpy")
+    def run(p, acc, a0, a1, b0, b1, eps2, lanes):
+        if lanes:
+            pair_block_lanes(p, acc, a0, a1, p, acc, b0, b1, eps2)
+        else:
+            pair_block(p, acc, a0, a1, p, acc, b0, b1, eps2, False)
+
+    return run, empty64
+
+
+@pytest.mark.parametrize(
+    "a0, a1, b0, b1",
+    [(0, 5, 5, 6), (3, 40, 41, 58), (17, 18, 24, 32), (0, 64, 64, 133), (70, 99, 1, 69)],
+)
+@pytest.mark.parametrize("softening", [0.0, 0.05])
+def test_near_field_lanes_match_the_plain_kernel(lanes_vs_plain, a0, a1, b0, b1, softening):
+    """Masked whole vectors give the plain kernel's sums; columns outside both ranges keep
+    their values exactly (the masked lanes are written back unchanged)."""
+    run, empty64 = lanes_vs_plain
+    rng = np.random.default_rng(a0 + 7 * b1)
+    width = 144  # 133 rounded up to 8, plus 8: the fmm's padded width
+    p = empty64(4, width)
+    p[:] = rng.random((4, width)) + 0.5
+    p[:3, 66] = p[:3, 65]  # a coincident pair: contributes nothing
+    start = empty64(3, width)
+    start[:] = rng.standard_normal((3, width))
+    got = empty64(3, width)
+    want = empty64(3, width)
+    got[:] = start
+    want[:] = start
+    run(p, got, a0, a1, b0, b1, softening**2, True)
+    run(p, want, a0, a1, b0, b1, softening**2, False)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    outside = np.ones(width, dtype=bool)
+    outside[a0:a1] = False
+    outside[b0:b1] = False
+    assert np.array_equal(got[:, outside], start[:, outside])
+    assert not np.array_equal(got[:, b0:b1], start[:, b0:b1])
+
+
+def test_docs_default_path_table_is_what_settings_returns(fmm):
+    """docs/fmm.md's table of order and angle per eps is the one ``settings`` computes."""
+    text = (ROOT / "docs" / "fmm.md").read_text(encoding="utf-8").splitlines()
+    row = next(i for i, line in enumerate(text) if line.startswith("| eps | 1e-2 |"))
+    eps = [float(v) for v in text[row].strip("|").split("|")[1:]]
+    orders = [int(v) for v in text[row + 2].strip("|").split("|")[1:]]
+    thetas = [float(v) for v in text[row + 3].strip("|").split("|")[1:]]
+    assert text[row + 2].startswith("| order |") and text[row + 3].startswith("| theta |")
+    assert len(eps) == len(orders) == len(thetas) == 11
+    for e, p, t in zip(eps, orders, thetas, strict=True):
+        st = fmm.settings(eps=e)
+        assert (p, t) == (st["order"], round(st["theta"], 3)), e
