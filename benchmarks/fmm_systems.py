@@ -93,6 +93,15 @@ def point(n: int, seed: int = 0):
     return m, x
 
 
+def clump(n: int, seed: int = 0):
+    """Gaussian blob with a third of its particles in a tight clump (radius 1e-3) off its
+    centre: a dominant mass that, unlike ``point``, the tree splits over several nodes."""
+    m, x = gaussian(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    x[1::3] = np.array([1.3, -0.4, 0.2]) + 1e-3 * rng.standard_normal(x[1::3].shape)
+    return m, x
+
+
 def cube(n: int, seed: int = 0):
     """Uniform random cube: the forces near its centre nearly cancel."""
     rng = np.random.default_rng(seed)
@@ -111,6 +120,7 @@ SYSTEMS = {
     "decades": decades,
     "cube": cube,
     "point": point,
+    "clump": clump,
 }
 
 #: (system, softening) pairs with Plummer softening: about the mean separation and 10x more.

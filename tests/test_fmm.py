@@ -44,7 +44,8 @@ def rms_error(a, ref):
 def cases():
     """Systems of 3000 particles and their exact accelerations, computed once."""
     out = {}
-    for name in ("gaussian", "plummer", "clumps", "disc", "shell", "binary", "corner", "point"):
+    names = ("gaussian", "plummer", "clumps", "disc", "shell", "binary", "corner", "point", "clump")
+    for name in names:
         m, x = SYSTEMS[name](3000, 11)
         out[name, 0.0] = (m, x, exact(m, x, 0.7))
     for name, soft in (("plummer", 0.01), ("clumps", 0.05), ("disc", 0.3)):
@@ -347,3 +348,4 @@ def test_docs_default_path_table_is_what_settings_returns(fmm):
     for e, p, t in zip(eps, orders, thetas, strict=True):
         st = fmm.settings(eps=e)
         assert (p, t) == (st["order"], round(st["theta"], 3)), e
+

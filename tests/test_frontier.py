@@ -97,6 +97,7 @@ def test_sweep_table_is_data_driven_and_ordered_cheap_to_accurate():
         (["--n", "x"], "--n: must be a positive integer"),
         (["--n", "0"], "--n: must be a positive integer"),
         (["--n", "1.5"], "--n: must be a positive integer"),
+        (["--n", "1e15"], "--n: '1e15' particles are more than this machine can hold"),
         (["--repeat", "-1"], "--repeat"),
         (["--budget", "nan"], "--budget: must be a positive number"),
         (["--system", "cube"], "invalid choice"),

@@ -45,6 +45,7 @@ from backends.compare import _on_sigterm, _Terminated
 from backends.compare.args import (
     _check_output,
     _non_negative_int,
+    _particles,
     _positive_float,
     _positive_int,
     check_plot,
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--n", type=_positive_int, default=100_000, metavar="N",
+    p.add_argument("--n", type=_particles, default=100_000, metavar="N",
                    help="number of particles (default: 100000)")  # fmt: skip
     p.add_argument("--system", choices=systems.SYSTEMS, default="benchmark",
                    help="the system (backends.systems; default: benchmark)")  # fmt: skip
