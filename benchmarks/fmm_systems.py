@@ -94,8 +94,10 @@ def point(n: int, seed: int = 0):
 
 
 def clump(n: int, seed: int = 0):
-    """Gaussian blob with a third of its particles in a tight clump (radius 1e-3) off its
-    centre: a dominant mass that, unlike ``point``, the tree splits over several nodes."""
+    """Gaussian blob with a third of its particles in a tight clump (radius 1e-3).
+
+    A dominant mass that, unlike ``point``'s, the tree splits over several nodes.
+    """
     m, x = gaussian(n, seed)
     rng = np.random.default_rng(seed + 1)
     x[1::3] = np.array([1.3, -0.4, 0.2]) + 1e-3 * rng.standard_normal(x[1::3].shape)

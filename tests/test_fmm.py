@@ -348,4 +348,3 @@ def test_docs_default_path_table_is_what_settings_returns(fmm):
     for e, p, t in zip(eps, orders, thetas, strict=True):
         st = fmm.settings(eps=e)
         assert (p, t) == (st["order"], round(st["theta"], 3)), e
-
