@@ -94,7 +94,7 @@ from backends._octree import LEVELS as _LEVELS
 from backends._octree import build, mass_scale, morton_keys
 from backends._pair_kernel import empty64, pair_block, pair_block_lanes
 from backends.numba_parallel import _kernel as _direct
-from backends.numba_parallel import _scale
+from backends.numba_parallel import _scale, _zeros64
 
 __all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tolerance"]
 
@@ -670,14 +670,6 @@ def _downward(
 def _width(n):
     """Columns of the sorted copy and the accumulators: ``N`` rounded up to 8, plus 8."""
     return n + (-n) % 8 + 8
-
-
-@njit(cache=True, nogil=True)
-def _zeros64(rows, cols):
-    """Zeroed :func:`backends._pair_kernel.empty64` (rows on cache lines)."""
-    a = empty64(rows, cols)
-    a[:, :] = 0.0
-    return a
 
 
 @njit(cache=True, parallel=True, nogil=True)
