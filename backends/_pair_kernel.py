@@ -140,6 +140,51 @@ def inv_r3(r2):
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")
+def _row(pa, acc_a, i, pb, acc_b, j0, j1, eps2, lo, hi, upper):
+    """Row ``i`` of ``pa`` against the sources ``[j0, j1)`` of ``pb``, each pair once.
+
+    ``a_i += m_j w d``, ``a_j -= m_i w d`` (``d = x_j - x_i``, ``w = r**-3``); the source
+    ``k`` places after ``j0`` gets weight 0 if ``k < lo``, or ``k >= hi`` where ``upper``
+    is true, as does a pair with ``r2 == 0``. Callers pass ``upper`` as a constant, so the
+    loop of :func:`pair_block` (``upper`` false) keeps no test it does not need. The one loop
+    body of :func:`pair_block` and :func:`pair_block_lanes`.
+    """
+    xs = pb[0, j0:j1]  # views from index j0: no wraparound test, the loop vectorizes
+    ys = pb[1, j0:j1]
+    zs = pb[2, j0:j1]
+    ms = pb[3, j0:j1]
+    bx = acc_b[0, j0:j1]
+    by = acc_b[1, j0:j1]
+    bz = acc_b[2, j0:j1]
+    xi = pa[0, i]
+    yi = pa[1, i]
+    zi = pa[2, i]
+    mi = pa[3, i]
+    ax = 0.0
+    ay = 0.0
+    az = 0.0
+    for k in range(xs.shape[0]):
+        dx = xs[k] - xi
+        dy = ys[k] - yi
+        dz = zs[k] - zi
+        r2 = dx * dx + dy * dy + dz * dz + eps2
+        ok = r2 > 0.0
+        w = inv_r3(r2 if ok else 1.0)
+        w = w if ok and k >= lo and (k < hi or not upper) else 0.0
+        sj = ms[k] * w
+        si = mi * w
+        ax += dx * sj
+        ay += dy * sj
+        az += dz * sj
+        bx[k] -= dx * si
+        by[k] -= dy * si
+        bz[k] -= dz * si
+    acc_a[0, i] += ax
+    acc_a[1, i] += ay
+    acc_a[2, i] += az
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
 def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
     """Pairs (i, j), i in ``[a0, a1)`` of ``pa``, j in ``[b0, b1)`` of ``pb``, each once.
 
@@ -159,42 +204,9 @@ def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
         je = min(jt + TILE, b1)
         for i in range(a0, min(a1, je) if diagonal else a1):
             js = max(jt, b0 + ((i + 1 - b0) // ALIGN) * ALIGN) if diagonal else jt
-            xs = pb[0, js:je]  # views from index js: no wraparound test, the loop vectorizes
-            ys = pb[1, js:je]
-            zs = pb[2, js:je]
-            ms = pb[3, js:je]
-            bx = acc_b[0, js:je]
-            by = acc_b[1, js:je]
-            bz = acc_b[2, js:je]
-            xi = pa[0, i]
-            yi = pa[1, i]
-            zi = pa[2, i]
-            mi = pa[3, i]
-            ax = 0.0
-            ay = 0.0
-            az = 0.0
-            # sources k <= lim precede row i: weight 0. Every caller passes ``diagonal`` as a
-            # constant, so a rectangle's loop gets lim = -1 and LLVM drops the test there
-            lim = i - js if diagonal else -1
-            for k in range(xs.shape[0]):
-                dx = xs[k] - xi
-                dy = ys[k] - yi
-                dz = zs[k] - zi
-                r2 = dx * dx + dy * dy + dz * dz + eps2
-                ok = r2 > 0.0
-                w = inv_r3(r2 if ok else 1.0)
-                w = w if ok and k > lim else 0.0
-                sj = ms[k] * w
-                si = mi * w
-                ax += dx * sj
-                ay += dy * sj
-                az += dz * sj
-                bx[k] -= dx * si
-                by[k] -= dy * si
-                bz[k] -= dz * si
-            acc_a[0, i] += ax
-            acc_a[1, i] += ay
-            acc_a[2, i] += az
+            # sources before row i (k <= i - js) weigh 0. Every caller passes ``diagonal``
+            # as a constant, so a rectangle's loop gets lo = 0 and LLVM drops the test there
+            _row(pa, acc_a, i, pb, acc_b, js, je, eps2, i - js + 1 if diagonal else 0, 0, False)
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")
@@ -216,42 +228,8 @@ def pair_block_lanes(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2):
     c1 = b1 + (-b1) % 8
     for jt in range(c0, c1, TILE):
         je = min(jt + TILE, c1)
-        lo = b0 - jt  # lanes k < lo or k >= hi are outside the range
-        hi = b1 - jt
-        xs = pb[0, jt:je]
-        ys = pb[1, jt:je]
-        zs = pb[2, jt:je]
-        ms = pb[3, jt:je]
-        bx = acc_b[0, jt:je]
-        by = acc_b[1, jt:je]
-        bz = acc_b[2, jt:je]
-        for i in range(a0, a1):
-            xi = pa[0, i]
-            yi = pa[1, i]
-            zi = pa[2, i]
-            mi = pa[3, i]
-            ax = 0.0
-            ay = 0.0
-            az = 0.0
-            for k in range(xs.shape[0]):
-                dx = xs[k] - xi
-                dy = ys[k] - yi
-                dz = zs[k] - zi
-                r2 = dx * dx + dy * dy + dz * dz + eps2
-                ok = r2 > 0.0
-                w = inv_r3(r2 if ok else 1.0)
-                w = w if ok and k >= lo and k < hi else 0.0
-                sj = ms[k] * w
-                si = mi * w
-                ax += dx * sj
-                ay += dy * sj
-                az += dz * sj
-                bx[k] -= dx * si
-                by[k] -= dy * si
-                bz[k] -= dz * si
-            acc_a[0, i] += ax
-            acc_a[1, i] += ay
-            acc_a[2, i] += az
+        for i in range(a0, a1):  # lanes before b0 or from b1 on are outside the range
+            _row(pa, acc_a, i, pb, acc_b, jt, je, eps2, b0 - jt, b1 - jt, True)
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")
