@@ -22,7 +22,7 @@ tree grows as deep as the ratio of scales).
 Positions are moved next to the origin where that is exact
 (:func:`backends._geometry.centred`): shifted by 1e8, a system kept its errors (before: 1e-7
 at any eps, and order 1 when shifted by 1e15). Small systems are summed directly by fmm3dpy
-(exact to rounding), and so are systems lying along a line
+(exact to rounding), and so are systems lying along a line or a curve
 (:func:`backends._geometry.is_linear`), with fmm3dpy's own direct sum ``l3ddir``: there
 forces cancel and no precision bounds the per-particle relative error (equal masses on a
 uniform line: rms 2e-3 at eps 1e-6; summed directly 9e-11 against the oracle, where
@@ -146,7 +146,7 @@ def direct_reason(m: np.ndarray, x: np.ndarray) -> str | None:
     if extent > MAX_RANGE * typical:
         return f"extent {extent / typical:.3g} times the median spacing, above {MAX_RANGE:g}"
     if m.shape[0] >= LINE_MIN_N and is_linear(x):
-        return "the particles lie along a line"
+        return "the particles lie along a line or a curve"
     return None
 
 

@@ -25,10 +25,10 @@ calibrated on the hard systems of :mod:`backends.systems` (the thin shell is the
 3.3e-2 at the default theta 0.7, where a Gaussian blob gives 4.8e-3). Two things the wrapper
 does for it: positions are centred on their bounding box first
 (:func:`backends._geometry.centred`; uncentred, a crowded cluster shifted to 1e8 measured
-twice its unshifted error, its centres of mass rounded), and a system lying along a line
-(:func:`backends._geometry.is_linear`) is summed by pytreegrav's brute force instead, exact:
-there forces cancel and no opening angle bounds the relative error (rms 0.13 at theta 0.7,
-N = 3 000, growing with N).
+twice its unshifted error, its centres of mass rounded), and a system lying along a line or
+a curve (:func:`backends._geometry.is_linear`) is summed by pytreegrav's brute force instead,
+exact: there forces cancel and no opening angle bounds the relative error (rms 0.13 at theta
+0.7, N = 3 000, growing with N).
 Memory: O(N) (pytreegrav's octree). ``pytreegrav`` (and with it numba) is imported on the first
 call only.
 """
@@ -82,7 +82,7 @@ def tolerance(theta=DEFAULT_THETA, quadrupole=False, **_options) -> float:
     ``0.15 * theta**2`` with monopoles, ``0.04 * theta**3`` with quadrupoles: 1.5x-4.5x the
     largest rms measured on the systems of :mod:`backends.systems` (N = 2 000 and 20 000,
     theta 0.3 to 1; the thin shell is the worst, 3.3e-2 at the default theta 0.7;
-    ``docs/peers.md``). Systems along a line are summed directly (exact).
+    ``docs/peers.md``). Systems along a line or a curve are summed directly (exact).
     """
     theta = _check_theta(theta)
     if _check_quadrupole(quadrupole):

@@ -4,10 +4,11 @@ Strategy
 --------
 0. **Lines and centring.** A system of at least ``LINE_MIN_N`` particles lying along a line
    (:func:`backends._geometry.is_linear`: the median distance from the principal axis at
-   most 4 median spacings along it) is summed directly by ``numba_parallel``'s kernel: on a
-   line the forces from both sides cancel, the truncation error is not a fraction of the net
-   force and the rms relative error grows with N (0.25 at N = 20 000 with the defaults,
-   1.15 with one target per walk), so no opening angle bounds it. Otherwise positions are
+   most 4 median spacings along it) or a curve (most neighbourhoods straight segments) is
+   summed directly by ``numba_parallel``'s kernel: on a line the forces from both sides
+   cancel, the truncation error is not a fraction of the net force and the rms relative
+   error grows with N (0.25 at N = 20 000 with the defaults, 1.15 with one target per walk;
+   on a ring of 20 000, 0.40 at theta 0.7), so no opening angle bounds it. Otherwise positions are
    centred on their bounding box (:func:`backends._geometry.centred`, exact far from the
    origin), so centres of mass and the float32 terms keep their digits.
 
@@ -99,7 +100,8 @@ DEFAULT_LEAF_SIZE = 16  #: default maximum particles per leaf
 DEFAULT_GROUP_SIZE = 64  #: default maximum targets per group (one shared walk)
 #: Options under which the result is direct summation (exact to rounding).
 EXACT_OPTIONS = {"theta": 0.0}
-#: Systems of at least this many particles are checked for lying along a line (step 0).
+#: Systems of at least this many particles are checked for lying along a line or a curve
+#: (step 0).
 LINE_MIN_N = 32
 #: Groups of fewer targets than this get a 4x looser bound (:func:`tolerance`).
 SMALL_GROUP = 32
@@ -480,8 +482,9 @@ def tolerance(
     shell, far clumps, tight binary, crowded corner, 8-decade masses, clustered, Gaussian,
     Plummer; N = 2 000 and 20 000, two seeds, also shifted by 1e8), theta 0.1 to 1: the
     bound is 1.8x-7x the largest rms measured there at each setting (at the defaults 0.076
-    against 2.0e-2 on the thin disc; ``docs/tree.md``). Systems along a line are summed
-    directly, exact to rounding (module docstring, step 0). ``leaf_size`` does not loosen it.
+    against 2.0e-2 on the thin disc; ``docs/tree.md``). Systems along a line or a curve
+    are summed directly, exact to rounding (module docstring, step 0). ``leaf_size`` does
+    not loosen it.
 
     Parameters
     ----------

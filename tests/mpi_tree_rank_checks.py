@@ -104,6 +104,14 @@ def edges(comm):
     local = mpi_tree.accel_local(ml[lo:hi], xl[lo:hi])
     assert mpi_tree.last_stats.get("direct") == "line", mpi_tree.last_stats
     assert relative_error(local, ref[lo:hi]) <= 1e-9 if hi > lo else local.shape == (0, 3)
+    # so are particles along a curve (a ring: a line at each particle's scale), judged from
+    # the samples of every rank's slice
+    t = np.random.default_rng(8).random(2000) * 2.0 * np.pi
+    xr = np.stack([np.cos(t), np.sin(t), 0.5 * np.cos(t)], 1)
+    ref = numba_parallel.accel(ml, xr)
+    local = mpi_tree.accel_local(ml[lo:hi], xr[lo:hi], theta=1.0, quadrupole=True)
+    assert mpi_tree.last_stats.get("direct") == "line", mpi_tree.last_stats
+    assert relative_error(local, ref[lo:hi]) <= 1e-9 if hi > lo else local.shape == (0, 3)
     # far from the origin the system is centred (as tree does): the error is the unshifted one
     mk, xk = systems.make("corner", 3000, seed=4)
     for shift in (0.0, 1e8):

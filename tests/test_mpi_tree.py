@@ -195,7 +195,8 @@ def _ok(proc, ranks):
 
 def test_every_rank_checks_the_edge_cases():
     # N < P, coincident points (ranks left empty), zero and cancelling masses, uneven and
-    # empty slices, distribute, traffic, the exact fallback, bad input on one rank, overflow
+    # empty slices, distribute, traffic, the exact fallback, a line and a ring summed
+    # directly, bad input on one rank, overflow
     _ok(mpiexec(3, "tests/mpi_tree_rank_checks.py", "edges", module=None), 3)
 
 
