@@ -765,7 +765,6 @@ class _Tree:
         nodes = np.vstack(build(keys, leaf_size))
         del keys
         self.leaves = np.flatnonzero(nodes[3] == 0)
-        self.n = m.shape[0]
         self.p = _sorted_soa(m, x, self.perm, self.shift, self.s, self.ms)
         self.parent, self.bounds = _levels(nodes[2], nodes[3])
         self.lnode = self.leaves[np.argsort(nodes[0, self.leaves], kind="stable")]
@@ -773,7 +772,7 @@ class _Tree:
 
     def evaluate(self, ex, theta, cut, fast, threads, counts=None):
         """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
-        n = self.n
+        n = self.perm.shape[0]
         tb = ex.tb
         prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order])
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
