@@ -221,11 +221,10 @@ def test_is_linear(direction, jitter, linear):
 @pytest.mark.parametrize("n", [100, 1000, 20_000])
 def test_a_ring_is_linear_and_a_plane_is_not(n):
     """Curves count as lines (their neighbourhoods are segments); a flat square does not."""
-    rng = np.random.default_rng(n)
-    t = rng.random(n) * 2.0 * np.pi
-    ring = np.stack([np.cos(t), np.sin(t), np.zeros(n)], 1)
+    _, ring = _curve("ring", n, seed=n)
     assert is_linear(ring) and is_linear(3.0 * ring + 1e8)
-    assert not is_linear(np.c_[rng.random((n, 2)), np.zeros(n)])
+    plane = np.random.default_rng(n).random((n, 2))
+    assert not is_linear(np.c_[plane, np.zeros(n)])
 
 
 def test_only_the_line_is_linear():
