@@ -185,6 +185,86 @@ def _row(pa, acc_a, i, pb, acc_b, j0, j1, eps2, lo, hi, upper):
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")
+def _pair(xk, yk, zk, xi, yi, zi, eps2, valid):
+    """Separation and ``r**-3`` of one pair, weight 0 unless ``valid`` and ``r2 > 0``."""
+    dx = xk - xi
+    dy = yk - yi
+    dz = zk - zi
+    r2 = dx * dx + dy * dy + dz * dz + eps2
+    ok = r2 > 0.0
+    w = inv_r3(r2 if ok else 1.0)
+    return dx, dy, dz, (w if ok and valid else 0.0)
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
+def _rows4(pa, acc_a, i, pb, acc_b, j0, j1, eps2, lo, hi):
+    """Rows ``i`` to ``i + 3`` of ``pa`` against the sources ``[j0, j1)`` of ``pb``, once each.
+
+    :func:`_row` for four rows in one pass over the sources (lanes before ``lo`` or from
+    ``hi`` on weigh 0): each source and its accumulators are loaded and stored once for
+    four rows instead of once per row.
+    """
+    xs = pb[0, j0:j1]
+    ys = pb[1, j0:j1]
+    zs = pb[2, j0:j1]
+    ms = pb[3, j0:j1]
+    bx = acc_b[0, j0:j1]
+    by = acc_b[1, j0:j1]
+    bz = acc_b[2, j0:j1]
+    x0, y0, z0, m0 = pa[0, i], pa[1, i], pa[2, i], pa[3, i]
+    x1, y1, z1, m1 = pa[0, i + 1], pa[1, i + 1], pa[2, i + 1], pa[3, i + 1]
+    x2, y2, z2, m2 = pa[0, i + 2], pa[1, i + 2], pa[2, i + 2], pa[3, i + 2]
+    x3, y3, z3, m3 = pa[0, i + 3], pa[1, i + 3], pa[2, i + 3], pa[3, i + 3]
+    ax0 = ay0 = az0 = ax1 = ay1 = az1 = 0.0
+    ax2 = ay2 = az2 = ax3 = ay3 = az3 = 0.0
+    for k in range(xs.shape[0]):
+        valid = k >= lo and k < hi
+        xk = xs[k]
+        yk = ys[k]
+        zk = zs[k]
+        mk = ms[k]
+        dx0, dy0, dz0, w0 = _pair(xk, yk, zk, x0, y0, z0, eps2, valid)
+        dx1, dy1, dz1, w1 = _pair(xk, yk, zk, x1, y1, z1, eps2, valid)
+        dx2, dy2, dz2, w2 = _pair(xk, yk, zk, x2, y2, z2, eps2, valid)
+        dx3, dy3, dz3, w3 = _pair(xk, yk, zk, x3, y3, z3, eps2, valid)
+        s0 = mk * w0
+        s1 = mk * w1
+        s2 = mk * w2
+        s3 = mk * w3
+        ax0 += dx0 * s0
+        ay0 += dy0 * s0
+        az0 += dz0 * s0
+        ax1 += dx1 * s1
+        ay1 += dy1 * s1
+        az1 += dz1 * s1
+        ax2 += dx2 * s2
+        ay2 += dy2 * s2
+        az2 += dz2 * s2
+        ax3 += dx3 * s3
+        ay3 += dy3 * s3
+        az3 += dz3 * s3
+        t0 = m0 * w0
+        t1 = m1 * w1
+        t2 = m2 * w2
+        t3 = m3 * w3
+        bx[k] -= (dx0 * t0 + dx1 * t1) + (dx2 * t2 + dx3 * t3)
+        by[k] -= (dy0 * t0 + dy1 * t1) + (dy2 * t2 + dy3 * t3)
+        bz[k] -= (dz0 * t0 + dz1 * t1) + (dz2 * t2 + dz3 * t3)
+    acc_a[0, i] += ax0
+    acc_a[1, i] += ay0
+    acc_a[2, i] += az0
+    acc_a[0, i + 1] += ax1
+    acc_a[1, i + 1] += ay1
+    acc_a[2, i + 1] += az1
+    acc_a[0, i + 2] += ax2
+    acc_a[1, i + 2] += ay2
+    acc_a[2, i + 2] += az2
+    acc_a[0, i + 3] += ax3
+    acc_a[1, i + 3] += ay3
+    acc_a[2, i + 3] += az3
+
+
+@njit(inline="always", fastmath=FM, error_model="numpy")
 def pair_block(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2, diagonal):
     """Pairs (i, j), i in ``[a0, a1)`` of ``pa``, j in ``[b0, b1)`` of ``pb``, each once.
 
@@ -220,7 +300,10 @@ def pair_block_lanes(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2):
     misaligned head and a scalar remainder loop, which cost as much as the vectors. The
     caller's ``pb`` and ``acc_b`` must have columns up to ``b1`` rounded up to 8, start on
     a 64-byte boundary and have a row length that is a multiple of 8 (:func:`empty64`), and
-    no other thread may write ``acc_b`` meanwhile (the masked lanes are written too).
+    no other thread may write ``acc_b`` meanwhile (the masked lanes are written too). Rows
+    go four at a time (:func:`_rows4`): on a leaf-sized block (40 rows against 240 or 96
+    sources, hot caches, one thread) 0.68-0.71 ns per pair against 0.77-0.88 one row at a
+    time, and 0.80-0.87 against 1.03-1.07.
     """
     wide_vectors()
     raw_rsqrt32()  # inv_r3 refines the bare estimate itself
@@ -228,8 +311,12 @@ def pair_block_lanes(pa, acc_a, a0, a1, pb, acc_b, b0, b1, eps2):
     c1 = b1 + (-b1) % 8
     for jt in range(c0, c1, TILE):
         je = min(jt + TILE, c1)
-        for i in range(a0, a1):  # lanes before b0 or from b1 on are outside the range
-            _row(pa, acc_a, i, pb, acc_b, jt, je, eps2, b0 - jt, b1 - jt, True)
+        i = a0
+        while i + 4 <= a1:  # lanes before b0 or from b1 on are outside the range
+            _rows4(pa, acc_a, i, pb, acc_b, jt, je, eps2, b0 - jt, b1 - jt)
+            i += 4
+        for r in range(i, a1):
+            _row(pa, acc_a, r, pb, acc_b, jt, je, eps2, b0 - jt, b1 - jt, True)
 
 
 @njit(inline="always", fastmath=FM, error_model="numpy")

@@ -308,7 +308,16 @@ def lanes_vs_plain():
 
 @pytest.mark.parametrize(
     "a0, a1, b0, b1",
-    [(0, 5, 5, 6), (3, 40, 41, 58), (17, 18, 24, 32), (0, 64, 64, 133), (70, 99, 1, 69)],
+    # rows in blocks of four and a remainder; (62, 66, 66, 80) puts the coincident pair
+    # (rows 65 and 66) in a block of four rows against a source range
+    [
+        (0, 5, 5, 6),
+        (3, 40, 41, 58),
+        (17, 18, 24, 32),
+        (0, 64, 64, 133),
+        (70, 99, 1, 69),
+        (62, 66, 66, 80),
+    ],
 )
 @pytest.mark.parametrize("softening", [0.0, 0.05])
 def test_near_field_lanes_match_the_plain_kernel(lanes_vs_plain, a0, a1, b0, b1, softening):
