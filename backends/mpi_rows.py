@@ -43,10 +43,10 @@ every rank, to the exact path: the non-symmetric row algorithm with ``sqrt`` and
 
 Threads per rank (hybrid ranks x threads): ``threads_per_rank=T`` runs a rank's share on
 T Numba threads. The share is cut into ``2T`` lanes of equal work (for T = 1: one lane, no
-scratch), handed to the threads one at a time (``parallel_chunksize(1)``: a thread slowed by
-other load takes fewer lanes), each lane summing into its own accumulator; the lanes are then
-added in lane order. Scratch: ``2T`` partial sums of the rank's accumulator (``2T * 3N``
-doubles for allgather, ``2T * 6 n`` for a ring step). The default (``None``) is
+scratch), two per thread (``prange`` gives each thread one contiguous, equal share of the
+lanes), each lane summing into its own accumulator; the lanes are then added in lane order.
+Scratch: ``2T`` partial sums of the rank's accumulator (``2T * 3N`` doubles for allgather,
+``2T * 6 n`` for a ring step). The default (``None``) is
 :func:`default_threads_per_rank`: the cores this rank may run on, divided evenly among the
 ranks of the communicator that share its node, at least 1, at most Numba's thread pool
 (``NUMBA_NUM_THREADS``): never more threads than cores unless asked for. The calling
@@ -85,7 +85,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import njit, prange
 
 from backends._contract import check_result, evaluate, validate
 from backends._pair_kernel import ALIGN, FM, pair_block
@@ -298,8 +298,7 @@ def _run(pa, acc_a, pb, acc_b, lanes: list[list[tuple]], eps2: float, same: bool
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        with parallel_chunksize(1):  # lanes handed out one at a time, as threads free up
-            _run_lanes(pa, sa, pa if same else pb, sb, tasks, starts, eps2, same)
+        _run_lanes(pa, sa, pa if same else pb, sb, tasks, starts, eps2, same)
     finally:
         numba.set_num_threads(before)
     for lane in range(len(lanes)):  # a fixed order: the result does not depend on threads

@@ -48,9 +48,10 @@ over every Numba thread by a round-robin tournament of row blocks:
    Each round is one ``prange`` over its block pairs: the pairs of a round touch disjoint
    rows of the single shared ``(3, N)`` accumulator, so they run concurrently with no
    locks, atomics or per-thread copies; the pairs within a block are done in round 0 by the
-   task that holds the block. A round has ``T`` tasks of equal size, one per thread (handed
-   out one at a time, ``parallel_chunksize(1)``), so every thread Numba starts does a share
-   (:func:`thread_work` counts the pairs per thread, by ``numba.get_thread_id()``).
+   task that holds the block. A round has ``T`` tasks of equal size, one per thread
+   (``prange`` gives each thread one contiguous, equal share of a round's tasks), so every
+   thread Numba starts does a share (:func:`thread_work` counts the pairs per thread, by
+   ``numba.get_thread_id()``).
 7. **Cache blocking.** Within a block pair the sources are swept in tiles of ``TILE``
    columns, so the ``7 * TILE`` doubles a tile touches stay in the L2 cache while all rows of
    the block pass over it: no cache cliff up to N = 1e5.
@@ -143,7 +144,7 @@ import functools
 
 import numba
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import njit, prange
 
 from backends import _float32_guard
 from backends._contract import check_precision, evaluate, validate
@@ -557,22 +558,21 @@ def _symmetric(m, x, G, softening, precision, work):
     width = int(edges[-1])
     out = np.empty((n, 3))
     acc = _zeros64(3, width)
-    with parallel_chunksize(1):  # block pairs are handed out one at a time
-        if precision == "float32":
-            p, s, sm = _prepare32(m, x, softening, width)
-            if s > 0.0:
-                eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
-                scale = np.array([G, s, s, W32 / sm])
-                if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
-                    return out
-                acc[:] = 0.0
-                work[:] = 0
-        p, s = _prepare(m, x, softening, width)
+    if precision == "float32":
+        p, s, sm = _prepare32(m, x, softening, width)
         if s > 0.0:
-            eps = softening * s
-            scale = np.array([G, s, s, 1.0])
-            if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
+            eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
+            scale = np.array([G, s, s, W32 / sm])
+            if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
                 return out
+            acc[:] = 0.0
+            work[:] = 0
+    p, s = _prepare(m, x, softening, width)
+    if s > 0.0:
+        eps = softening * s
+        scale = np.array([G, s, s, 1.0])
+        if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
+            return out
     return None
 
 

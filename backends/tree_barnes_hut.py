@@ -106,8 +106,10 @@ LINE_MIN_N = 32
 #: Groups of fewer targets than this get a 4x looser bound (:func:`tolerance`).
 SMALL_GROUP = 32
 
-#: Groups per chunk handed to a thread. (Chunks of one group cost ~400 B of memory per
-#: particle at N = 1e6 in Numba 0.68's scheduler; 32 keeps the balance and the memory.)
+#: Groups per chunk of the parallel loops (``parallel_chunksize``). Chunks of one group cost
+#: ~400 B of memory per particle at N = 1e6 in Numba 0.68's scheduler. Numba still gives
+#: each thread one contiguous share of the groups whatever the chunk size (measured; see
+#: docs/fmm.md, method step 3): the groups, in Morton order, are of similar cost.
 _CHUNK = 32
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
