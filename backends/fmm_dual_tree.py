@@ -668,7 +668,7 @@ def _interact(tasks, deal, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, 
 
     ``deal``: ``order`` and ``starts`` of :func:`_deal`, one bin per entry of ``accs``.
 
-    ``prm``: theta**2, eps**2, cut, fast (0/1), order. ``tab``: ``ncoef`` and ``off``
+    ``prm``: theta**2, eps**2, cut, fast (0/1), order, dry (0/1). ``tab``: ``ncoef`` and ``off``
     (padded to the width of ``itab``) on top of ``itab``.
     """
     nc = mp.shape[1]
@@ -863,8 +863,7 @@ class _Tree:
         """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
         n = self.perm.shape[0]
         tb = ex.tb
-        prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order])
-        prm = np.append(prm, 0.0)  # not dry
+        prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order, 0.0])  # not dry
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
         cost = _task_costs(
             tasks,
