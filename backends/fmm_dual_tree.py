@@ -444,7 +444,7 @@ def _task_costs(tasks, p, nodes, lnode, geo, mp, prm, tab, ftab, shift, steps):
 def _deal(cost, bins):
     """Deal the tasks to ``bins`` threads: the costliest first, each to the least loaded.
 
-    Returns ``order`` and ``starts``: bin ``b`` runs the tasks ``order[starts[b]:starts[b+1]]``.
+    Returns ``run`` and ``starts``: bin ``b`` runs the tasks ``run[starts[b]:starts[b+1]]``.
     The greedy rule keeps the bins' estimated loads within about one task's cost of each
     other; the tasks are small (a node pair of at most ``N / (8 threads)`` particles) and
     many. A fixed deal, not a queue: which thread adds which sums, and so the result to the
@@ -464,11 +464,11 @@ def _deal(cost, bins):
         count[b + 1] += 1
     starts = np.cumsum(count)
     fill = starts[:-1].copy()
-    order = np.empty(k, dtype=np.int64)
+    run = np.empty(k, dtype=np.int64)
     for i in range(k):
-        order[fill[which[i]]] = i
+        run[fill[which[i]]] = i
         fill[which[i]] += 1
-    return order, starts
+    return run, starts
 
 
 @njit(fastmath=_FM, error_model="numpy")
@@ -663,10 +663,11 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _interact(tasks, deal, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, shift):
-    """Run every task, in parallel; bin ``b`` of the deal adds into ``accs[b]``, ``los[b]``.
+def _interact(tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, shift):
+    """Run every task, in parallel; thread ``t`` adds into its own ``accs[t]``, ``los[t]``.
 
-    ``deal``: ``order`` and ``starts`` of :func:`_deal`, one bin per entry of ``accs``.
+    The tasks are dealt to the threads (one per entry of ``accs``) by their estimated cost
+    (:func:`_task_costs`, :func:`_deal`) before any runs.
 
     ``prm``: theta**2, eps**2, cut, fast (0/1), order, dry (0/1). ``tab``: ``ncoef`` and ``off``
     (padded to the width of ``itab``) on top of ``itab``.
@@ -674,14 +675,18 @@ def _interact(tasks, deal, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, 
     nc = mp.shape[1]
     order = int(prm[4])
     nt = accs.shape[0]
+    steps = 1.0  # C(order + 6, 6), the M2L's coefficient steps
+    for j in range(1, 7):
+        steps = steps * (order + j) / j
+    cost = _task_costs(tasks, p, nodes, lnode, geo, mp, prm, tab, ftab, shift, steps)
+    run, starts = _deal(cost, nt)
     works = np.empty((nt, order + 1, nc, LANES))  # per thread, allocated once
     bufs = np.empty((nt, 5, nc, LANES))
     pas = np.empty((nt, LANES), dtype=np.int64)
     pbs = np.empty((nt, LANES), dtype=np.int64)
-    order, starts = deal
-    for t in prange(nt):  # one bin per thread
+    for t in prange(nt):  # one share of the deal per thread
         for i in range(starts[t], starts[t + 1]):
-            k = order[i]
+            k = run[i]
             _walk(
                 tasks[k, 0],
                 tasks[k, 1],
@@ -865,25 +870,11 @@ class _Tree:
         tb = ex.tb
         prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order, 0.0])  # not dry
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
-        cost = _task_costs(
-            tasks,
-            self.p,
-            self.nodes,
-            self.lnode,
-            ex.geo,
-            ex.mp,
-            prm,
-            ex.tab,
-            tb.ftab,
-            tb.shift,
-            float(comb(ex.order + 6, 6)),
-        )
         accs = _zeros64(threads * 3, self.p.shape[1]).reshape((threads, 3, self.p.shape[1]))
         los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1]))
         cnts = np.zeros((threads, 4), dtype=np.int64) if counts is None else counts
         _interact(
             tasks,
-            _deal(cost, threads),
             self.p,
             accs,
             los,
