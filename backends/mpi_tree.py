@@ -90,7 +90,7 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import get_num_threads, njit, prange
 
 from backends import tree_barnes_hut as _tbh
 from backends._contract import unscale
@@ -461,16 +461,21 @@ def _combine(lnodes, lf, lp, buf, offs, width):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FM, error_model="numpy")
-def _walk_groups(p, f, nodes, groups, nloc, theta, eps2, quadrupole, fast):
-    """Accelerations (3, nloc) of the local targets, and per group (accepted, direct)."""
+def _walk_groups(p, f, nodes, groups, nloc, theta, eps2, quadrupole, fast, threads):
+    """Accelerations (3, nloc) of the local targets, and per group (accepted, direct).
+
+    ``threads``: Numba's thread count, read outside (as for tree's walk).
+    """
     out = np.zeros((3, nloc))
     work = np.zeros((groups.shape[0], 2), dtype=np.int64)
     t = min(theta, 1.0)
     theta2 = t * t
-    for li in prange(groups.shape[0]):
-        nm, src = _tbh._group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast, out)
-        work[li, 0] = nm
-        work[li, 1] = src
+    for th in prange(threads):  # blocks of groups dealt round-robin, as in tree's walk
+        for li in _tbh.group_blocks(th, threads, groups.shape[0]):
+            nm, src = _tbh._group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast,
+                                        out)  # fmt: skip
+            work[li, 0] = nm
+            work[li, 1] = src
     return out, work
 
 
@@ -916,14 +921,12 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
             del buf
             cgroups = np.where(groups == 0, 1, base + groups - 1).astype(np.int64)
             eps2 = (softening * s) ** 2
-            with parallel_chunksize(_tbh._CHUNK):
-                raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
-                                         quadrupole, fast)  # fmt: skip
+            raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
+                                     quadrupole, fast, get_num_threads())  # fmt: skip
             acc, ok = _tbh._unsort(raw, t.order, scale)
             if not ok and fast:  # a pair below the float32 estimate's range
-                with parallel_chunksize(_tbh._CHUNK):
-                    raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
-                                             quadrupole, False)  # fmt: skip
+                raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
+                                         quadrupole, False, get_num_threads())  # fmt: skip
                 acc, ok = _tbh._unsort(raw, t.order, scale)
             del cnodes, cf, cp, raw
         lap("walk")
@@ -1315,13 +1318,12 @@ def virtual(
         t = trees[r]
         cn, cf, cp, base = _combine(lnodes[r], t.f, t.p, buf, offs, width)
         cg = np.where(groups[r] == 0, 1, base + groups[r] - 1).astype(np.int64)
-        with parallel_chunksize(_tbh._CHUNK):
-            raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole, fast)
+        raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole, fast,
+                                 get_num_threads())  # fmt: skip
         a, ok = _tbh._unsort(raw, t.order, 1.0)
         if not ok and fast:
-            with parallel_chunksize(_tbh._CHUNK):
-                raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole,
-                                         False)  # fmt: skip
+            raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole,
+                                     False, get_num_threads())  # fmt: skip
             a, ok = _tbh._unsort(raw, t.order, 1.0)
         gm, ge = math.frexp(inp.G) if inp.G != 0.0 else (0.0, 0)
         own = order[cuts[r] : cuts[r + 1]]

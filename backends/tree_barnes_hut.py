@@ -32,10 +32,10 @@ Steps 1-3 are the octree shared with ``fmm`` and the distributed tree
    (exact for leaves, ``max(|c_child - c| + b_child)`` above) and, with
    ``quadrupole=True``, the second moments ``M_ab = sum_j m_j (x_j - c)_a (x_j - c)_b``
    (shifted to the parent by the parallel-axis theorem).
-4. **Group walk, in parallel over groups** (``prange``, chunks of 32 groups). A group is
-   the largest node with at most ``group_size`` particles (or a leaf): its targets share
-   one walk of the tree and one interaction list. The **opening criterion** accepts a
-   node as a multipole for the whole group when
+4. **Group walk, in parallel over groups** (blocks of 4 groups dealt round-robin to the
+   threads, :data:`BLOCK`). A group is the largest node with at most ``group_size``
+   particles (or a leaf): its targets share one walk of the tree and one interaction
+   list. The **opening criterion** accepts a node as a multipole for the whole group when
 
        ``d_min(c, box) * min(theta, 1) > b``   (and ``d_min`` > 1e-4 of the extent)
 
@@ -83,7 +83,7 @@ import math
 import numbers
 
 import numpy as np
-from numba import njit, parallel_chunksize, prange
+from numba import get_num_threads, njit, prange
 
 from backends._contract import evaluate, validate
 from backends._geometry import centred, is_linear
@@ -106,11 +106,14 @@ LINE_MIN_N = 32
 #: Groups of fewer targets than this get a 4x looser bound (:func:`tolerance`).
 SMALL_GROUP = 32
 
-#: Groups per chunk of the parallel loops (``parallel_chunksize``). Chunks of one group cost
-#: ~400 B of memory per particle at N = 1e6 in Numba 0.68's scheduler. Numba still gives
-#: each thread one contiguous share of the groups whatever the chunk size (measured; see
-#: docs/fmm.md, method step 3): the groups, in Morton order, are of similar cost.
-_CHUNK = 32
+#: Consecutive groups per block of the group walk's deal. Numba gives each thread one
+#: contiguous share of a ``prange`` whatever ``parallel_chunksize`` says (measured, numba
+#: 0.68; docs/fmm.md, method step 3), and groups in Morton order are of similar cost only on
+#: average: a clustered system's dense groups sit together, in one thread's share. So the
+#: blocks are dealt round-robin, block ``b`` to thread ``b % threads`` (:func:`group_blocks`):
+#: every thread gets blocks from all over the tree, and each group is still walked alone,
+#: so the result does not depend on the number of threads.
+BLOCK = 4
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F15 = np.float32(1.5)
@@ -374,14 +377,37 @@ def _group_accel(p, f, nodes, g, theta2, eps2, quadrupole, fast, out):
     return nm, sources
 
 
+@njit(cache=True, nogil=True)
+def group_blocks(thread, threads, ngroups):
+    """Return the groups thread ``thread`` of ``threads`` walks.
+
+    Blocks of :data:`BLOCK` consecutive groups, dealt round-robin: block ``b`` to thread
+    ``b % threads``.
+    """
+    nb = (ngroups + BLOCK - 1) // BLOCK
+    mine = (nb - thread + threads - 1) // threads
+    out = np.empty(mine * BLOCK, dtype=np.int64)
+    k = 0
+    for b in range(thread, nb, threads):
+        for li in range(b * BLOCK, min(ngroups, (b + 1) * BLOCK)):
+            out[k] = li
+            k += 1
+    return out[:k]
+
+
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast):
-    """Sorted accelerations (scaled units, G = 1) of every particle, by the group walk."""
+def _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, threads):
+    """Sorted accelerations (scaled units, G = 1) of every particle, by the group walk.
+
+    ``threads`` is Numba's thread count (:func:`numba.get_num_threads`, read outside: inside
+    a compiled function it would stop the function from being cached).
+    """
     out = np.zeros((3, p.shape[1]))
     t = min(theta, 1.0)
     theta2 = t * t
-    for li in prange(groups.shape[0]):
-        _group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast, out)
+    for th in prange(threads):
+        for li in group_blocks(th, threads, groups.shape[0]):
+            _group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast, out)
     return out
 
 
@@ -445,12 +471,10 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
         m, x, softening, theta, quadrupole, leaf_size, group_size
     )
     eps2 = (softening * s) ** 2
-    with parallel_chunksize(_CHUNK):
-        acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast)
+    acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
     out, ok = _unsort(acc, order, G * s * s / ms)
     if not ok and fast:  # a pair below the float32 estimate's range: redo with sqrt
-        with parallel_chunksize(_CHUNK):
-            acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False)
+        acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False, get_num_threads())
         out, ok = _unsort(acc, order, G * s * s / ms)
     return out
 

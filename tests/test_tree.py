@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import random_system
@@ -241,3 +246,36 @@ def test_tolerance_is_monotone(tree):
     assert tree.tolerance(theta=0.0) <= 1e-12
     assert tree.tolerance() <= 0.25
     assert tree.tolerance(theta=0.5, quadrupole=True) < tree.tolerance(theta=0.5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+@pytest.mark.parametrize("ngroups", [0, 1, 4, 5, 37, 1000])
+def test_group_blocks_deal_every_group_once(tree, threads, ngroups):
+    """The walk's deal: every group exactly once, in blocks dealt round-robin."""
+    shares = [tree.group_blocks(t, threads, ngroups) for t in range(threads)]
+    dealt = np.concatenate(shares)
+    assert np.array_equal(np.sort(dealt), np.arange(ngroups))
+    sizes = [s.size for s in shares]
+    assert max(sizes) - min(sizes) <= tree.BLOCK, sizes
+    for t, share in enumerate(shares):
+        blocks = np.unique(share // tree.BLOCK)
+        assert np.array_equal(blocks % threads, np.full(blocks.size, t)), (t, blocks)
+
+
+def test_result_does_not_depend_on_the_thread_count():
+    """Each group is walked alone, so 1, 3 and 8 threads give the same bits."""
+    code = (
+        "import numba, numpy as np, sys; from backends import tree_barnes_hut as t;"
+        "from backends.systems import make; m, x = make('clustered', 6000, seed=3);"
+        "rs = [];\n"
+        "for k in (1, 3, 8):\n"
+        "    numba.set_num_threads(k); rs.append(t.accel(m, x, theta=0.5, quadrupole=True))\n"
+        "print(all(np.array_equal(r, rs[0]) for r in rs), np.isfinite(rs[0]).all())"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, NUMBA_NUM_THREADS="8", PYTHONPATH=root)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"], out.stdout
