@@ -83,8 +83,12 @@ def test_one_rank_is_tree(mt, tree, options):
     assert np.array_equal(local, out)
 
 
-@pytest.mark.parametrize("kind", SYSTEMS)
-@pytest.mark.parametrize("ranks", [2, 3, pytest.param(8, marks=pytest.mark.slow), 64])
+@pytest.mark.parametrize(
+    ("kind", "ranks"),
+    [(k, r) for r in (2, 3) for k in SYSTEMS]
+    + [pytest.param(k, 8, marks=pytest.mark.slow) for k in SYSTEMS]
+    + [("clumps", 64), ("disc", 64)],  # 64 ranks: 11 s a system, the two least even ones
+)
 def test_virtual_ranks_as_accurate_as_tree(mt, tree, kind, ranks):
     # the algorithm's own steps for P ranks in one process (the MPI plumbing is tested below)
     m, x = system(kind, 4000, seed=ranks)
