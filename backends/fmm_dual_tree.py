@@ -118,12 +118,15 @@ _C = {
 _FLOOR = 1e-14  #: float64 rounding of the sums (measured rms at most 4e-15)
 #: (smallest eps, order) rows of the default path: the order for eps in [row, row above).
 #: At a given bound a higher order allows a wider angle and fewer direct pairs, until the
-#: M2L's C(p + 6, 6) steps outweigh them: order 8 at theta 0.59 took 0.73 s where order 4
-#: at theta 0.39 took 1.9 s (eps 1e-2), order 12 at theta 0.5 and order 8 at theta 0.36 both
-#: 2.1 s (eps 1e-4), order 16 at theta 0.42 5.5 s against order 12 at theta 0.34 4.0 s
-#: (eps 1e-6); N = 1e5 benchmark system, 1 thread, CPU seconds.
+#: M2L's C(p + 6, 6) steps outweigh them. Measured at each order's angle for the bound
+#: (N = 2e5, benchmark system / Plummer sphere, 2 threads, best of 2, 2026-12-03, Zen 5):
+#: eps 1e-3: order 7 1.61/1.80 s, 8 1.55/1.68, 9 1.60/1.68, 10 1.70/1.74; eps 1e-4: order
+#: 9 2.42/2.62, 10 2.35/2.63, 11 2.38/2.77, 12 2.84/2.86; eps 1e-5: order 10 3.47/4.17, 12
+#: 3.47/4.07; eps 1e-6: order 10 5.48/5.22, 12 4.67/4.97, 14 4.95/5.18; eps 1e-2: order 6
+#: and 8 level (0.85/0.83 and 0.85/0.81 s). Above 1e-6, order 16 at theta 0.42 took 5.5 s
+#: against order 12 at theta 0.34 4.0 s (eps 1e-6, N = 1e5, 1 thread).
 _ORDER_TABLE = (
-    (3e-3, 8), (3e-4, 10), (3e-7, 12), (3e-8, 14), (3e-9, 16), (3e-10, 18), (0.0, 20),
+    (3e-4, 8), (3e-5, 10), (3e-7, 12), (3e-8, 14), (3e-9, 16), (3e-10, 18), (0.0, 20),
 )  # fmt: skip
 _LEAF_SIZE = 128
 
