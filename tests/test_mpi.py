@@ -312,10 +312,11 @@ def _alive(pattern):
 def test_one_failing_rank_ends_the_job_fast_and_leaves_nothing(ranks):
     t0 = time.monotonic()
     proc = mpiexec(ranks, "--n", 4000, "--fail-rank", 1, timeout=30)  # MPIRunError = a hang
-    assert proc.returncode != 0
+    seen = (proc.returncode, proc.wall, proc.stdout[-400:], proc.stderr[-800:])
+    assert proc.returncode != 0, seen
     assert time.monotonic() - t0 < 30
-    assert "RuntimeError: --fail-rank 1: this rank fails on purpose" in proc.stderr
-    assert f"mpi_run: rank 1 of {ranks} failed; aborting the job" in proc.stderr
+    assert "RuntimeError: --fail-rank 1: this rank fails on purpose" in proc.stderr, seen
+    assert f"mpi_run: rank 1 of {ranks} failed; aborting the job" in proc.stderr, seen
     # MPICH's shared memory and hydra's topology file were seen, and none is left
     assert any(p.startswith("/dev/shm/mpich_") for p in proc.runtime_files), proc
     assert [p for p in proc.runtime_files if os.path.exists(p)] == []
