@@ -721,6 +721,25 @@ def _size_numba_pool(threads: int | None) -> None:
         os.environ["NUMBA_NUM_THREADS"] = str(threads)
 
 
+def _unlink_shared_memory() -> None:
+    """Unlink the MPI runtime's shared-memory files this rank holds open (Linux only).
+
+    Called just before ``MPI_Abort``, which leaves MPICH's segment (``/dev/shm/mpich_shm_*``)
+    behind when the job was started by a bare ``mpiexec``. Unlinking only removes the name:
+    the ranks keep their mappings until they end. The project's launcher
+    (``backends._mpi_launch``) removes what is still left, hydra's files included.
+    """
+    from backends._mpi_launch import _held_files
+
+    for path, inode in _held_files(os.getpid()):
+        if path.startswith("/dev/shm/"):
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for every rank; returns the exit status (or aborts the job)."""
     from mpi4py import MPI
@@ -745,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        _unlink_shared_memory()
         comm.Abort(1)
         return 1  # not reached
     if comm.Get_rank() == 0:
