@@ -265,7 +265,7 @@ def test_group_blocks_deal_every_group_once(tree, threads, ngroups):
 def test_result_does_not_depend_on_the_thread_count():
     """Each group is walked alone, so 1, 3 and 8 threads give the same bits."""
     code = (
-        "import numba, numpy as np, sys; from backends import tree_barnes_hut as t;"
+        "import numba, numpy as np; from backends import tree_barnes_hut as t;"
         "from backends.systems import make; m, x = make('clustered', 6000, seed=3);"
         "rs = [];\n"
         "for k in (1, 3, 8):\n"
