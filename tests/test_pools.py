@@ -8,6 +8,7 @@ raise in the worker). Scripts are run in real subprocesses and their output is c
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import py_compile
@@ -305,6 +306,10 @@ def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
     # one full cycle first: resource trackers are started once per process and stay
     mod.accel(*random_system(10), n_workers=2, **opts)
     mod.close()
+    # loky's semaphores of executors shut down earlier in this process go when the garbage
+    # collector frees them, which can happen at any time below: collect them now, and check
+    # below that nothing was added rather than that nothing changed
+    gc.collect()
     base_children, base_segments = children(), segments()
     for cycle in range(2):
         workers = None
@@ -324,7 +329,7 @@ def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
             assert len({s for s in segments() - base_segments if s.startswith("nbody-mp-")}) == 1
         mod.close()
         assert children() == base_children
-        assert segments() == base_segments
+        assert segments() - base_segments == set()
         mod.close()  # idempotent
 
 
