@@ -220,8 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default) or the pure-Python oracle")  # fmt: skip
     p.add_argument("--threads", type=_positive_int, default=None, metavar="T",
                    help="numba.set_num_threads(T) (default: numba's)")  # fmt: skip
-    p.add_argument("--json", metavar="FILE", help="write every point and the metadata as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="time against rms, log-log (matplotlib)")
+    p.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write every point and the metadata as JSON (missing folders are created)",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="time against rms, log-log (matplotlib; missing folders are created)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
