@@ -322,7 +322,6 @@ def test_repeated_calls_and_close_leave_nothing_behind(name, opts):
     # one full cycle first: resource trackers are started once per process and stay
     mod.accel(*random_system(10), n_workers=2, **opts)
     mod.close()
-    gc.collect()  # loky's semaphores of executors shut down earlier go with their objects
     base_children, base_segments = children(), segments()
     for cycle in range(2):
         workers = None
