@@ -69,8 +69,10 @@ a battery of systems (discs, shells, clumps, a heavy binary, a dominant point ma
 softened systems; ``docs/fmm.md``, ``benchmarks/fmm_calibration.py``). The default path
 takes the order from a table of ``eps`` and the widest angle in [0.25, 0.75] whose modelled
 error is within ``eps``.
-Systems whose particles all lie on one line (within 1e-6 of its length) are summed directly
-(:func:`_collinear`): there the forces cancel and no expansion keeps a relative error.
+Systems whose particles all lie on one line (within 1e-6 of its length, :func:`_collinear`),
+or most of them along a line or a curve (:func:`backends._geometry.is_linear`, as in
+``tree``), are summed directly: there the forces cancel and no expansion keeps a relative
+error.
 
 Memory: ``O(N)``. Per particle: the sorted copy (32 B), keys and order (24 B), one
 ``(3, N)`` accumulator per thread (24 B each) and the result's two copies (48 B); per node
@@ -93,6 +95,7 @@ from numba import njit, prange
 from backends._cartesian import FM as _FM
 from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, monomials, tables
 from backends._contract import evaluate, validate
+from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import build, mass_scale, morton_keys
 from backends._pair_kernel import empty64, pair_block, pair_block_lanes
@@ -934,7 +937,7 @@ def _collinear(x) -> bool:
 
 def _kernel(m, x, G, softening, st):
     """Evaluate on trusted inputs with the settings ``st`` (:func:`settings`)."""
-    if _collinear(x):
+    if _collinear(x) or is_linear(x):
         return _direct(m, x, G, softening)
     tree = _Tree(m, x, softening, st["leaf_size"])
     threads = numba.get_num_threads()
@@ -977,7 +980,7 @@ def _check_options(eps, order, theta, leaf_size):
             raise TypeError(f"leaf_size must be an integer >= 1 or None; got {leaf_size!r}")
         if leaf_size < 1:
             raise ValueError(f"leaf_size must be >= 1; got {leaf_size!r}")
-        leaf_size = int(leaf_size)
+        leaf_size = min(int(leaf_size), 2**31 - 1)  # any value >= N means one leaf
     return eps, order, theta, leaf_size
 
 

@@ -183,7 +183,13 @@ def check_options(theta, quadrupole, leaf_size, group_size, boxes):
         if value < 1 or (top is not None and value > top):
             limit = f"between 1 and {top}" if top else ">= 1"
             raise ValueError(f"{name} must be {limit}; got {value!r}")
-    return theta, quadrupole, leaf_size, int(group_size), None if boxes is None else int(boxes)
+    return (
+        theta,
+        quadrupole,
+        leaf_size,
+        min(int(group_size), _tbh._MAX_SIZE),
+        None if boxes is None else int(boxes),
+    )
 
 
 # ---------------------------------------------------------------- compiled pieces

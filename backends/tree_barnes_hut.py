@@ -479,6 +479,11 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
     return out
 
 
+#: Largest ``leaf_size`` / ``group_size`` passed on (larger ones act the same: one leaf or
+#: group); a Python integer beyond int64 would not convert for the compiled code.
+_MAX_SIZE = 2**31 - 1
+
+
 def _check_options(theta, quadrupole, leaf_size):
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real):
         raise TypeError(f"theta must be a real number >= 0; got {theta!r}")
@@ -492,7 +497,8 @@ def _check_options(theta, quadrupole, leaf_size):
     leaf_size = int(leaf_size)
     if leaf_size < 1:
         raise ValueError(f"leaf_size must be >= 1; got {leaf_size!r}")
-    return theta, bool(quadrupole), leaf_size
+    # any value >= N means the same (one leaf); capped so compiled code can hold it
+    return theta, bool(quadrupole), min(leaf_size, _MAX_SIZE)
 
 
 def tolerance(
@@ -541,7 +547,7 @@ def _check_group_size(group_size) -> int:
         raise TypeError(f"group_size must be an integer >= 1; got {group_size!r}")
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1; got {group_size!r}")
-    return int(group_size)
+    return min(int(group_size), _MAX_SIZE)  # any value >= N means the same
 
 
 def accel(

@@ -162,6 +162,24 @@ def test_collinear_systems_are_summed_directly(fmm):
     assert fmm._collinear(x + jitter)
 
 
+@pytest.mark.parametrize("offset", [1.1e-6, 1e-3])
+def test_an_evenly_spaced_line_with_one_particle_off_it(fmm, offset):
+    """Equal masses evenly spaced on a line: the forces cancel to 1/N of the neighbours'
+    pulls. With one particle moved off the line the system is not collinear, and the
+    expansions ran on the rest of the line: rms 126-2000 times ``eps`` (N = 3 000 and
+    20 000) before systems mostly along a line were summed directly
+    (:func:`backends._geometry.is_linear`, as in ``tree``)."""
+    n = 3000
+    axis = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0)
+    x = np.linspace(-0.5, 0.5, n)[:, None] * axis
+    x[n // 3] += offset * np.array([0.0, 3.0, -2.0]) / np.sqrt(13.0)
+    m = np.ones(n)
+    assert not fmm._collinear(x)  # the premise: the strict test alone misses it
+    ref = exact(m, x)
+    for eps in (1e-2, 1e-6):
+        assert rms_error(fmm.accel(m, x, eps=eps), ref) <= eps
+
+
 def test_masses_of_both_signs(fmm):
     m, x = SYSTEMS["gaussian"](3000, 6)
     m = m - 0.5

@@ -279,3 +279,20 @@ def test_result_does_not_depend_on_the_thread_count():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True"], out.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("tree", {"leaf_size": 2**63}),
+        ("tree", {"group_size": 10**30}),
+        ("fmm", {"leaf_size": 10**30}),
+    ],
+)
+def test_sizes_beyond_int64_act_as_one_leaf(name, options):
+    """A leaf or group size of at least N means one leaf or group; beyond int64 it raised
+    OverflowError from the compiled code (found by a fuzzing pass)."""
+    rng = np.random.default_rng(1)
+    m, x = rng.random(50), rng.random((50, 3))
+    out = backends.accel(m, x, backend=name, **options)
+    assert backends.relative_error(out, backends.accel(m, x, backend="numpy")) <= 1e-12
