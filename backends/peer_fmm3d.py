@@ -9,16 +9,18 @@ the factor is ``c = 4 pi`` for 2.x (``1`` for ``1 / r``). ``c`` is not assumed: 
 once per process on two particles and checked to be one of the two conventions.
 
 Accuracy: ``eps`` (default 1e-12) is fmm3dpy's requested relative precision, in a global
-norm, not per particle; :func:`tolerance` declares ``max(3 eps, 1e-9)`` as the bound on the
-rms per-particle relative error. Measured on the hard systems of :mod:`backends.systems`
+norm, not per particle; :func:`tolerance` declares ``max(3 eps, 1.5e-10)`` as the bound on
+the rms per-particle relative error. Measured on the hard systems of :mod:`backends.systems`
 (2026-12-03, ``docs/peers.md``): rms up to 1.08 ``eps`` (a clump of size 1e-3 among
-particles spread over 20, eps 1e-6), and below eps 1e-9 a rounding floor set by the ratio
-of the system's extent to its typical spacing (fmm3dpy computes relative to its root box):
-3e-10 to 4.5e-10 for two clumps 1e6 apart, 2e-11 for a tight binary far from a cluster,
-2e-15 for a Gaussian blob. Systems spanning more than ``MAX_RANGE`` times their median
-nearest-neighbour distance, where that floor would exceed 1e-9, are summed directly by
-fmm3dpy's ``l3ddir`` (O(N^2), exact to rounding; faster there than the FMM, whose adaptive
-tree grows as deep as the ratio of scales).
+particles spread over 20, eps 1e-6), and below eps 1e-10 a rounding floor: fmm3dpy computes
+in coordinates relative to the boxes of its tree, so a particle whose force comes from a
+neighbour at distance ``d`` loses about ``2**-53 extent / d`` (:func:`rounding_floor`
+estimates the rms of that): 3e-10 to 4.5e-10 for two clumps 1e6 apart, 1.5e-9 to 6e-9 for
+a binary of masses 5e7, 1e-6 apart, 100 from eight other particles, 2e-11 for the tight
+binary of :mod:`backends.systems`, 2e-15 for a Gaussian blob. Systems whose estimated floor
+is above ``MAX_FLOOR = 6e-11`` are summed directly by fmm3dpy's ``l3ddir`` (O(N^2), exact
+to rounding; faster there than the FMM, whose adaptive tree grows as deep as the ratio of
+scales).
 Positions are moved next to the origin where that is exact
 (:func:`backends._geometry.centred`): shifted by 1e8, a system kept its errors (before: 1e-7
 at any eps, and order 1 when shifted by 1e15). Small systems are summed directly by fmm3dpy
@@ -61,18 +63,20 @@ __all__ = [
     "accel",
     "direct_reason",
     "library_versions",
+    "rounding_floor",
     "tolerance",
 ]
 
 DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says otherwise
 #: Closest separation given to the FMM, relative to the system's extent (summed directly below).
 MIN_SEPARATION = 1e-10
-#: Largest ratio of the system's extent to its median nearest-neighbour distance given to
-#: the FMM (summed directly above): beyond it fmm3dpy's rounding floor exceeds ``FLOOR``.
-MAX_RANGE = 2e7
 #: The declared bound is ``max(EPS_FACTOR * eps, FLOOR)`` (:func:`tolerance`).
 EPS_FACTOR = 3.0
-FLOOR = 1e-9
+FLOOR = 1.5e-10
+#: Largest estimated rounding floor (:func:`rounding_floor`) given to the FMM (summed
+#: directly above): the measured rms was at most 1.46 times the estimate, so at most
+#: 8.8e-11 here, 1.7x below ``FLOOR``.
+MAX_FLOOR = 6e-11
 #: Systems of at least this many particles are checked for lying along a line.
 LINE_MIN_N = 32
 _FACTOR: list[float] = []  # measured kernel convention, cached: [4 pi] for fmm3dpy 2.x
@@ -98,10 +102,10 @@ def _check_eps(eps) -> float:
 def tolerance(eps=DEFAULT_EPS, **_options) -> float:
     """Bound on the rms per-particle relative error at precision ``eps``.
 
-    ``max(EPS_FACTOR * eps, FLOOR)``: 3 ``eps``, and never below 1e-9, the rounding floor of
-    fmm3dpy's box-relative arithmetic on systems spanning up to ``MAX_RANGE`` times their
-    typical spacing (measured: rms up to 0.94 ``eps`` on a clustered system at eps 1e-6,
-    3e-10 at any eps <= 1e-9 for two clusters 1e6 apart; ``docs/peers.md``).
+    ``max(EPS_FACTOR * eps, FLOOR)``: 3 ``eps``, and never below 1.5e-10, the rounding floor
+    of fmm3dpy's box-relative arithmetic on the systems given to it (an estimated floor of
+    at most ``MAX_FLOOR``, measured at most 8.8e-11; others are summed directly). Measured:
+    rms up to 1.08 ``eps`` on a clustered system at eps 1e-6 (``docs/peers.md``).
     """
     return max(EPS_FACTOR * _check_eps(eps), FLOOR)
 
@@ -123,28 +127,46 @@ def _factor() -> float:
     return _FACTOR[0]
 
 
-def _scales(x: np.ndarray) -> tuple[float, float, float]:
-    """Return the extent, the median and the smallest nearest-neighbour distance."""
+def _scales(x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Return the extent and every particle's nearest-neighbour distance (distinct points)."""
     from scipy.spatial import cKDTree
 
     extent = float((x.max(axis=0) - x.min(axis=0)).max())
-    dist = cKDTree(x).query(x, k=2)[0][:, 1]
-    return extent, float(np.median(dist)), float(dist.min())
+    return extent, cKDTree(x).query(x, k=2)[0][:, 1]
+
+
+def rounding_floor(extent: float, dist: np.ndarray) -> float:
+    """Estimated rms error of fmm3dpy's box-relative arithmetic on a system.
+
+    fmm3dpy computes in coordinates relative to boxes of its tree, each rounded to about
+    ``2**-53`` of the extent, so a particle whose force is set by a neighbour at distance
+    ``d`` sees a relative error of about ``2**-53 extent / d``; the estimate is the rms of
+    that over the particles. Measured against it (fmm3dpy at eps 1e-12 on 38 systems: the
+    hard systems of :mod:`backends.systems`, also shifted by 1e8, tight heavy binaries of
+    10-200 particles, close pairs, a crowded corner shifted by 1e4 and 1e8): 0.02 to 1.46
+    times the estimate.
+    """
+    if dist.shape[0] == 0:
+        return 0.0
+    return float(2.0**-53 * extent * np.sqrt(np.mean(dist**-2.0)))
 
 
 def direct_reason(m: np.ndarray, x: np.ndarray) -> str | None:
     """Why fmm3dpy's FMM cannot keep the bound on this system (it is summed directly), or None.
 
     Particles closer than ``MIN_SEPARATION`` times the extent (the FMM drops or mis-sums such
-    pairs, and crashed on tighter clusters), a system spanning more than ``MAX_RANGE`` median
-    nearest-neighbour distances (its rounding floor would exceed ``FLOOR``), or a system
-    along a line (forces cancel; :func:`backends._geometry.is_linear`).
+    pairs, and crashed on tighter clusters), an estimated rounding floor above
+    ``MAX_FLOOR`` (:func:`rounding_floor`: too many scales, such as clumps far apart or a
+    tight binary far from the rest), or a system along a line (forces cancel;
+    :func:`backends._geometry.is_linear`). ``x``: distinct points.
     """
-    extent, typical, closest = _scales(x)
+    extent, dist = _scales(x)
+    closest = float(dist.min()) if dist.shape[0] else 0.0
     if closest < MIN_SEPARATION * extent:
         return f"particles {closest:.3g} apart, below {MIN_SEPARATION:g} of the extent"
-    if extent > MAX_RANGE * typical:
-        return f"extent {extent / typical:.3g} times the median spacing, above {MAX_RANGE:g}"
+    floor = rounding_floor(extent, dist)
+    if floor > MAX_FLOOR:
+        return f"estimated rounding floor {floor:.3g}, above {MAX_FLOOR:g}"
     if m.shape[0] >= LINE_MIN_N and is_linear(x):
         return "the particles lie along a line or a curve"
     return None
@@ -160,10 +182,18 @@ def _fmm(m, x, G, eps):
     src = np.ascontiguousarray(centred(x).T)
     if direct_reason(m, x) is not None:
         # fmm3dpy's own direct sum. It drops pairs with r**2 < thresh**2: the self-pair
-        # (coincident particles were merged by the caller) and nothing else above 1e-100 of
-        # the extent (a threshold whose square underflows would keep r = 0: NaN)
-        extent = float(np.ptp(x, axis=0).max())
-        out = fmm3dpy.l3ddir(sources=src, targets=src, charges=m, pgt=2, thresh=1e-100 * extent)
+        # (coincident particles were merged by the caller) and nothing else, so the
+        # threshold stays below the closest pair (a fixed 1e-100 of the extent dropped every
+        # pair of a cluster 1e-200 across: zeros). A threshold whose square underflows
+        # would keep r = 0 (NaN): such separations are refused.
+        extent, dist = _scales(x)
+        thresh = min(1e-100 * extent, 0.5 * float(dist.min()))
+        if not thresh * thresh > 0.0:
+            raise FloatingPointError(
+                f"positions: particles {float(dist.min()):.3g} apart in a system of extent "
+                f"{extent:.3g}: their squared separation underflows float64 in fmm3dpy"
+            )
+        out = fmm3dpy.l3ddir(sources=src, targets=src, charges=m, pgt=2, thresh=thresh)
         acc = np.ascontiguousarray(np.asarray(out.gradtarg, dtype=np.float64).T)
     else:
         out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=m, pg=2)

@@ -97,8 +97,8 @@ def test_fmm3d_at_its_default_agrees_to_1e_10():
         ref = backends.accel(m, x, backend="numpy")
         out = backends.accel(m, x, backend="fmm3d")
         assert backends.relative_error(out, ref) <= 1e-10  # the max, not only the rms
-    # the declared bound is looser (1e-9): far clumps and tight binaries reach 3e-10
-    assert _module("fmm3d").tolerance() <= 1e-9
+    # the declared bound is looser (1.5e-10): tight binaries reach 3e-11 (docs/peers.md)
+    assert _module("fmm3d").tolerance() <= 1.5e-10
 
 
 @pytest.mark.parametrize(
@@ -253,3 +253,17 @@ def test_fmm3d_sums_near_coincident_clusters_directly_instead_of_crashing():
     ref = reference.accel_rows(m, x, 1.0, 0.0, rows)
     out = backends.accel(m, x, backend="fmm3d", eps=1e-3)  # the FMM would crash or mis-sum
     assert backends.relative_error(out[rows], ref) <= 1e-12
+
+
+def test_fmm3d_direct_sum_keeps_a_cluster_far_smaller_than_the_system():
+    """A cluster 1e-100 across and one particle 1e200 away: summed directly (too many
+    scales), whose pair threshold was a fixed 1e-100 of the extent and dropped every pair of
+    the cluster (all its accelerations 0)."""
+    if backends.unavailable_reason("fmm3d") is not None:
+        pytest.skip(backends.unavailable_reason("fmm3d"))
+    rng = np.random.default_rng(3)
+    x = np.vstack([1e-100 * rng.random((20, 3)), [[1e100, 0.0, 0.0]]])
+    m = np.ones(21)
+    ref = backends.accel(m, x, backend="numpy")
+    assert np.abs(ref[:20]).min() > 1e190  # the premise: the cluster's own forces dominate
+    assert backends.relative_error(backends.accel(m, x, backend="fmm3d"), ref) <= 1e-12
