@@ -12,6 +12,8 @@ name           what it is
 ``benchmark``  :func:`backends.benchmark_system`: masses on [0, 1), standard normal positions
 ``plummer``    a Plummer sphere of scale radius 1, equal masses (radii capped at ~20)
 ``disc``       a thin exponential disc, scale length 1, thickness 1e-3
+``sheet``      points uniform on a square of side 2 with no thickness, tilted at random:
+               a uniform surface density, whose in-plane forces largely cancel
 ``shell``      a thin spherical shell of radius 1 and thickness 1e-3
 ``line``       points uniform on a segment of length 10 along a random direction,
                jitter 1e-6 across it: forces from both sides cancel
@@ -71,6 +73,13 @@ def _disc(rng, n, seed):
     phi = rng.uniform(0.0, 2.0 * np.pi, n)
     x = np.stack([r * np.cos(phi), r * np.sin(phi), 1e-3 * rng.standard_normal(n)], axis=1)
     return rng.random(n) + 0.5, x
+
+
+def _sheet(rng, n, seed):
+    x = np.zeros((n, 3))
+    x[:, :2] = rng.uniform(-1.0, 1.0, (n, 2))
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))  # a random rotation (or reflection)
+    return rng.random(n) + 0.5, x @ q.T
 
 
 def _shell(rng, n, seed):
@@ -140,6 +149,7 @@ _MAKERS = {
     "benchmark": _benchmark,
     "plummer": _plummer,
     "disc": _disc,
+    "sheet": _sheet,
     "shell": _shell,
     "line": _line,
     "clumps": _clumps,

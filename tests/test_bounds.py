@@ -1,9 +1,10 @@
 """Every approximate backend keeps its declared rms bound on the hard systems, and the bound
 at its defaults is tight (within 10x of the worst rms measured on them, lines aside).
 
-The systems come from :mod:`backends.systems` (thin disc, thin shell, particles along a
-line, clumps 1e6 apart, a heavy tight binary far from a cluster, particles crowded into a
-corner, masses over 8 decades, clustered, a dominant point mass, Gaussian and Plummer);
+The systems come from :mod:`backends.systems` (thin disc, uniform sheet, thin shell,
+particles along a line, clumps 1e6 apart, a heavy tight binary far from a cluster, particles
+crowded into a corner, masses over 8 decades, clustered, a dominant point mass, Gaussian and
+Plummer);
 the reference is ``numba_parallel`` (float64 direct summation, within ~1e-13 of the
 pure-Python oracle on these systems). The default run uses N = 1 500 and a few settings
 per backend; the slow run (``-m slow``) sweeps more settings at N = 2 000 and 12 000.
