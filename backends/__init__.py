@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,12 +260,37 @@ def tolerance(name: str, **options) -> float:
     """
     spec = _spec(name)
     precision = _check_precision(options.get("precision", "float64"), name)
+    _check_option_names(name, options)
     if spec.exact and not any(key in options for key in spec.approximate_with):
         return EXACT_TOLERANCE if precision == "float64" else FLOAT32_TOLERANCE
     if len(spec.precisions) < 2:
         options.pop("precision", None)
     module = get(name).module
     return float(module.tolerance(**options))
+
+
+def _check_option_names(name: str, options: dict) -> None:
+    """Raise ``TypeError`` for an option backend ``name``'s ``accel`` does not take.
+
+    The names are read from the signature of the function the registry points at, as
+    :func:`accel` would meet them; a backend that cannot be imported here is not checked.
+    """
+    if not options or unavailable_reason(name) is not None:
+        return
+    module_name, _, func = _REGISTRY[name].target.partition(":")
+    params = inspect.signature(getattr(importlib.import_module(module_name), func)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [key for key, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    known = [key for key in known if key != "softening"]
+    if len(_REGISTRY[name].precisions) < 2:
+        known.append("precision")  # accepted (float64) by every backend, see Backend.accel
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        have = ", ".join(repr(key) for key in known) or "none"
+        raise TypeError(
+            f"unknown option {unknown[0]!r} for backend {name!r}; its options are: {have}"
+        )
 
 
 def _check_precision(precision, name: str) -> str:

@@ -37,6 +37,7 @@ For N point masses ``m_i`` at positions ``x_i`` every backend computes
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -225,7 +226,23 @@ def check_result(acc: np.ndarray, backend: str) -> np.ndarray:
 
 
 def interactions(n: int) -> int:
-    """Ordered pairs per evaluation, N(N-1): the throughput convention."""
+    """Ordered pairs per evaluation, N(N-1): the throughput convention.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an integer (bools and floats, even ``3.0``, included).
+    ValueError
+        ``n`` is negative.
+    """
+    if isinstance(n, (bool, np.bool_)):
+        raise TypeError(f"n must be an integer; got a bool ({n!r})")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"n must be an integer; got {n!r} ({type(n).__name__})") from None
+    if n < 0:
+        raise ValueError(f"n must be >= 0; got {n}")
     return n * (n - 1)
 
 
@@ -260,22 +277,53 @@ def relative_error(a, ref) -> float:
     -------
     float
         0.0 for N = 0.
+
+    Raises
+    ------
+    TypeError
+        ``a`` or ``ref`` does not hold real numbers (complex, object, str, bool).
+    ValueError
+        ``a`` or ``ref`` not of shape (N, 3), shapes that differ, or NaN or inf in either.
     """
-    a = np.asarray(a, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
+    a = _error_operand(a, "a")
+    ref = _error_operand(ref, "ref")
     if a.shape != ref.shape:
         raise ValueError(f"shapes differ: result {a.shape} vs reference {ref.shape}")
     if a.size == 0:
         return 0.0
-    big = max(float(np.abs(a).max()), float(np.abs(ref).max()))
-    if 0.0 < big < np.inf:  # exact power-of-two rescaling: norms of 1e300 or 1e-300 stay finite
-        shift = -_exponent(big)
-        a, ref = np.ldexp(a, shift), np.ldexp(ref, shift)
-    diff = np.linalg.norm(a - ref, axis=-1)
+    # Each row is scaled by its own power of two (exact), so that neither tiny rows next to
+    # huge ones underflow nor huge differences overflow; the scales are put back in the ratio.
+    peak = np.maximum(np.abs(a).max(axis=1), np.abs(ref).max(axis=1))
+    shift = np.frexp(peak)[1]  # 0 for all-zero rows
+    a, ref = np.ldexp(a, -shift[:, None]), np.ldexp(ref, -shift[:, None])
+    diff = np.linalg.norm(a - ref, axis=-1)  # each times 2**shift
     norm = np.linalg.norm(ref, axis=-1)
-    scale = norm.max()
-    denom = np.where(norm > 0.0, norm, scale if scale > 0.0 else 1.0)
-    return float((diff / denom).max())
+    ratio = np.divide(diff, norm, out=np.zeros_like(diff), where=norm > 0.0)
+    zero = norm == 0.0
+    if zero.any():
+        if norm.any():  # against the largest |ref_i|, its scale put back exactly
+            mant, expo = np.frexp(norm)
+            expo = np.where(zero, np.iinfo(np.int32).min, expo + shift)
+            tied = np.flatnonzero(expo == expo.max())
+            top = int(tied[np.argmax(mant[tied])])  # the largest norm * 2**shift
+            with np.errstate(over="ignore", under="ignore"):
+                ratio[zero] = np.ldexp(diff[zero] / norm[top], shift[zero] - shift[top])
+        else:  # every ref_i is zero: the absolute difference
+            with np.errstate(over="ignore", under="ignore"):
+                ratio[zero] = np.ldexp(diff[zero], shift[zero])
+    return float(ratio.max())
+
+
+def _error_operand(value, name: str) -> np.ndarray:
+    arr = _as_real_array(value, name)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (N, 3); got shape {arr.shape}")
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        got = float(arr[tuple(bad)])
+        raise ValueError(f"{name} must be finite; got {got!r} at index [{bad[0]}, {bad[1]}]")
+    return arr
 
 
 def _exponent(value: float) -> int:
@@ -397,4 +445,91 @@ def evaluate(backend: str, inp: Inputs, kernel, *args) -> np.ndarray:
     if n <= 1:
         return np.zeros((n, 3), dtype=np.float64)
     scaled, exponent = rescale(inp)
-    return unscale(kernel(*scaled, *args), exponent, backend)
+    _check_separations(scaled, backend)
+    try:
+        acc = kernel(*scaled, *args)
+    except ZeroDivisionError as exc:  # r**3 underflowed in a pure-Python or Numba kernel
+        raise FloatingPointError(
+            f"backend {backend!r}: a pair's r**3 underflowed float64 (division by zero). The "
+            "inputs are finite but too extreme in scale (separations or softening too small "
+            "for the system's extent); rescale the units."
+        ) from exc
+    _check_far_pairs(scaled, acc, backend)
+    return unscale(acc, exponent, backend)
+
+
+#: Pairs (of the kernels' rescaled inputs) closer than this, softening included, have an
+#: ``r**3`` near or below the smallest normal float64 (2**-990 here): refused, never skipped.
+_NEAR = 2.0**-330
+#: Two distinct floats differ by at least 2**-54 of the larger magnitude, so a pair closer
+#: than ``_NEAR`` has, on an axis where it differs, both coordinates below this.
+_NEAR_COORD = _NEAR * 2.0**54
+#: Pairs farther apart than about 2**300 have ``r**3`` near or above float64's largest value:
+#: their contribution (below ``|G| m 2**-600``) is lost to overflow or to subnormal rounding.
+_FAR_EXTENT = 2.0**300
+_FAR_FORCE = 2.0**-560  # rows below |G| sum|m| times this may be made of lost contributions
+
+
+def _check_separations(inp: Inputs, backend: str) -> None:
+    """Raise ``FloatingPointError`` where a pair's ``r**2 + eps**2`` is below ``_NEAR**2``.
+
+    Its ``r**3`` underflows in the kernels: a distinct pair would be skipped as coincident
+    (a silently wrong result) or divide by zero. O(N) unless some coordinate is tiny: then
+    the particles that are tiny on that axis are checked exactly with a k-d tree.
+    """
+    _, x, _, eps = inp
+    if eps >= _NEAR:
+        return
+    n = x.shape[0]
+    if eps > 0.0 and np.unique(x, axis=0).shape[0] < n:
+        raise FloatingPointError(
+            f"backend {backend!r}: positions has coincident particles and softening "
+            f"{eps:.3g} is below {_NEAR:.3g} of the system's scale: their softened r**3 "
+            "underflows float64; use a larger softening or rescale the units."
+        )
+    ax = np.abs(x)
+    small = ax < _NEAR_COORD
+    if not (small & (ax > 0.0)).any():  # no distinct pair can be that close
+        return
+    from scipy.spatial import KDTree  # imported only here: `import backends` stays light
+
+    for k in range(3):
+        if not (small[:, k] & (ax[:, k] > 0.0)).any():
+            continue
+        pts = np.unique(x[small[:, k]], axis=0)
+        if pts.shape[0] < 2:
+            continue
+        dist, _ = KDTree(pts).query(pts, k=2)
+        closest = float(dist[:, 1].min())  # distinct points; 0.0 where d**2 underflows
+        if closest < _NEAR:
+            extent = float((x.max(axis=0) - x.min(axis=0)).max())
+            raise FloatingPointError(
+                f"backend {backend!r}: positions has distinct particles closer than "
+                f"{_NEAR:.3g} ({closest:.3g}; 0 where its square underflows) in a system of "
+                f"extent {extent:.3g} (after rescaling): separations span more "
+                "than float64 can hold; float64 squared distances underflow (r**3 below "
+                "2**-990), so the pair cannot be summed. Rescale the units or split the system."
+            )
+
+
+def _check_far_pairs(inp: Inputs, acc: np.ndarray, backend: str) -> None:
+    """Raise ``FloatingPointError`` for rows that may consist of contributions lost to overflow.
+
+    Only where the rescaled extent exceeds ``_FAR_EXTENT`` (pairs whose ``r**3`` overflows
+    contribute 0): a row whose acceleration is below ``|G| sum|m| _FAR_FORCE`` cannot be told
+    apart from one whose far contributions were all dropped.
+    """
+    m, x, G, _ = inp
+    if not (x.max(axis=0) - x.min(axis=0) > _FAR_EXTENT).any():
+        return
+    if not np.isfinite(acc).all():
+        return  # unscale reports it
+    floor = abs(G) * float(np.abs(m).sum()) * _FAR_FORCE
+    lost = np.abs(acc).max(axis=1) <= floor
+    if lost.any():
+        raise FloatingPointError(
+            f"backend {backend!r}: positions span more than 2**300 times the system's "
+            f"spread: {int(lost.sum())} of {acc.shape[0]} particles get their acceleration "
+            "from pairs whose r**3 overflows float64, which cannot be summed. Rescale the "
+            "units or split the system."
+        )

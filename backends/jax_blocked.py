@@ -182,6 +182,8 @@ def resolve_device(device) -> jax.Device:
     have = ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
     try:
         k = int(index) if index else 0
+        if k < 0:  # a list index would count from the end: "cpu:-1" is no device name
+            raise IndexError(k)
         return jax.devices(platform)[k]
     except (RuntimeError, ValueError, IndexError):
         raise ValueError(f"device={device!r}: no such JAX device here; JAX has {have}") from None

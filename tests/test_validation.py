@@ -55,3 +55,96 @@ def test_rejection_leaves_input_untouched(backend):
     with pytest.raises(ValueError):
         backend.accel(M, x)
     np.testing.assert_array_equal(x, x0)
+
+
+# --- fuzzing faults: extreme dynamic range, the error metric, interactions, tolerance ---
+
+FAST = ["python", "numpy", "numba", "numba_fastmath", "numba_jitclass", "numba_parallel"]
+
+
+@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize(
+    ("m", "x", "eps"),
+    [
+        ([1.0, 1.0, 1.0], [[0, 0, 0], [1e-110, 0, 0], [1, 0, 0]], 0.0),  # r**3 underflows to 0
+        ([1.0, 1.0, 1.0], [[0, 0, 0], [0, 0, 0], [1, 0, 0]], 1e-160),  # softened r**3 too
+        ([1e-300, 1e-300, 1.0], [[0, 0, 0], [1e-170, 0, 0], [1, 0, 0]], 0.0),  # r**2 -> 0
+    ],
+)
+def test_underflowing_pairs_raise_floating_point_error(name, m, x, eps):
+    if name not in backends.available():
+        pytest.skip(f"{name} unavailable")
+    with pytest.raises(FloatingPointError, match="underflow"):
+        backends.accel(m, x, softening=eps, backend=name)
+
+
+def test_nearest_underflowing_pair_raises_floating_point_error():
+    with pytest.raises(FloatingPointError, match="underflow"):
+        backends.accel_nearest(np.ones(3), [[0, 0, 0], [1e-110, 0, 0], [1, 0, 0]], k=2)
+
+
+@pytest.mark.parametrize(("cluster", "far"), [(1e-60, 1e60), (1e-100, 1e100)])
+def test_far_particle_with_overflowing_pairs_raises(cluster, far):
+    rng = np.random.default_rng(1)
+    x = np.vstack([cluster * (1 + rng.random((20, 3))), [[far, 0.0, 0.0]]])
+    with pytest.raises(FloatingPointError, match="overflows"):
+        backends.accel(np.ones(21), x, backend="numpy")
+
+
+def test_tiny_but_safe_separations_still_computed():
+    # coordinates below the exact check's threshold, separations fine after rescaling
+    x = np.array([[0.0, 0.0, 0.0], [1e-120, 0.0, 0.0], [0.0, 2e-120, 0.0]])
+    out = backends.accel(np.ones(3), x, backend="numpy")
+    ref = backends.accel(np.ones(3), x * 2.0**400, backend="python") * 2.0**800
+    assert backends.relative_error(out, ref) <= 1e-14
+
+
+def test_relative_error_keeps_small_rows():
+    out = [[1e200, 0, 0], [0, 0, 0]]
+    ref = [[1e200, 0, 0], [1e-200, 0, 0]]
+    assert backends.relative_error(out, ref) == 1.0
+    assert backends.relative_error([[1e308, 0, 0]], [[-1e308, 0, 0]]) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("a", "exc", "msg"),
+    [
+        ([[np.nan, 0, 0]], ValueError, r"a must be finite"),
+        ([[np.inf, 0, 0]], ValueError, r"a must be finite"),
+        ([[1j, 0, 0]], TypeError, r"a must hold real numbers"),
+        ([1.0, 0, 0], ValueError, r"a must have shape \(N, 3\)"),
+    ],
+)
+def test_relative_error_rejects_bad_input(a, exc, msg):
+    with pytest.raises(exc, match=msg):
+        backends.relative_error(a, [[1.0, 0, 0]])
+    with pytest.raises(exc, match=msg.replace("a must", "ref must")):
+        backends.relative_error([[1.0, 0, 0]], a)
+
+
+@pytest.mark.parametrize(
+    ("n", "exc"), [(-5, ValueError), (1.5, TypeError), (True, TypeError), ("3", TypeError)]
+)
+def test_interactions_rejects_bad_n(n, exc):
+    with pytest.raises(exc, match="n must"):
+        backends.interactions(n)
+    assert backends.interactions(np.int64(4)) == 12
+
+
+def test_tolerance_floor_and_unknown_options():
+    if "pytreegrav_tree" in backends.available():
+        assert backends.tolerance("pytreegrav_tree", theta=1e-300) >= 1e-12
+    with pytest.raises(TypeError, match="unknown option 'nope'"):
+        backends.tolerance("tree", nope=1)
+    with pytest.raises(TypeError, match="unknown option 'nope'"):
+        backends.tolerance("numpy", nope=1)
+    assert backends.tolerance("numpy", block=64) == 1e-12
+
+
+def test_jax_rejects_negative_device_index():
+    if "jax" not in backends.available():
+        pytest.skip("jax unavailable")
+    from backends import jax_blocked
+
+    with pytest.raises(ValueError, match="no such JAX device"):
+        jax_blocked.resolve_device("cpu:-1")
