@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in _COMMANDS:
         module, _, func = _COMMANDS[argv[0]].partition(":")
         return getattr(importlib.import_module(module), func)(argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in ("compare", "list"):
+        names = ", ".join(repr(c) for c in ("compare", "list", *_COMMANDS))
+        print(
+            f"usage: python -m backends COMMAND ...\npython -m backends: error: unknown command "
+            f"{argv[0]!r} (choose from {names}; python -m backends --help)",
+            file=sys.stderr,
+        )
+        return 2
     from backends.compare import main as compare_main
 
     return compare_main(argv)

@@ -34,6 +34,12 @@ from pathlib import Path
 
 _KEYS = ("ranks", "n", "seconds", "seconds_median", "seconds_all", "error")
 _ROOT = str(Path(__file__).resolve().parent.parent)  # the ranks import this same package
+#: Most ranks :func:`run` starts on this machine: 4 per core, at least 64 (the same rule as
+#: the pools' ``MAX_WORKERS``). Every rank is a full Python process with NumPy and Numba
+#: (~100 MB); past a few per core oversubscription only adds start-up time and memory, and a
+#: mistyped count (10**6) would start processes until the machine stalls. The floor of 64 keeps
+#: oversubscription tests (8 or 16 ranks on 2 cores) possible.
+MAX_RANKS = max(64, 4 * (os.cpu_count() or 1))
 #: Directories and name prefixes of the MPI runtime's files that a job may leave behind.
 RUNTIME_FILES = (("/dev/shm/", "mpich_"), ("/tmp/", "hydra_"))
 
@@ -313,11 +319,18 @@ def run(
 
     Raises
     ------
+    ValueError
+        ``ranks`` not between 1 and :data:`MAX_RANKS` (checked before anything starts).
     MPIRunError
         Non-zero exit (with the tail of its stderr), timeout (the job is killed) or bad output.
     KeyboardInterrupt
         Re-raised after the job's processes have been ended.
     """
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or not 1 <= ranks <= MAX_RANKS:
+        raise ValueError(
+            f"ranks must be an integer between 1 and {MAX_RANKS} (MAX_RANKS: 4 per core, at "
+            f"least 64); got {ranks!r}"
+        )
     mpiexec = find_mpiexec()
     if mpiexec is None:
         raise MPIRunError("mpiexec not found")

@@ -72,6 +72,14 @@ ALIGN = 16
 MAX_BLOCK = 4096
 
 
+#: Most workers a pool may start (``n_workers=``): 4 per core, at least 64. Each worker is a
+#: process (or thread) with its own interpreter and lane accumulator; past a few per core
+#: oversubscription only adds start-up time and memory, and a mistyped count (10**6) would
+#: otherwise spawn processes until the machine stalls. The floor of 64 keeps oversubscription
+#: tests and small-machine experiments (16 workers on 2 cores) possible.
+MAX_WORKERS = max(64, 4 * (os.cpu_count() or 1))
+
+
 def usable_cores() -> int:
     """Return the number of CPU cores this process may run on (its affinity mask)."""
     try:
@@ -104,9 +112,15 @@ def check_knobs(n_workers, chunks) -> tuple[int, int]:
     Raises
     ------
     ValueError
-        A knob that is not a positive integer (the message names it).
+        A knob that is not a positive integer (the message names it), or ``n_workers`` above
+        :data:`MAX_WORKERS`.
     """
     n_workers = usable_cores() if n_workers is None else _positive_int(n_workers, "n_workers")
+    if n_workers > MAX_WORKERS:
+        raise ValueError(
+            f"n_workers must be at most {MAX_WORKERS} (MAX_WORKERS: 4 per core, at least 64); "
+            f"got {n_workers}"
+        )
     chunks = CHUNKS_PER_WORKER * n_workers if chunks is None else _positive_int(chunks, "chunks")
     return n_workers, chunks
 

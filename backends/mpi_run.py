@@ -9,8 +9,9 @@ ranks, N, algorithm, seconds per evaluation (best and median), interactions per 
 with ``--check``, the error against ``numba_parallel`` by the project's metric. Each rank
 runs ``--threads-per-rank T`` Numba threads (default: the cores the rank may use, split evenly
 among the ranks on its node, at least 1, see
-:func:`backends.mpi_rows.default_threads_per_rank`; a T above Numba's default pool sets
-``NUMBA_NUM_THREADS`` before Numba starts). ``--json``
+:func:`backends.mpi_rows.default_threads_per_rank`; at most Numba's limit,
+``NUMBA_NUM_THREADS``, the cores by default: set it in the environment to oversubscribe).
+``--json``
 prints exactly one JSON object on stdout instead (keys ``ranks``, ``n``, ``algorithm``,
 ``seconds``, ``seconds_median``, ``seconds_all``, ``interactions_per_second``, ``error``,
 ``G``, ``softening``, ``seed``, ``peak_rss_bytes``, ``threads_per_rank`` (rank 0's Numba
@@ -46,7 +47,10 @@ the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, f
 data through the warm-up evaluation; the compiled kernel's own (T, 3) result block is not
 traced) and ``peak_rss_bytes``.
 
-Failure behaviour: a bad option, or an unreadable or malformed input file, prints one line
+Failure behaviour: a bad option (checked before any work: ``--threads-per-rank`` above
+Numba's limit, a negative ``--seed``, an ``--output`` that cannot be written, an ``--n`` above
+this machine's memory at ``compare``'s 1 KiB per particle, per rank's share for ``ring`` and
+``tree``), or an unreadable or malformed input file, prints one line
 ``mpi_run: error: ...`` (rank 0) and every rank exits with status 2; the ranks agree on this
 with one collective, so none is left waiting. Any other exception on any rank prints its
 traceback and calls ``MPI.COMM_WORLD.Abort(1)``, which ends the whole job at once. The hidden
@@ -162,8 +166,19 @@ def _parse(argv) -> argparse.Namespace:
         raise UsageError(f"--n must be >= 0; got {args.n}")
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1; got {args.repeat}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0; got {args.seed}")
     if args.threads_per_rank is not None and args.threads_per_rank < 1:
         raise UsageError(f"--threads-per-rank must be >= 1; got {args.threads_per_rank}")
+    if args.threads_per_rank is not None:
+        import numba  # the limit is numba's (NUMBA_NUM_THREADS, the cores by default)
+
+        top = numba.config.NUMBA_NUM_THREADS
+        if args.threads_per_rank > top:
+            raise UsageError(
+                f"--threads-per-rank {args.threads_per_rank} exceeds numba's limit of {top} "
+                "threads (set NUMBA_NUM_THREADS for more)"
+            )
     if args.algorithm != "tree" and (args.theta is not None or args.quadrupole):
         raise UsageError("--theta and --quadrupole apply to --algorithm tree only")
     if args.check_rows < 1:
@@ -263,7 +278,45 @@ def _check_output_path(path: str | None) -> str | None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return f"--output {path}: directory {parent} does not exist or is not writable"
+    if os.path.isdir(path):
+        return f"--output {path}: is a directory, not a file"
+    existed = os.path.exists(path)
+    try:  # os.access is not enough: root passes it for /proc, where nothing can be created
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return f"--output {path}: cannot be written: {exc.strerror or exc}"
+    finally:
+        if not existed and os.path.exists(path):
+            os.unlink(path)
     return None
+
+
+def _max_n(ranks: int, algorithm: str) -> int:
+    """Largest ``--n`` of a generated system: ``compare``'s memory bound, per rank's share.
+
+    ``allgather`` holds all N particles on every rank: this machine's memory at
+    :data:`backends.compare.args.BYTES_PER_PARTICLE` per particle. ``ring`` and ``tree`` hold
+    N/P per rank: P times that. Capped at ``2**31 - 1`` either way (32-bit indices).
+    """
+    from backends.compare.args import max_n
+
+    return max_n() if algorithm == "allgather" else min(2**31 - 1, max_n() * ranks)
+
+
+def _preflight(args, comm) -> None:
+    """Check what needs the communicator (``--output`` on rank 0, ``--n``), before any work."""
+    problem = None
+    if comm.Get_rank() == 0:
+        problem = _check_output_path(args.output)
+        if problem is None and args.n is not None:
+            top = _max_n(comm.Get_size(), args.algorithm)
+            if args.n > top:
+                problem = (
+                    f"--n {args.n} particles are more than this machine can hold: at most {top} "
+                    f"with {comm.Get_size()} rank(s) and --algorithm {args.algorithm}"
+                )
+    _agree(comm, problem)
 
 
 def _peak_rss_bytes() -> int:
@@ -290,7 +343,7 @@ def _run(args, comm) -> dict:
     mpi_rows.accel(tiny_m, tiny_x, comm=MPI.COMM_SELF, algorithm="ring", threads_per_rank=threads)
 
     tracemalloc.start()
-    problem = _check_output_path(args.output) if rank == 0 else None
+    problem = None  # --output was checked by _preflight
     try:
         n, m, x = _load(args, comm, full=not ring)
     except UsageError as exc:
@@ -572,7 +625,7 @@ def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
     mpi_tree.accel_local(tiny_m, tiny_x, comm=MPI.COMM_SELF, **opts)  # compile before tracing
 
     tracemalloc.start()
-    problem = _check_output_path(args.output) if rank == 0 else None
+    problem = None  # --output was checked by _preflight
     n = 0
     try:
         n, m, x, ids = _load_block(args, comm)
@@ -709,18 +762,6 @@ def _print_report(r: dict) -> None:
         print(f"error vs numba_parallel: {r['error']:.3e} (max_i |a_i - ref_i| / |ref_i|)")
 
 
-def _size_numba_pool(threads: int | None) -> None:
-    """Let Numba's pool hold ``threads`` threads if asked for more than it would by default.
-
-    Only possible before numba is first imported (``NUMBA_NUM_THREADS`` is read then).
-    """
-    if threads is None or "numba" in sys.modules:
-        return
-    current = int(os.environ.get("NUMBA_NUM_THREADS") or 0) or (os.cpu_count() or 1)
-    if threads > current:
-        os.environ["NUMBA_NUM_THREADS"] = str(threads)
-
-
 def _unlink_shared_memory() -> None:
     """Unlink the MPI runtime's shared-memory files this rank holds open (Linux only).
 
@@ -747,11 +788,11 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     try:
         args = _parse(sys.argv[1:] if argv is None else argv)
-        _size_numba_pool(args.threads_per_rank)
         if args.help:
             if comm.Get_rank() == 0:
                 _parser().print_help()
             return 0
+        _preflight(args, comm)
         report = _run(args, comm)
     except UsageError as exc:
         if comm.Get_rank() == 0:

@@ -450,8 +450,11 @@ def test_docs_examples_write_only_into_the_ignored_folder():
 
 
 def test_unknown_command_exits_2():
+    """One line naming every command (argparse's own message named only compare and list)."""
     r = cli("frobnicate")
-    assert r.returncode == 2 and "invalid choice" in r.stderr and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""
+    assert "unknown command 'frobnicate'" in r.stderr
+    assert all(f"'{c}'" in r.stderr for c in ("compare", "list", "frontier", "drift"))
 
 
 def test_list_shows_every_backend_and_why_not():
@@ -639,3 +642,21 @@ def test_interrupt_ends_the_mpi_job(tmp_path):
     while _mpi_ranks_alive(seed) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _mpi_ranks_alive(seed) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--save", "/proc/nbody-no-such-dir"], "cannot create a folder in '/proc'"),
+        (["--setting", "tree:theta=1,theta=2"], "option 'theta' is given twice"),
+        (["--workers", "1e6"], "--workers: must be at most"),
+        (["--mpi-ranks", "1e6"], "--mpi-ranks: must be at most"),
+        (["--setting", "multiprocessing:n_workers=1000000"], "n_workers must be at most"),
+        (["--mpi-threads-per-rank", "1000000000"], "exceeds numba's limit of"),
+    ],
+)
+def test_absurd_arguments_are_refused_before_any_work(args, message):
+    r = cli("compare", "--n", 100, "--backends", "numpy", *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if "error:" in ln]) == 1

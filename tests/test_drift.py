@@ -465,3 +465,19 @@ def test_load_state_names_what_is_wrong(tmp_path):
     junk.write_text("not a zip")
     with pytest.raises(ValueError, match="not a readable .npz"):
         plummer.load_state(junk)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "1e300"], "--steps: must be at most 10000000"),
+        (["--dt", "1e308"], "--dt: must be at most 1e+150"),
+    ],
+)
+def test_absurd_steps_and_dt_are_refused_up_front(args, message):
+    r = subprocess.run(
+        [sys.executable, "-m", "backends", "drift", "--n", "100", "--backends", "numpy", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert "RuntimeWarning" not in r.stderr

@@ -372,3 +372,31 @@ def test_bad_input_exits_2_with_one_line(tmp_path, content, args, message):
     assert proc.stdout == ""
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mpi_run: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads-per-rank", "1000000"], "exceeds numba's limit of"),
+        (["--output", "/proc/nbody-x.npz"], "--output /proc/nbody-x.npz: cannot be written"),
+        (["--seed", "-1"], "--seed must be >= 0; got -1"),
+        (["--n", "10000000000000"], "more than this machine can hold"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line_before_any_work(args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "backends.mpi_run", "--repeat", "1", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no traceback
+    assert proc.stderr.startswith("mpi_run: error: ") and message in proc.stderr
+
+
+def test_launcher_refuses_absurd_rank_counts():
+    from backends import _mpi_launch
+
+    assert _mpi_launch.MAX_RANKS >= 64  # oversubscription tests (8-16 ranks on 2 cores)
+    for bad in (0, _mpi_launch.MAX_RANKS + 1, 10**6):
+        with pytest.raises(ValueError, match="ranks must be an integer between 1 and"):
+            _mpi_launch.run(bad, 10, 1, 1, 10.0)

@@ -759,3 +759,12 @@ def test_killed_parent_leaves_no_process_and_no_segment(name, prefer, when, tmp_
         for pid in family | _descendants(proc.pid):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("name", ["multiprocessing", "joblib"])
+def test_absurd_worker_counts_are_refused_before_any_pool_starts(name):
+    m, x = random_system(4)
+    for bad in (_pools.MAX_WORKERS + 1, 10**6, 2**63):
+        with pytest.raises(ValueError, match=f"n_workers must be at most {_pools.MAX_WORKERS}"):
+            backends.accel(m, x, backend=name, n_workers=bad)
+    assert _pools.MAX_WORKERS >= 64  # oversubscription tests (16 workers on 2 cores) still run

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import backends
-from backends import _mpi_launch
+from backends import _mpi_launch, _pools
 from backends._contract import PRECISIONS, check_precision
 
 DEFAULT_N = (1000, 10000)
@@ -80,6 +81,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return value
+
+
+def _at_most(kind, top, what: str):
+    """Return an argparse type: ``kind(text)``, refused above ``top`` (``what``: why)."""
+
+    def convert(text: str):
+        value = kind(text)
+        if value > top:
+            shown = f"{top:g}" if isinstance(top, float) else top
+            raise argparse.ArgumentTypeError(f"must be at most {shown} ({what}); got {text!r}")
+        return value
+
+    return convert
 
 
 def _non_negative_int(text: str) -> int:
@@ -216,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--mpi-ranks",
-        type=_non_negative_int,
+        type=_at_most(_non_negative_int, _mpi_launch.MAX_RANKS, "4 per core, at least 64"),
         default=2,
         metavar="P",
         help="ranks for the mpiexec row; 0: no MPI row",
@@ -231,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_at_most(_positive_int, _pools.MAX_WORKERS, "4 per core, at least 64"),
         default=None,
         metavar="W",
         help="n_workers= of the process and thread pools (default: theirs, the usable cores)",
@@ -300,6 +314,10 @@ def _check_output(parser, option: str, path: str | None, seen: dict[str, str]) -
         parser.error(f"{option} {path!r}: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
         parser.error(f"{option} {path!r} is not writable")
+    if parent != p.absolute().parent:  # missing folders: they must be creatable in parent
+        why = _make_folder_in(parent)
+        if why is not None:
+            parser.error(f"{option} {path!r}: cannot create a folder in {str(parent)!r}: {why}")
     if p.exists() or p.absolute().parent.is_dir():
         why = _open_for_writing(p)  # root passes os.access for files nobody can write
         if why is not None:
@@ -318,6 +336,40 @@ def check_plot(parser, path: str | None) -> None:
         parser.error(f"--plot {path!r}: the file name must end in .png, .svg or .pdf")
     if importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib, not installed: pip install 'nbody-backends[plot]'")
+
+
+def _make_folder_in(parent: Path) -> str | None:
+    """Create and remove an empty folder in ``parent``; the error, or None.
+
+    ``os.access`` is not enough: root passes it for ``/proc``, where nothing can be created.
+    """
+    try:
+        probe = tempfile.mkdtemp(prefix=".compare-probe-", dir=parent)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.rmdir(probe)
+    return None
+
+
+def check_save(parser, path: str | None) -> None:
+    """Check ``--save DIR``: a folder, or one that can be created (before any work)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        parser.error(f"--save {path!r} is not a directory")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            parser.error(f"--save {path!r} is not writable")
+        return
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        parser.error(f"--save {path!r}: {str(parent)!r} is not a directory")
+    why = _make_folder_in(parent)
+    if why is not None:
+        parser.error(f"--save {path!r}: cannot create a folder in {str(parent)!r}: {why}")
 
 
 def _open_for_writing(path: Path) -> str | None:
@@ -381,8 +433,22 @@ def _mpi_threads(parser, args) -> None:
                 "--threads-per-rank option (its ranks run one thread each)"
             )
         args.mpi_threads_per_rank = None
-    elif args.mpi_threads_per_rank is None and args.mpi_ranks:
+    elif args.mpi_threads_per_rank is not None:
+        top = _numba_threads()  # the ranks inherit this environment: the same limit
+        if args.mpi_threads_per_rank > top:
+            parser.error(
+                f"--mpi-threads-per-rank {args.mpi_threads_per_rank} exceeds numba's limit of "
+                f"{top} threads"
+            )
+    elif args.mpi_ranks:
         args.mpi_threads_per_rank = max(1, _usable_cores() // args.mpi_ranks)
+
+
+def _numba_threads() -> int:
+    """Numba's thread limit: ``NUMBA_NUM_THREADS`` (the cores by default)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _usable_cores() -> int:
@@ -454,6 +520,8 @@ def _settings(parser, texts: list[str]) -> list[Job]:
             key, eq, value = item.partition("=")
             if not eq or not key.strip().isidentifier():
                 parser.error(f"--setting {text!r}: expected KEY=VALUE, got {item!r}")
+            if key.strip() in options:
+                parser.error(f"--setting {text!r}: option {key.strip()!r} is given twice")
             options[key.strip()] = _value(value)
         if not sep or not options:
             parser.error(f"--setting {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE...]")
@@ -614,15 +682,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = args.parser
     args.n = sorted(set(args.n))
     args.precision = [p for p in PRECISIONS if p in args.precision]  # float64 first
+    check_save(parser, args.save)
     _apply_save(args)
     seen: dict[str, str] = {}
     for option in ("json", "csv", "plot"):
         _check_output(parser, f"--{option}", getattr(args, option), seen)
     check_plot(parser, args.plot)
     if args.threads is not None:
-        import numba  # the limit is numba's (NUMBA_NUM_THREADS, the cores by default)
-
-        top = numba.config.NUMBA_NUM_THREADS
+        top = _numba_threads()
         if args.threads > top:
             parser.error(f"--threads {args.threads} exceeds numba's limit of {top} threads")
     _mpi_threads(parser, args)

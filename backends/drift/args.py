@@ -19,6 +19,7 @@ import backends
 from backends.compare.args import (
     MPI,
     Job,
+    _at_most,
     _check_output,
     _Formatter,
     _non_negative_int,
@@ -40,6 +41,13 @@ DEFAULT_DT = 1.0 / 128.0
 CROSSING_TIME = 2.0 * math.sqrt(2.0)
 #: The most steps ``--steps`` defaults to (a smaller --dt needs --steps given).
 MAX_DEFAULT_STEPS = 10**7
+#: The most steps ``--steps`` accepts: 10**7 force evaluations, days of a fast backend at
+#: N = 1000; a larger count is a typo (1e300 would run without end), refused before any work.
+MAX_STEPS = 10**7
+#: The largest ``--dt``: above it ``dt**2`` (the first drift adds ``a dt^2 / 2``) is within
+#: ~1e8 of float64's overflow, so the positions leave the finite range on the first step for
+#: any sizeable force. Henon-unit runs use dt ~ 1e-2.
+MAX_DT = 1e150
 OUT_DIR = "drift-out"  # where --save writes by default (git-ignored in the repository)
 #: Left out of the default selection (run when named in --backends), with the reason.
 NOT_BY_DEFAULT = {
@@ -117,10 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this state instead (masses, positions, velocities; as --save writes)",
     )
     p.add_argument("--seed", type=_non_negative_int, default=42, help="Plummer sphere's seed")
-    p.add_argument("--dt", type=_positive_float, default=DEFAULT_DT, metavar="DT", help="time step")
+    p.add_argument(
+        "--dt",
+        type=_at_most(_positive_float, MAX_DT, "larger steps overflow the positions"),
+        default=DEFAULT_DT,
+        metavar="DT",
+        help="time step",
+    )
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=_at_most(_positive_int, MAX_STEPS, "a larger count would run for months"),
         default=None,
         metavar="K",
         help="leapfrog steps (default: one crossing time, 2 sqrt(2) in Henon units: "

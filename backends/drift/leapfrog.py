@@ -205,8 +205,13 @@ def integrate(
         spent = in_backend = 0.0
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
-            v += half * a
-            x += dt * v
+            with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                v += half * a
+                x += dt * v
+            if not np.isfinite(x).all():
+                raise FloatingPointError(
+                    f"the positions overflowed (not finite) with --dt {dt:g}; take a smaller --dt"
+                )
             t1 = time.perf_counter()
             a = _check(b.accel(m, x, 1.0, softening=softening, **job.options), n)
             t2 = time.perf_counter()
