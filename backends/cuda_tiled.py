@@ -1,11 +1,13 @@
 """Backend ``cuda``: a numba-cuda all-pairs kernel in the tiled shared-memory style.
 
-Strategy: one GPU thread per target particle, ``tile`` threads per block. The sources are
-walked tile by tile: each thread of a block loads one source (x, y, z, m) into shared
-memory, the block synchronizes, then every thread accumulates the whole tile into its own
-target's acceleration. Uneven N is handled by guards (the last tile is only partly loaded and
-only its valid part is summed; threads past N load and synchronize but write nothing), never
-by padding. Float64 by default; ``precision="float32"`` computes in float32 (accumulating in
+Strategy: two target particles per GPU thread, ``tile`` threads per block (a block serves
+``2 * tile`` targets). The sources are walked tile by tile: each thread of a block loads one
+source (x, y, z, m) into shared memory, the block synchronizes, then every thread
+accumulates the whole tile into its two targets' accelerations, each source read once for
+both, with ``r**-3`` from libdevice's ``rsqrt`` cubed (no square root and division). Uneven
+N: the last tile is filled up with massless copies of the last source (each adds exactly
+zero, at a separation a real pair already has), and targets past N compute a dummy and
+write nothing. Float64 by default; ``precision="float32"`` computes in float32 (accumulating in
 float32) on positions centred and scaled by a power of two and masses scaled by one
 (:func:`_scaled32`), falling back to float64 where float32 cannot hold the system; either
 way the result comes back as a new float64 NumPy array, multiplied by G on the host. The
@@ -55,10 +57,32 @@ def unavailable_reason() -> str | None:
         from numba import cuda
 
         if cuda.is_available():
-            return None
+            return _compiler_reason()
     except Exception as exc:  # a broken driver or toolkit: say what it said
         return f"{_NEEDS} (numba.cuda failed: {exc})"
     return f"{_NEEDS} (no CUDA GPU or driver found)"
+
+
+def _compiler_reason() -> str | None:
+    """Why numba-cuda's kernel compiler cannot load here, or None.
+
+    numba-cuda loads its NumPy support when it compiles the first kernel; a NumPy newer
+    than it supports breaks that import deep inside the compiler (numba-cuda 0.30.4 with
+    NumPy 2.5: ``np.row_stack`` is gone, an ``AttributeError`` at the first launch, seen on
+    a GPU machine). Importing the module here turns that into the backend's unavailability,
+    with the reason.
+    """
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except ModuleNotFoundError:  # another numba-cuda layout: nothing to check
+        return None
+    except Exception as exc:
+        return (
+            f"{_NEEDS} (numba-cuda cannot compile kernels with NumPy {np.__version__}: "
+            f"{type(exc).__name__}: {exc}; install a NumPy release that numba-cuda supports "
+            "or a numba-cuda that supports this NumPy)"
+        )
+    return None
 
 
 def _launch(m, x, softening, tile, precision):
@@ -74,7 +98,7 @@ def _launch(m, x, softening, tile, precision):
     src[:, 3] = m
     d_src = cuda.to_device(src)
     d_out = cuda.device_array((n, 3), dtype=dtype)
-    blocks = -(-n // tile)
+    blocks = -(-n // (2 * tile))  # two targets per thread
     get_kernel(tile, precision, simulating())[blocks, tile](
         d_src, n, dtype.type(softening * softening), d_out
     )

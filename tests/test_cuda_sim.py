@@ -146,6 +146,43 @@ def test_unavailable_here_says_what_is_needed():
         cuda_tiled.accel([1.0, 1.0], [[0, 0, 0], [1, 0, 0]])
 
 
+_PROBE = """
+import sys
+import numpy as np
+if sys.argv[1] == "break":  # as NumPy 2.5 is for numba-cuda 0.30.4: np.row_stack is gone
+    del np.row_stack
+from backends import cuda_tiled
+print(repr(cuda_tiled._compiler_reason()))
+"""
+
+
+@pytest.mark.parametrize("numpy_state", ["intact", "break"])
+def test_a_numpy_the_cuda_compiler_cannot_load_makes_cuda_unavailable_with_the_reason(
+    numpy_state,
+):
+    # On a GPU machine whose NumPy (2.5) lacked np.row_stack, numba-cuda 0.30.4 raised
+    # AttributeError from deep inside its compiler at the first launch. The probe that
+    # unavailable_reason runs once a GPU is found must turn that into a reason instead.
+    pytest.importorskip("numba_cuda")
+    if not hasattr(np, "row_stack"):
+        pytest.skip("this NumPy has no np.row_stack to remove")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, numpy_state],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+        check=True,
+    ).stdout.strip()
+    if numpy_state == "intact":
+        assert out == "None"
+    else:
+        assert "numba-cuda cannot compile kernels with NumPy" in out
+        assert "row_stack" in out and "nbody-backends[cuda]" in out
+
+
 @pytest.mark.parametrize(
     ("options", "msg"),
     [
