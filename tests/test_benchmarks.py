@@ -142,3 +142,37 @@ def test_core_backends_are_not_skipped(name):
     bench = TimeAccel()
     bench.setup(name, _common.SIZES[0])
     bench.time_accel(name, _common.SIZES[0])
+
+
+def test_thread_scaling_script_runs_and_reports_each_thread_count(capsys):
+    from benchmarks import thread_scaling
+
+    assert (
+        thread_scaling.main(
+            [
+                "--threads",
+                "1",
+                "2",
+                "--direct-n",
+                "300",
+                "--repeat",
+                "1",
+                "--which",
+                "numba_parallel",
+                "tree",
+                "--tree-n",
+                "500",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    import numba
+
+    counts = [t for t in (1, 2) if t <= numba.config.NUMBA_NUM_THREADS]
+    for name in ("numba_parallel", "tree"):
+        rows = [line for line in out.splitlines() if line.startswith(f"{name} ") and " T=" in line]
+        assert [int(r.split("T=")[1].split()[0]) for r in rows] == counts
+        for row in rows:  # same sums in another order: close to rounding
+            assert float(row.rsplit("differs by ", 1)[1]) < 1e-12
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
