@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from backends._contract import column_range
+
 __all__ = ["CLOSE", "SOFTENING_RATIO", "close_rows", "needs_float64", "repair"]
 
 #: Softening above this many half-extents of the system: float32 cannot hold the separations
@@ -47,7 +49,8 @@ CLOSE = 2.0**-26
 def _half_extent(x: np.ndarray) -> float:
     if x.shape[0] == 0:
         return 0.0
-    return float((0.5 * x.max(axis=0) - 0.5 * x.min(axis=0)).max())
+    lo, hi = column_range(x)
+    return float((0.5 * hi - 0.5 * lo).max())
 
 
 def needs_float64(x: np.ndarray, softening: float) -> bool:
@@ -103,7 +106,8 @@ def close_rows(x: np.ndarray, softening: float) -> np.ndarray:
     """
     if x.shape[0] < 2:
         return np.zeros(0, dtype=np.intp)
-    extent = 0.5 * x.max(axis=0) - 0.5 * x.min(axis=0)
+    lo, hi = column_range(x)
+    extent = 0.5 * hi - 0.5 * lo
     unit = max(float(extent.max()), softening)
     delta = CLOSE * unit
     if softening >= delta or unit == 0.0:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends._contract import column_range
+
 __all__ = ["CURVE_SPREAD", "LINE_SPREAD", "centre_shift", "centred", "is_linear"]
 
 #: A system is a line when the median distance of its particles from their principal axis
@@ -139,7 +141,7 @@ def centred(x: np.ndarray) -> np.ndarray:
     """
     if x.shape[0] == 0:
         return x
-    shift = centre_shift(x.min(axis=0), x.max(axis=0))
+    shift = centre_shift(*column_range(x))
     return x if shift is None else x - shift
 
 

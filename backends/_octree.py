@@ -34,6 +34,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from backends._contract import column_range
+
 __all__ = [
     "FM",
     "LEVELS",
@@ -336,10 +338,10 @@ def prepare(m, x, s, leaf_size, quadrupole, lo=None, hi=None, ms=None) -> Octree
     -------
     Octree
     """
-    if lo is None:
-        lo = x.min(axis=0)
-    if hi is None:
-        hi = x.max(axis=0)
+    if lo is None or hi is None:
+        lo_x, hi_x = column_range(x)
+        lo = lo_x if lo is None else lo
+        hi = hi_x if hi is None else hi
     lo, ks = key_grid(lo, hi)
     keys = morton_keys(x, lo, ks)
     order = np.argsort(keys)

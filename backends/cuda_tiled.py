@@ -30,7 +30,7 @@ import importlib.util
 import numpy as np
 
 from backends import BackendUnavailableError, _float32_guard
-from backends._contract import check_precision, evaluate, validate
+from backends._contract import check_precision, column_range, evaluate, validate
 
 _NEEDS = (
     "backend 'cuda' needs an NVIDIA GPU with a CUDA driver and numba-cuda: "
@@ -118,7 +118,7 @@ def _scaled32(m, x, softening):
     """
     if _float32_guard.needs_float64(x, softening):
         return None
-    lo, hi = x.min(axis=0), x.max(axis=0)
+    lo, hi = column_range(x)
     half = max(0.5 * softening, float((0.5 * hi - 0.5 * lo).max()))
     mmax = float(m.max())
     positive = m[m > 0.0]

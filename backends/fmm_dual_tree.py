@@ -94,7 +94,7 @@ from numba import njit, prange
 
 from backends._cartesian import FM as _FM
 from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, monomials, tables
-from backends._contract import evaluate, validate
+from backends._contract import column_range, evaluate, validate
 from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import build, mass_scale, morton_keys
@@ -845,8 +845,7 @@ class _Tree:
     """The sorted particles and the octree: what every evaluation shares (scaled units)."""
 
     def __init__(self, m, x, softening, leaf_size):
-        lo = x.min(axis=0)
-        hi = x.max(axis=0)
+        lo, hi = column_range(x)
         # an axis whose coordinates all lie within a factor 2 of each other (a system far
         # from the origin) is shifted to start at 0: exact (Sterbenz), so separations keep
         # every digit while the expansions work on coordinates of the system's own size

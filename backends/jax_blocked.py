@@ -41,7 +41,7 @@ import numpy as np
 from jax import lax
 
 from backends import BackendUnavailableError, _float32_guard
-from backends._contract import check_precision, evaluate, validate
+from backends._contract import check_precision, column_range, evaluate, validate
 
 _SMALL = 1024  # up to here P is a power of two (>= 8); above it a multiple of _SMALL
 _TARGET_ELEMENTS = {"cpu": 1 << 17}  # elements per (B, P) temporary: 1 MiB of float64
@@ -113,7 +113,7 @@ def _split32(m, x, softening):
     Returns centred, scaled float32 ``hi``, ``lo`` (N, 3), scaled float32 masses, ``eps2``
     and the factor that turns the kernel's sums back into accelerations.
     """
-    lo_b, hi_b = x.min(axis=0), x.max(axis=0)
+    lo_b, hi_b = column_range(x)
     half = max(0.5 * softening, float((0.5 * hi_b - 0.5 * lo_b).max()))
     mmax = float(m.max())
     pos = m[m > 0.0]

@@ -87,7 +87,7 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from backends._contract import check_result, evaluate, validate
+from backends._contract import check_result, column_range, evaluate, validate
 from backends._pair_kernel import ALIGN, FM, pair_block
 from backends.numba_parallel import accel_block
 
@@ -414,7 +414,7 @@ def _allgather(m, x, G, softening, comm, threads):
     MPI = _mpi()
     size, rank = comm.Get_size(), comm.Get_rank()
     n = m.shape[0]
-    s = _scale(x.min(axis=0), x.max(axis=0), softening)  # the same data, so the same s
+    s = _scale(*column_range(x), softening)  # the same data, so the same s
     if s > 0.0:
         p = _soa(m, x, s)
         acc = np.zeros((3, n))
@@ -531,8 +531,9 @@ def _ring_local(m, x, G, softening, comm, counts, threads):
     MPI = _mpi()
     bounds = np.full(6, -np.inf)
     if m.shape[0]:
-        bounds[:3] = -x.min(axis=0)
-        bounds[3:] = x.max(axis=0)
+        lo, hi = column_range(x)
+        bounds[:3] = -lo
+        bounds[3:] = hi
     comm.Allreduce(MPI.IN_PLACE, bounds, op=MPI.MAX)  # the whole system's box, on every rank
     s = _scale(-bounds[:3], bounds[3:], softening)
     if s > 0.0:

@@ -93,7 +93,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from backends import tree_barnes_hut as _tbh
-from backends._contract import unscale
+from backends._contract import column_range, unscale
 from backends._geometry import SAMPLE as _LINE_SAMPLE
 from backends._geometry import centre_shift, is_linear
 from backends._octree import FM, NF, key_grid, morton_keys, prepare
@@ -1237,7 +1237,7 @@ def virtual(
     inp = validate(masses, positions, G, softening)
     m, x = inp.masses, inp.positions
     n = m.shape[0]
-    lo, hi = x.min(axis=0), x.max(axis=0)
+    lo, hi = column_range(x)
     s, fast, ms, klo, ks = frame(lo, hi, float(np.abs(m).max()), inp.softening)
     keys = morton_keys(x, klo, ks)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)

@@ -54,7 +54,7 @@ import math
 
 import numpy as np
 
-from backends._contract import evaluate, validate
+from backends._contract import column_range, evaluate, validate
 from backends._geometry import centred, is_linear
 
 __all__ = [
@@ -131,7 +131,8 @@ def _scales(x: np.ndarray) -> tuple[float, np.ndarray]:
     """Return the extent and every particle's nearest-neighbour distance (distinct points)."""
     from scipy.spatial import cKDTree
 
-    extent = float((x.max(axis=0) - x.min(axis=0)).max())
+    lo, hi = column_range(x)
+    extent = float((hi - lo).max())
     return extent, cKDTree(x).query(x, k=2)[0][:, 1]
 
 

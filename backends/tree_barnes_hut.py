@@ -85,7 +85,7 @@ import numbers
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from backends._contract import evaluate, validate
+from backends._contract import column_range, evaluate, validate
 from backends._geometry import centred, is_linear
 from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
@@ -455,7 +455,7 @@ def _unsort(acc, order, scale):
 def _tree(m, x, softening, theta, quadrupole, leaf_size, group_size):
     """Build the tree; returns what :func:`_evaluate` needs, plus the order and scale."""
     x = centred(x)
-    s = float(_scale(x.min(axis=0), x.max(axis=0), softening))
+    s = float(_scale(*column_range(x), softening))
     fast = s > 0.0  # else: extent beyond 2**179, no scaling, the exact kernel
     s = s if fast else 1.0
     t = prepare(m, x, s, leaf_size, quadrupole)

@@ -148,3 +148,17 @@ def test_jax_rejects_negative_device_index():
 
     with pytest.raises(ValueError, match="no such JAX device"):
         jax_blocked.resolve_device("cpu:-1")
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (7, 3), (1000, 3), (5, 1)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_column_range_is_the_axis_0_minimum_and_maximum(shape, dtype, order):
+    from backends._contract import column_range
+
+    x = np.asarray(np.random.default_rng(7).normal(size=shape) * 1e30, dtype=dtype, order=order)
+    x[0, 0] = -np.inf if shape[0] > 1 else x[0, 0]  # extremes anywhere in a column
+    lo, hi = column_range(x)
+    assert lo.dtype == hi.dtype == x.dtype
+    np.testing.assert_array_equal(lo, x.min(axis=0))
+    np.testing.assert_array_equal(hi, x.max(axis=0))
