@@ -50,6 +50,9 @@ __all__ = [
 
 FM = {"reassoc", "contract", "afn", "arcp", "nsz"}  #: fast-math flags of the tree kernels
 LEVELS = 21  #: Morton levels: 21 bits per axis, 63-bit keys
+#: Largest leaf or group size passed to the compiled code (a larger one acts the same: one
+#: leaf or group); a Python integer beyond int64 would not convert for it.
+MAX_SIZE = 2**31 - 1
 NF = 18  #: node float fields (see the module docstring)
 
 

@@ -97,7 +97,7 @@ from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, mono
 from backends._contract import column_range, evaluate, validate
 from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
-from backends._octree import build, mass_scale, morton_keys
+from backends._octree import MAX_SIZE, build, mass_scale, morton_keys
 from backends._pair_kernel import empty64, pair_block, pair_block_lanes
 from backends.numba_parallel import _kernel as _direct
 from backends.numba_parallel import _scale, _zeros64
@@ -979,7 +979,7 @@ def _check_options(eps, order, theta, leaf_size):
             raise TypeError(f"leaf_size must be an integer >= 1 or None; got {leaf_size!r}")
         if leaf_size < 1:
             raise ValueError(f"leaf_size must be >= 1; got {leaf_size!r}")
-        leaf_size = min(int(leaf_size), 2**31 - 1)  # any value >= N means one leaf
+        leaf_size = min(int(leaf_size), MAX_SIZE)  # any value >= N means one leaf
     return eps, order, theta, leaf_size
 
 

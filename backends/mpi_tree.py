@@ -96,7 +96,7 @@ from backends import tree_barnes_hut as _tbh
 from backends._contract import column_range, unscale
 from backends._geometry import SAMPLE as _LINE_SAMPLE
 from backends._geometry import centre_shift, is_linear
-from backends._octree import FM, NF, key_grid, morton_keys, prepare
+from backends._octree import FM, MAX_SIZE, NF, key_grid, morton_keys, prepare
 
 __all__ = [
     "DEFAULT_BOXES",
@@ -187,7 +187,7 @@ def check_options(theta, quadrupole, leaf_size, group_size, boxes):
         theta,
         quadrupole,
         leaf_size,
-        min(int(group_size), _tbh._MAX_SIZE),
+        min(int(group_size), MAX_SIZE),
         None if boxes is None else int(boxes),
     )
 

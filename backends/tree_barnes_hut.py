@@ -89,6 +89,7 @@ from backends._contract import column_range, evaluate, validate
 from backends._geometry import centred, is_linear
 from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
+from backends._octree import MAX_SIZE as _MAX_SIZE
 from backends._octree import prepare
 from backends.numba_parallel import _inv_r3, _scale
 from backends.numba_parallel import _kernel as _direct_sum
@@ -477,11 +478,6 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
         acc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False, get_num_threads())
         out, ok = _unsort(acc, order, G * s * s / ms)
     return out
-
-
-#: Largest ``leaf_size`` / ``group_size`` passed on (larger ones act the same: one leaf or
-#: group); a Python integer beyond int64 would not convert for the compiled code.
-_MAX_SIZE = 2**31 - 1
 
 
 def _check_options(theta, quadrupole, leaf_size):
