@@ -162,13 +162,18 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
         )
     m = _kernel_array(m)
     x = _kernel_array(x)
-    for arr, name in ((m, "masses"), (x, "positions")):
-        if not np.isfinite(arr).all():
-            bad = np.argwhere(~np.isfinite(arr))[0]
-            where = ", ".join(str(int(k)) for k in bad)
-            got = float(arr[tuple(bad)])
-            raise ValueError(f"{name} must be finite; got {got!r} at index [{where}]")
+    _require_finite(m, "masses")
+    _require_finite(x, "positions")
     return Inputs(m, x, G, softening)
+
+
+def _require_finite(arr: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` naming ``name``, the first non-finite value and its index."""
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        where = ", ".join(str(int(k)) for k in bad)
+        got = float(arr[tuple(bad)])
+        raise ValueError(f"{name} must be finite; got {got!r} at index [{where}]")
 
 
 def _kernel_array(arr: np.ndarray) -> np.ndarray:
@@ -333,10 +338,7 @@ def _error_operand(value, name: str) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise ValueError(f"{name} must have shape (N, 3); got shape {arr.shape}")
     arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        got = float(arr[tuple(bad)])
-        raise ValueError(f"{name} must be finite; got {got!r} at index [{bad[0]}, {bad[1]}]")
+    _require_finite(arr, name)
     return arr
 
 
