@@ -161,7 +161,11 @@ def direct_reason(m: np.ndarray, x: np.ndarray) -> str | None:
     tight binary far from the rest), or a system along a line (forces cancel;
     :func:`backends._geometry.is_linear`). ``x``: distinct points.
     """
-    extent, dist = _scales(x)
+    return _direct_reason(m, x, *_scales(x))
+
+
+def _direct_reason(m, x, extent: float, dist: np.ndarray) -> str | None:
+    """:func:`direct_reason` with the system's scales (:func:`_scales`) already measured."""
     closest = float(dist.min()) if dist.shape[0] else 0.0
     if closest < MIN_SEPARATION * extent:
         return f"particles {closest:.3g} apart, below {MIN_SEPARATION:g} of the extent"
@@ -181,13 +185,13 @@ def _fmm(m, x, G, eps):
     # its root box, and a system far from the origin lost digits there (shifted by 1e8: rms
     # 1e-7 at any eps)
     src = np.ascontiguousarray(centred(x).T)
-    if direct_reason(m, x) is not None:
+    extent, dist = _scales(x)
+    if _direct_reason(m, x, extent, dist) is not None:
         # fmm3dpy's own direct sum. It drops pairs with r**2 < thresh**2: the self-pair
         # (coincident particles were merged by the caller) and nothing else, so the
         # threshold stays below the closest pair (a fixed 1e-100 of the extent dropped every
         # pair of a cluster 1e-200 across: zeros). A threshold whose square underflows
         # would keep r = 0 (NaN): such separations are refused.
-        extent, dist = _scales(x)
         thresh = min(1e-100 * extent, 0.5 * float(dist.min()))
         if not thresh * thresh > 0.0:
             raise FloatingPointError(
