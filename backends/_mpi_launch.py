@@ -32,14 +32,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends._pools import MAX_WORKERS
+
 _KEYS = ("ranks", "n", "seconds", "seconds_median", "seconds_all", "error")
 _ROOT = str(Path(__file__).resolve().parent.parent)  # the ranks import this same package
-#: Most ranks :func:`run` starts on this machine: 4 per core, at least 64 (the same rule as
-#: the pools' ``MAX_WORKERS``). Every rank is a full Python process with NumPy and Numba
-#: (~100 MB); past a few per core oversubscription only adds start-up time and memory, and a
-#: mistyped count (10**6) would start processes until the machine stalls. The floor of 64 keeps
-#: oversubscription tests (8 or 16 ranks on 2 cores) possible.
-MAX_RANKS = max(64, 4 * (os.cpu_count() or 1))
+#: Most ranks :func:`run` starts on this machine: 4 per core, at least 64 (the pools'
+#: ``MAX_WORKERS``, the same rule for the same reasons). Every rank is a full Python process
+#: with NumPy and Numba (~100 MB); past a few per core oversubscription only adds start-up
+#: time and memory, and a mistyped count (10**6) would start processes until the machine
+#: stalls. The floor of 64 keeps oversubscription tests (8 or 16 ranks on 2 cores) possible.
+MAX_RANKS = MAX_WORKERS
 #: Directories and name prefixes of the MPI runtime's files that a job may leave behind.
 RUNTIME_FILES = (("/dev/shm/", "mpich_"), ("/tmp/", "hydra_"))
 
