@@ -6,7 +6,9 @@ Measures, in one run and on one machine:
   their calls alternating so that both see the same machine load;
 * ``jax`` on a GPU, when JAX has one, at ``--gpu-n`` (default 2**18);
 * ``cuda`` in float64 and float32 at ``--gpu-n``, when a CUDA GPU and numba-cuda are present
-  (never on Numba's simulator, which is far too slow for a benchmark).
+  (never on Numba's simulator, which is far too slow for a benchmark): through
+  ``backends.accel`` (host copies, checks and scalings included), then its kernel alone,
+  timed with CUDA events on inputs already on the device (:func:`kernel_alone`).
 
 Each figure is the best of ``--repeat`` calls after one warm-up call (compilation excluded);
 throughput is N(N-1)/t interactions per second. Results are checked against the pure-Python
@@ -63,6 +65,43 @@ def _measure(runs, n: int, repeat: int) -> list[dict]:
             {"label": label, "backend": name, "n": n, "seconds": t, "rate": rate, "error": err}
         )
     return figures
+
+
+def kernel_alone(n: int, precision: str, repeat: int) -> dict:
+    """Time the ``cuda`` backend's kernel alone with CUDA events (best of ``repeat``).
+
+    The benchmark system at ``n``, prepared as the backend prepares it (float32: centred and
+    scaled), copied to the device once; one warm-up launch, then ``repeat`` timed launches at
+    the default tile. Returns the seconds and N(N-1)/t.
+    """
+    from numba import cuda
+
+    from backends import cuda_tiled
+    from backends._cuda_kernel import get_kernel
+
+    m, x = benchmark_system(n)
+    if precision == "float32":
+        x, m, _, _ = cuda_tiled._scaled32(m, x, 0.0)
+    dtype = np.dtype(precision)
+    src = np.empty((n, 4), dtype=dtype)
+    src[:, :3] = x
+    src[:, 3] = m
+    d_src = cuda.to_device(src)
+    d_out = cuda.device_array((n, 3), dtype=dtype)
+    tile = cuda_tiled.DEFAULT_TILE
+    kernel = get_kernel(tile, precision, cuda_tiled.simulating())
+    blocks = -(-n // (2 * tile))
+    kernel[blocks, tile](d_src, n, dtype.type(0), d_out)  # compilation
+    cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        start, stop = cuda.event(), cuda.event()
+        start.record()
+        kernel[blocks, tile](d_src, n, dtype.type(0), d_out)
+        stop.record()
+        stop.synchronize()
+        best = min(best, start.elapsed_time(stop) / 1e3)
+    return {"seconds": best, "rate": backends.interactions(n) / best}
 
 
 def _jax_gpu():
@@ -125,6 +164,15 @@ def main(argv=None) -> int:
             gpu_runs.append((f"cuda {precision}", "cuda", {"precision": precision}))
     if gpu_runs:
         figures += _measure(gpu_runs, args.gpu_n, args.repeat)
+    if reason is None:
+        for precision in ("float64", "float32"):
+            alone = kernel_alone(args.gpu_n, precision, args.repeat)
+            label = f"cuda {precision}, kernel alone"
+            print(
+                f"{label:28s} N={args.gpu_n:>7d} {alone['seconds'] * 1e3:11.2f} ms "
+                f"{alone['rate'] / 1e9:9.3f} G/s  (CUDA events)"
+            )
+            figures.append({"label": label, "backend": "cuda", "n": args.gpu_n, **alone})
 
     if args.json:
         with open(args.json, "w") as fh:
