@@ -85,22 +85,31 @@ def _compiler_reason() -> str | None:
     return None
 
 
-def _launch(m, x, softening, tile, precision):
-    """Run the device kernel; return its sums ``sum_j m_j d_ij / r_ij**3`` as float64."""
-    from numba import cuda
+def device_inputs(m, x, precision):
+    """Copy the inputs to the device as ``(n, 4)`` rows (x, y, z, m) of ``precision``.
 
-    from backends._cuda_kernel import get_kernel
+    Returns the device source rows and an ``(n, 3)`` device array for the kernel's output
+    (what :func:`backends._cuda_kernel.get_kernel`'s kernels take).
+    """
+    from numba import cuda
 
     n = m.shape[0]
     dtype = np.dtype(precision)
     src = np.empty((n, 4), dtype=dtype)
     src[:, :3] = x
     src[:, 3] = m
-    d_src = cuda.to_device(src)
-    d_out = cuda.device_array((n, 3), dtype=dtype)
+    return cuda.to_device(src), cuda.device_array((n, 3), dtype=dtype)
+
+
+def _launch(m, x, softening, tile, precision):
+    """Run the device kernel; return its sums ``sum_j m_j d_ij / r_ij**3`` as float64."""
+    from backends._cuda_kernel import get_kernel
+
+    n = m.shape[0]
+    d_src, d_out = device_inputs(m, x, precision)
     blocks = -(-n // (2 * tile))  # two targets per thread
     get_kernel(tile, precision, simulating())[blocks, tile](
-        d_src, n, dtype.type(softening * softening), d_out
+        d_src, n, np.dtype(precision).type(softening * softening), d_out
     )
     return d_out.copy_to_host().astype(np.float64)  # copy_to_host waits for the kernel
 

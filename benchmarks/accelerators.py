@@ -83,11 +83,7 @@ def kernel_alone(n: int, precision: str, repeat: int) -> dict:
     if precision == "float32":
         x, m, _, _ = cuda_tiled._scaled32(m, x, 0.0)
     dtype = np.dtype(precision)
-    src = np.empty((n, 4), dtype=dtype)
-    src[:, :3] = x
-    src[:, 3] = m
-    d_src = cuda.to_device(src)
-    d_out = cuda.device_array((n, 3), dtype=dtype)
+    d_src, d_out = cuda_tiled.device_inputs(m, x, precision)
     tile = cuda_tiled.DEFAULT_TILE
     kernel = get_kernel(tile, precision, cuda_tiled.simulating())
     blocks = -(-n // (2 * tile))
