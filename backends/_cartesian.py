@@ -25,8 +25,21 @@ coefficients of degree ``<= d`` are always the first ``C(d + 3, 3)`` (:func:`tab
   ``x = z_A + a`` as ``a_x = sum_n L_{n + e_x} a^n / n!`` (|n| <= p - 1), and likewise for y
   and z (L2P).
 
+**Harmonic expansions** (no softening). ``1 / |R|`` is harmonic, so its derivatives are
+traceless: ``D_k = -D_(k - 2e_z + 2e_x) - D_(k - 2e_z + 2e_y)`` wherever ``k_z >= 2``. Applied
+to the ``m`` of the M2L sum ``h = m_z // 2`` times, it moves every multipole coefficient onto
+the ``(p + 1)**2`` of ``m_z <= 1`` (*folding*, once per node: ``M~_(m_x + 2i, m_y + 2(h - i),
+m_z - 2h) += (-1)**h C(h, i) M_m``) without changing any ``L_n``; and the locals obey the same
+identity (``L_n = -L_(n - 2e_z + 2e_x) - L_(n - 2e_z + 2e_y)`` for ``n_z >= 2``, exactly, as
+every ``L_n`` of one degree sums over the same ``m``), so only the ``(p + 1)**2`` of
+``n_z <= 1`` are translated and the rest follow once per node (*expanding*). The M2L then
+needs the derivatives of ``k_z <= 2`` only (the recursion in ``z`` refers to lower ``k_z``)
+and ``sum_(d1 + d2 <= p) (2 d1 + 1)(2 d2 + 1)`` steps instead of ``C(p + 6, 6)``: 5 551
+against 18 564 at order 12 (:func:`plan`). The softened kernel is not harmonic
+(``laplacian K = -3 eps**2 s**-5/2``) and keeps every coefficient.
+
 The kernels here are serial and trust their inputs; arrays of coefficients are float64 of
-length ``C(p + 3, 3)``.
+length ``C(p + 3, 3)``, those of the walk's M2L of a :class:`Plan`'s length.
 """
 
 from __future__ import annotations
@@ -42,14 +55,19 @@ from backends._simd import vfma, vload, vmul, vscale, vstore, vzero
 
 __all__ = [
     "MAX_ORDER",
+    "Plan",
     "Tables",
     "derivatives",
+    "fold",
     "l2l",
     "l2p",
+    "m2l_lanes",
     "m2l_mutual",
     "m2m",
     "monomials",
+    "plan",
     "tables",
+    "unfold",
 ]
 
 MAX_ORDER = 20  #: highest expansion order with tables (factorials and powers stay in range)
@@ -74,17 +92,22 @@ class Tables(NamedTuple):
     shift: np.ndarray  #: int32 ``index(n + m)`` for ``m < ncoef[p - |n| + 1]``, row by row
 
 
-@functools.cache
-def tables(p: int) -> Tables:
-    """Return the index tables of expansions of order ``p`` (0 <= p <= MAX_ORDER)."""
-    if not 0 <= p <= MAX_ORDER:
-        raise ValueError(f"order must be in [0, {MAX_ORDER}]; got {p}")
-    ijk = [
+def _graded(p: int) -> list[tuple[int, int, int]]:
+    """Return the multi-indices of total degree ``<= p`` in graded order (module docstring)."""
+    return [
         (i, j, d - i - j)
         for d in range(p + 1)
         for i in range(d, -1, -1)
         for j in range(d - i, -1, -1)
     ]
+
+
+@functools.cache
+def tables(p: int) -> Tables:
+    """Return the index tables of expansions of order ``p`` (0 <= p <= MAX_ORDER)."""
+    if not 0 <= p <= MAX_ORDER:
+        raise ValueError(f"order must be in [0, {MAX_ORDER}]; got {p}")
+    ijk = _graded(p)
     index = {n: c for c, n in enumerate(ijk)}
     nc = len(ijk)
     assert nc == comb(p + 3, 3)
@@ -127,6 +150,106 @@ def tables(p: int) -> Tables:
     ftab = np.vstack([fac, rdiv, sign])
     assert factorial(p) < 2.0**62
     return Tables(p, ncoef, itab, ftab, off, shift)
+
+
+class Plan(NamedTuple):
+    """Index tables of the M2L in the walk at order ``p`` (:func:`plan`).
+
+    The walk keeps ``nr`` coefficients of each multipole and local expansion, those of the
+    multi-indices ``red`` (full numbering), and computes ``nk`` derivatives ``D_k``. Full:
+    every coefficient (``nr = nk = C(p + 3, 3)``). Harmonic (no softening): only ``n_z <= 1``
+    (``nr = (p + 1)**2``) and ``k_z <= 2`` (``nk = 1 + 3 p (p + 1) / 2``), module docstring.
+    """
+
+    p: int
+    harmonic: bool
+    steps: int  #: contraction steps (fused multiply-adds per lane and side) of one M2L
+    red: np.ndarray  #: (nr,) int64 full index of each walk coefficient (graded order)
+    dtab: np.ndarray  #: (4, nk) int64: degree, axis a, position of k - e_a, of k - 2 e_a
+    rtab: np.ndarray  #: (3, W) int64: walk coefficients of degree < d; row offsets; degree
+    ftab: np.ndarray  #: (2, W) float64: k_a - 1 per derivative; (-1)**|n| per coefficient
+    rshift: np.ndarray  #: int32 derivative position of ``n + m``, row by row
+    fold: np.ndarray  #: (2, F) int64: full ``m`` and walk coefficient it folds into
+    fcoef: np.ndarray  #: (F,) float64 the factor
+    expand: np.ndarray  #: (3, E) int64: ``n`` (``n_z >= 2``) and the two it follows from
+
+
+def _add(n, m):
+    return (n[0] + m[0], n[1] + m[1], n[2] + m[2])
+
+
+@functools.cache
+def plan(p: int, harmonic: bool) -> Plan:
+    """Return the walk's M2L tables at order ``p``: harmonic (unsoftened kernel) or full."""
+    t = tables(p)
+    ijk = _graded(p)
+    index = {n: c for c, n in enumerate(ijk)}
+    red = [c for c, n in enumerate(ijk) if not harmonic or n[2] <= 1]
+    ks = [c for c, n in enumerate(ijk) if not harmonic or n[2] <= 2]
+    rpos = {c: r for r, c in enumerate(red)}
+    kpos = {c: k for k, c in enumerate(ks)}
+    nr = len(red)
+    nk = len(ks)
+    # the recursion of a derivative refers to k - e_a and k - 2 e_a: same k_z or lower
+    dtab = np.array(
+        [[t.itab[0, c], t.itab[1, c], kpos[t.itab[2, c]], kpos[t.itab[3, c]]] for c in ks],
+        dtype=np.int64,
+    ).T.copy()
+    rdeg = [sum(ijk[c]) for c in red]
+    rcnt = [sum(1 for d in rdeg if d < e) for e in range(p + 2)]
+    rows = []
+    for c in red:
+        n = ijk[c]
+        width = rcnt[p - sum(n) + 1]
+        rows.append([kpos[index[_add(n, ijk[red[s]])]] for s in range(width)])
+    roff = np.zeros(nr + 1, dtype=np.int64)
+    roff[1:] = np.cumsum([len(r) for r in rows])
+    width = max(p + 2, nr + 1, nk)
+    rtab = np.zeros((3, width), dtype=np.int64)
+    rtab[0, : p + 2] = rcnt
+    rtab[1, : nr + 1] = roff
+    rtab[2, :nr] = rdeg
+    ftab = np.zeros((2, width))
+    ftab[0, :nk] = [t.ftab[0, c] for c in ks]
+    ftab[1, :nr] = [(-1.0) ** d for d in rdeg]
+    fold = []
+    for c, (a, b, z) in enumerate(ijk):
+        h = z // 2 if harmonic else 0
+        for i in range(h + 1):  # D_k = -D_(k - 2e_z + 2e_x) - D_(k - 2e_z + 2e_y), h times
+            target = index[(a + 2 * i, b + 2 * (h - i), z - 2 * h)]
+            fold.append((c, rpos[target], (-1.0) ** h * comb(h, i)))
+    expand = [
+        (c, index[(a + 2, b, z - 2)], index[(a, b + 2, z - 2)])
+        for c, (a, b, z) in sorted(enumerate(ijk), key=lambda e: e[1][2])
+        if z >= 2 and harmonic
+    ]
+    return Plan(
+        p,
+        harmonic,
+        int(roff[-1]),
+        np.array(red, dtype=np.int64),
+        dtab,
+        rtab,
+        ftab,
+        np.array([k for r in rows for k in r], dtype=np.int32),
+        np.array([f[:2] for f in fold], dtype=np.int64).reshape(-1, 2).T.copy(),
+        np.array([f[2] for f in fold]),
+        np.array(expand, dtype=np.int64).reshape(-1, 3).T.copy(),
+    )
+
+
+@njit(inline="always", fastmath=FM)
+def fold(mq, out, fold, fcoef):
+    """``out`` (zeroed, walk coefficients) ``+=`` the multipoles ``mq`` folded (:class:`Plan`)."""
+    for f in range(fcoef.shape[0]):
+        out[fold[1, f]] += fcoef[f] * mq[fold[0, f]]
+
+
+@njit(inline="always", fastmath=FM)
+def unfold(lq, expand):
+    """Fill the local coefficients with ``n_z >= 2`` from the others (harmonic :class:`Plan`)."""
+    for e in range(expand.shape[1]):
+        lq[expand[0, e]] = -lq[expand[1, e]] - lq[expand[2, e]]
 
 
 @njit(inline="always", fastmath=FM)
@@ -223,21 +346,26 @@ LANES = 8  #: M2L interactions computed together, one per SIMD lane (8 float64 i
 
 
 @njit(cache=True, nogil=True, fastmath=FM)
-def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift, work, buf):
+def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, dtab, rtab, ftab, rshift, work, buf):
     """``count <= LANES`` mutual M2L interactions ``(pa[k], pb[k])``, one per SIMD lane.
 
-    ``geo[:, :3]`` are the node centres, ``mp`` the multipoles, ``lo`` the locals they add
-    into. Scratch: ``work`` ``(p + 1, nc, LANES)`` and
-    ``buf`` ``(5, nc, LANES)``. Lanes past ``count`` repeat the first interaction, not stored.
-    The derivatives and the contraction run on :data:`backends._simd.vec8` values, one
-    interaction per lane: every coefficient step is a few 512-bit loads and fused
+    ``geo[:, :3]`` are the node centres, ``mp`` the multipoles and ``lo`` the locals they
+    add into, both in the walk's coefficients of a :class:`Plan` whose tables are ``dtab``,
+    ``rtab``, ``ftab`` and ``rshift``. Scratch: ``work`` ``(p + 1, nk, LANES)`` and ``buf``
+    ``(5, max(nr, 5), LANES)``. Lanes past ``count`` repeat the first interaction, not
+    stored. The derivatives and the contraction run on :data:`backends._simd.vec8` values,
+    one interaction per lane: every coefficient step is a few 512-bit loads and fused
     multiply-adds, with no gather. The contraction takes the coefficients ``n`` of one
     degree four at a time (they share their range of ``m``), so each pair of multipole
     loads serves eight fused multiply-adds, not two: 1.12-1.3x faster at orders 8-12
     (the kernel waits on its loads), and every sum is added in the same order as one ``n``
     at a time, so the results are the same to the last bit.
     """
-    nc = mp.shape[1]
+    nr = mp.shape[1]
+    nk = dtab.shape[1]
+    rcnt = rtab[0]
+    roff = rtab[1]
+    rdeg = rtab[2]
     p1 = p + 1
     rr = buf[0]  # rows 0-2: R, row 3: 1 / (R**2 + eps**2), row 4: F_0
     for k in range(LANES):
@@ -254,17 +382,17 @@ def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift
         rr[4, k] = np.sqrt(inv)
     inv = vload(rr, 3 * LANES)
     f = vload(rr, 4 * LANES)
-    cstride = nc * LANES  # work[j, c, lane]: the derivatives D_c = work[0, c] are contiguous
+    cstride = nk * LANES  # work[j, c, lane]: the derivatives D_c = work[0, c] are contiguous
     for j in range(p1):
         vstore(work, j * cstride, f)
         f = vmul(vscale(f, -(2.0 * j + 1.0)), inv)
-    for c in range(1, nc):
-        ra = vload(rr, itab[1, c] * LANES)
-        o1 = cstride + itab[2, c] * LANES
-        o2 = cstride + itab[3, c] * LANES
+    for c in range(1, nk):
+        ra = vload(rr, dtab[1, c] * LANES)
+        o1 = cstride + dtab[2, c] * LANES
+        o2 = cstride + dtab[3, c] * LANES
         oc = c * LANES
         fc = ftab[0, c]
-        for j in range(p - itab[0, c] + 1):
+        for j in range(p - dtab[0, c] + 1):
             w2 = vscale(vload(work, o2 + j * cstride), fc)
             vstore(work, oc + j * cstride, vfma(ra, vload(work, o1 + j * cstride), w2))
     ma = buf[1]
@@ -274,18 +402,18 @@ def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift
     for k in range(LANES):
         a = pa[k] if k < count else pa[0]
         b = pb[k] if k < count else pb[0]
-        for m in range(nc):
+        for m in range(nr):
             ma[m, k] = mp[a, m]
-            sb[m, k] = ftab[2, m] * mp[b, m]
+            sb[m, k] = ftab[1, m] * mp[b, m]
     n = 0
-    while n < nc:
-        width = ncoef[p - itab[0, n] + 1]
-        if n + 4 <= ncoef[itab[0, n] + 1]:
+    while n < nr:
+        width = rcnt[p - rdeg[n] + 1]
+        if n + 4 <= rcnt[rdeg[n] + 1]:
             # four coefficients of one degree (the same m range): each M load serves 8 FMAs
-            o0 = off[n]
-            o1 = off[n + 1]
-            o2 = off[n + 2]
-            o3 = off[n + 3]
+            o0 = roff[n]
+            o1 = roff[n + 1]
+            o2 = roff[n + 2]
+            o3 = roff[n + 3]
             a0 = vzero()
             a1 = vzero()
             a2 = vzero()
@@ -297,41 +425,41 @@ def m2l_lanes(pa, pb, count, geo, mp, lo, eps2, p, ncoef, itab, ftab, off, shift
             for m in range(width):
                 s = vload(sb, m * LANES)
                 t = vload(ma, m * LANES)
-                d = vload(work, shift[o0 + m] * LANES)
+                d = vload(work, rshift[o0 + m] * LANES)
                 a0 = vfma(d, s, a0)
                 b0 = vfma(d, t, b0)
-                d = vload(work, shift[o1 + m] * LANES)
+                d = vload(work, rshift[o1 + m] * LANES)
                 a1 = vfma(d, s, a1)
                 b1 = vfma(d, t, b1)
-                d = vload(work, shift[o2 + m] * LANES)
+                d = vload(work, rshift[o2 + m] * LANES)
                 a2 = vfma(d, s, a2)
                 b2 = vfma(d, t, b2)
-                d = vload(work, shift[o3 + m] * LANES)
+                d = vload(work, rshift[o3 + m] * LANES)
                 a3 = vfma(d, s, a3)
                 b3 = vfma(d, t, b3)
             vstore(la, n * LANES, a0)
             vstore(la, (n + 1) * LANES, a1)
             vstore(la, (n + 2) * LANES, a2)
             vstore(la, (n + 3) * LANES, a3)
-            vstore(lb, n * LANES, vscale(b0, ftab[2, n]))
-            vstore(lb, (n + 1) * LANES, vscale(b1, ftab[2, n + 1]))
-            vstore(lb, (n + 2) * LANES, vscale(b2, ftab[2, n + 2]))
-            vstore(lb, (n + 3) * LANES, vscale(b3, ftab[2, n + 3]))
+            vstore(lb, n * LANES, vscale(b0, ftab[1, n]))
+            vstore(lb, (n + 1) * LANES, vscale(b1, ftab[1, n + 1]))
+            vstore(lb, (n + 2) * LANES, vscale(b2, ftab[1, n + 2]))
+            vstore(lb, (n + 3) * LANES, vscale(b3, ftab[1, n + 3]))
             n += 4
         else:
-            o = off[n]
+            o = roff[n]
             s1 = vzero()
             s2 = vzero()
             for m in range(width):
-                d = vload(work, shift[o + m] * LANES)
+                d = vload(work, rshift[o + m] * LANES)
                 s1 = vfma(d, vload(sb, m * LANES), s1)
                 s2 = vfma(d, vload(ma, m * LANES), s2)
             vstore(la, n * LANES, s1)
-            vstore(lb, n * LANES, vscale(s2, ftab[2, n]))
+            vstore(lb, n * LANES, vscale(s2, ftab[1, n]))
             n += 1
     for k in range(count):
         a = pa[k]
         b = pb[k]
-        for n in range(nc):
+        for n in range(nr):
             lo[a, n] += la[n, k]
             lo[b, n] += lb[n, k]

@@ -19,8 +19,8 @@ Strategy
    ``M_n = sum_j m_j (x_j - z)^n / n!`` to total degree ``p`` (P2M at the leaves, M2M
    above; :mod:`backends._cartesian`).
 3. **Dual tree walk** (Dehnen's mutual scheme). Interactions of node pairs ``(A, B)`` start
-   from the root's interaction with itself. A pair is summed directly if
-   ``n_A n_B <= C(p + 6, 6) / 2`` (cheaper than an expansion); else it is a **mutual M2L**
+   from the root's interaction with itself. A pair is summed directly if ``n_A n_B`` is at
+   most half the M2L's coefficient steps (cheaper than an expansion); else a **mutual M2L**
    if the **acceptance criterion**
 
        ``r_A + r_B < theta |z_A - z_B|``
@@ -37,7 +37,11 @@ Strategy
 4. **M2L, 8 at a time.** Accepted pairs are buffered and translated 8 at a time, one per
    lane of 512-bit vectors (:mod:`backends._simd`): the derivatives ``D_k(R)`` by the
    McMurchie-Davidson recursion and the contraction ``L_n += sum_m D_{n+m} M_m`` run as
-   vector fused multiply-adds with no gathers.
+   vector fused multiply-adds with no gathers. Without softening the kernel is harmonic and
+   the walk keeps only the ``(p + 1)**2`` coefficients with ``n_z <= 1`` of each expansion
+   (the multipoles folded onto them once per node, the other locals recovered once per
+   node before the L2L; :mod:`backends._cartesian`): 3.3x fewer contraction steps at order
+   12, an M2L 4.2x faster.
 5. **Near field.** The direct node pairs of a task are grouped by the leaves of the pair's
    first node in Morton order, their source ranges sorted and adjacent ones merged, and
    summed by the symmetric SIMD pair kernel of ``numba_parallel``: each particle pair once,
@@ -76,9 +80,10 @@ error.
 
 Memory: ``O(N)``. Per particle: the sorted copy (32 B), keys and order (24 B), one
 ``(3, N)`` accumulator per thread (24 B each) and the result's two copies (48 B); per node
-(about ``N / 35`` nodes with leaves of 128) the multipoles and one local expansion per
-thread, ``C(p + 3, 3)`` doubles each (455 at order 12, ``eps = 1e-6``): about 460 B per
-particle at the default ``eps`` and 2 threads, 1.3 KB at order 20 (``docs/fmm.md``).
+(about ``N / 35`` nodes with leaves of 128) the multipoles and the locals, one set per
+thread: ``C(p + 3, 3)`` doubles each (455 at order 12, ``eps = 1e-6``), or without
+softening ``(p + 1)**2`` (169) in the walk and one full set of locals for the downward
+pass (``docs/fmm.md``).
 
 Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. No global side effects.
 """
@@ -86,14 +91,25 @@ Honours ``numba.set_num_threads`` and ``NUMBA_NUM_THREADS``. No global side effe
 from __future__ import annotations
 
 import numbers
-from math import comb
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from backends._cartesian import FM as _FM
-from backends._cartesian import LANES, MAX_ORDER, l2l, l2p, m2l_lanes, m2m, monomials, tables
+from backends._cartesian import (
+    LANES,
+    MAX_ORDER,
+    fold,
+    l2l,
+    l2p,
+    m2l_lanes,
+    m2m,
+    monomials,
+    plan,
+    tables,
+    unfold,
+)
 from backends._contract import column_range, evaluate, validate
 from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
@@ -413,8 +429,13 @@ def _tasks(nodes, geo, prm, cut, nmax):
 _M2L_PAIRS_PER_STEP = 0.3
 
 
+def _m2l_cost(order: int, harmonic: bool) -> float:
+    """One M2L of the walk at this order, in direct particle pairs (for the deal)."""
+    return _M2L_PAIRS_PER_STEP * plan(order, harmonic).steps
+
+
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _task_costs(tasks, p, nodes, lnode, geo, mp, prm, tab, ftab, shift, steps):
+def _task_costs(tasks, p, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, m2l_cost):
     """Estimated cost of each task, in particle pairs: a dry walk's direct pairs and M2L."""
     k = tasks.shape[0]
     cost = np.empty(k)
@@ -434,15 +455,16 @@ def _task_costs(tasks, p, nodes, lnode, geo, mp, prm, tab, ftab, shift, steps):
             geo,
             mp,
             dry,
-            tab,
+            dtab,
+            rtab,
             ftab,
-            shift,
+            rshift,
             np.empty((1, 1, LANES)),
             np.empty((1, 1, LANES)),
             np.empty(LANES, dtype=np.int64),
             np.empty(LANES, dtype=np.int64),
         )
-        cost[i] = cnt[2] + cnt[0] * _M2L_PAIRS_PER_STEP * steps + 1.0
+        cost[i] = cnt[2] + cnt[0] * m2l_cost + 1.0
     return cost
 
 
@@ -579,7 +601,9 @@ def _leaf_ranges(nodes, lnode):
 
 
 @njit(nogil=True, fastmath=_FM, error_model="numpy")
-def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift, work, buf, pa, pb):
+def _walk(
+    a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, work, buf, pa, pb
+):
     """Walk the node pairs of one task into one thread's accumulators ``acc`` and ``lo``.
 
     A pair of nodes ``(A, B)`` is, in this order: skipped if neither has mass; summed
@@ -595,9 +619,6 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
     fast = prm[3] != 0.0
     dry = prm[5] != 0.0
     order = int(prm[4])
-    ncoef = tab[0]
-    off = tab[1]
-    itab = tab[2:]
     start = nodes[0]
     end = nodes[1]
     nchild = nodes[3]
@@ -649,11 +670,10 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
                         lo,
                         eps2,
                         order,
-                        ncoef,
-                        itab,
+                        dtab,
+                        rtab,
                         ftab,
-                        off,
-                        shift,
+                        rshift,
                         work,
                         buf,
                     )
@@ -663,31 +683,32 @@ def _walk(a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, tab, ftab, shift,
     if dry:
         return
     if nm > 0:
-        m2l_lanes(pa, pb, nm, geo, mp, lo, eps2, order, ncoef, itab, ftab, off, shift, work, buf)
+        m2l_lanes(pa, pb, nm, geo, mp, lo, eps2, order, dtab, rtab, ftab, rshift, work, buf)
     if nd > 0:
         cnt[3] += _near(near, nd, p, acc, nodes, lnode, eps2, fast)
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _interact(tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, shift):
+def _interact(
+    tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, m2l_cost
+):
     """Run every task, in parallel; thread ``t`` adds into its own ``accs[t]``, ``los[t]``.
 
     The tasks are dealt to the threads (one per entry of ``accs``) by their estimated cost
     (:func:`_task_costs`, :func:`_deal`) before any runs.
 
-    ``prm``: theta**2, eps**2, cut, fast (0/1), order, dry (0/1). ``tab``: ``ncoef`` and ``off``
-    (padded to the width of ``itab``) on top of ``itab``.
+    ``prm``: theta**2, eps**2, cut, fast (0/1), order, dry (0/1). ``dtab``, ``rtab``,
+    ``ftab``, ``rshift``: the M2L's :class:`backends._cartesian.Plan`; ``m2l_cost``: one M2L
+    in direct particle pairs.
     """
-    nc = mp.shape[1]
+    nr = mp.shape[1]
+    nk = dtab.shape[1]
     order = int(prm[4])
     nt = accs.shape[0]
-    steps = 1.0  # C(order + 6, 6), the M2L's coefficient steps
-    for j in range(1, 7):
-        steps = steps * (order + j) / j
-    cost = _task_costs(tasks, p, nodes, lnode, geo, mp, prm, tab, ftab, shift, steps)
+    cost = _task_costs(tasks, p, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, m2l_cost)
     run, starts = _deal(cost, nt)
-    works = np.empty((nt, order + 1, nc, LANES))  # per thread, allocated once
-    bufs = np.empty((nt, 5, nc, LANES))
+    works = np.empty((nt, order + 1, nk, LANES))  # per thread, allocated once
+    bufs = np.empty((nt, 5, max(nr, 5), LANES))
     pas = np.empty((nt, LANES), dtype=np.int64)
     pbs = np.empty((nt, LANES), dtype=np.int64)
     for t in prange(nt):  # one share of the deal per thread
@@ -705,9 +726,10 @@ def _interact(tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, 
                 geo,
                 mp,
                 prm,
-                tab,
+                dtab,
+                rtab,
                 ftab,
-                shift,
+                rshift,
                 works[t],
                 bufs[t],
                 pas[t],
@@ -717,21 +739,45 @@ def _interact(tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, tab, ftab, 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def _downward(
-    los, accs, p, geo, nodes, parent, bounds, leaves, order, ncoef, itab, ftab, off, shift
+    los,
+    accs,
+    p,
+    geo,
+    nodes,
+    parent,
+    bounds,
+    leaves,
+    order,
+    ncoef,
+    itab,
+    ftab,
+    off,
+    shift,
+    red,
+    expand,
 ):
     """Add up the threads' locals, shift them down (L2L by levels), evaluate at the particles.
 
-    Returns the sorted ``(3, N)`` accelerations (scaled units): the threads' direct sums
-    plus the local expansions' gradients (L2P).
+    ``los`` holds the walk's coefficients ``red`` of the locals (a
+    :class:`backends._cartesian.Plan`), completed by ``expand`` before the L2L. Returns the
+    sorted ``(3, N)`` accelerations (scaled units): the threads' direct sums plus the local
+    expansions' gradients (L2P).
     """
     nt = los.shape[0]
-    nc = los.shape[2]
-    lo = los[0]
+    nr = los.shape[2]
+    nc = ncoef[order + 1]
+    if nr == nc:  # every coefficient: the first thread's locals serve
+        lo = los[0]
+        t0 = 1
+    else:
+        lo = np.zeros((los.shape[1], nc))
+        t0 = 0
     for lev in range(bounds.shape[0] - 1):
         for q in prange(bounds[lev], bounds[lev + 1]):
-            for t in range(1, nt):
-                for c in range(nc):
-                    lo[q, c] += los[t, q, c]
+            for t in range(t0, nt):
+                for r in range(nr):
+                    lo[q, red[r]] += los[t, q, r]
+            unfold(lo[q], expand)
             if q > 0:
                 a = parent[q]
                 w = np.empty(nc)
@@ -815,12 +861,27 @@ def _unsort(acc, perm, scale):
 # --------------------------------------------------------------------------------------
 
 
-class _Expansions:
-    """Multipoles of every node of a tree at one order, with the order's tables."""
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
+def _folded(mp, how, coef, nr):
+    """Return the multipoles in a harmonic plan's ``nr`` walk coefficients (``how``, ``coef``)."""
+    out = np.zeros((mp.shape[0], nr))
+    for q in prange(mp.shape[0]):
+        fold(mp[q], out[q], how, coef)
+    return out
 
-    def __init__(self, tree, order):
+
+class _Expansions:
+    """Multipoles of every node of a tree at one order, with the order's tables.
+
+    ``mp`` holds the walk's coefficients of the multipoles (:func:`backends._cartesian.plan`):
+    all of them, or for the unsoftened kernel (``harmonic``) the ``(p + 1)**2`` of
+    ``n_z <= 1`` that the others fold into.
+    """
+
+    def __init__(self, tree, order, harmonic):
         self.order = order
         tb = self.tb = tables(order)
+        self.plan = pl = plan(order, harmonic)
         self.geo, self.mp = _upward(
             tree.p,
             tree.nodes,
@@ -833,12 +894,8 @@ class _Expansions:
             tb.off,
             tb.shift,
         )
-        width = max(tb.itab.shape[1], tb.off.shape[0], tb.ncoef.shape[0])
-        tab = np.zeros((2 + tb.itab.shape[0], width), dtype=np.int64)
-        tab[0, : tb.ncoef.shape[0]] = tb.ncoef
-        tab[1, : tb.off.shape[0]] = tb.off
-        tab[2:, : tb.itab.shape[1]] = tb.itab
-        self.tab = tab
+        if harmonic:
+            self.mp = _folded(self.mp, pl.fold, pl.fcoef, pl.red.shape[0])
 
 
 class _Tree:
@@ -873,6 +930,7 @@ class _Tree:
         """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``."""
         n = self.perm.shape[0]
         tb = ex.tb
+        pl = ex.plan
         prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order, 0.0])  # not dry
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
         accs = _zeros64(threads * 3, self.p.shape[1]).reshape((threads, 3, self.p.shape[1]))
@@ -889,9 +947,11 @@ class _Tree:
             ex.geo,
             ex.mp,
             prm,
-            ex.tab,
-            tb.ftab,
-            tb.shift,
+            pl.dtab,
+            pl.rtab,
+            pl.ftab,
+            pl.rshift,
+            _m2l_cost(ex.order, pl.harmonic),
         )
         return _downward(
             los,
@@ -908,6 +968,8 @@ class _Tree:
             tb.ftab,
             tb.off,
             tb.shift,
+            pl.red,
+            pl.expand,
         )
 
 
@@ -941,7 +1003,7 @@ def _kernel(m, x, G, softening, st):
     tree = _Tree(m, x, softening, st["leaf_size"])
     threads = numba.get_num_threads()
     scale = G * tree.s * tree.s / tree.ms
-    ex = _Expansions(tree, st["order"])
+    ex = _Expansions(tree, st["order"], st["harmonic"])
     out, ok = None, False
     for fast in (True, False) if tree.fast else (False,):
         acc = tree.evaluate(ex, st["theta"], st["cut"], fast, threads)
@@ -988,16 +1050,18 @@ def _bound(order: int, theta: float) -> float:
     return min(1.0, _C[min(order, max(_C))] * theta ** (order + 1) + _FLOOR)
 
 
-def _cut(order: int) -> int:
+def _cut(order: int, harmonic: bool) -> int:
     """Largest ``n_A n_B`` summed directly rather than by a mutual M2L at this order.
 
-    Half the M2L's coefficient steps, ``C(p + 6, 6) / 2``: about where one M2L inside the
-    walk (the kernel, 3.9 microseconds at order 12 on 8 lanes, plus its loads of multipoles
-    and stores of locals) costs as much as the direct pairs, so below this the direct sum is
-    the cheaper and exact choice. Measured at order 12, N = 2e5: a cut of 4000 was level with
-    9282, 2000 and below slower (docs/fmm.md).
+    Half the M2L's coefficient steps (``C(p + 6, 6)`` for the full expansions, about a
+    third or less of that for the harmonic ones, :class:`backends._cartesian.Plan`): about
+    where one M2L inside the walk (0.2-0.3 ns per step on 8 lanes, plus its loads of
+    multipoles and stores of locals) costs as much as the direct pairs. Measured, full at
+    order 12 (N = 2e5): a cut of 4000 was level with 9282, 2000 and below slower; harmonic
+    at orders 8, 12 and 18: half and a quarter of the steps level at 8 and 12, half 1.4x
+    faster at 18 (docs/fmm.md).
     """
-    return comb(order + 6, 6) // 2
+    return plan(order, harmonic).steps // 2
 
 
 def _order_for(eps: float) -> int:
@@ -1008,21 +1072,35 @@ def _order_for(eps: float) -> int:
     return _ORDER_TABLE[-1][1]
 
 
-def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None) -> dict:
+def _check_softening(softening) -> float:
+    if isinstance(softening, bool) or not isinstance(softening, numbers.Real):
+        raise TypeError(f"softening must be a real number >= 0; got {softening!r}")
+    softening = float(softening)
+    if not 0.0 <= softening < np.inf:  # (also rejects NaN)
+        raise ValueError(f"softening must be finite and >= 0; got {softening!r}")
+    return softening
+
+
+def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, softening=0.0) -> dict:
     """Return the settings ``accel`` runs with for these options and the rms bound they keep.
 
     Parameters
     ----------
-    eps, order, theta, leaf_size
-        As for :func:`accel`.
+    eps, order, theta, leaf_size, softening
+        As for :func:`accel`. Without softening the kernel is harmonic and the walk keeps
+        ``(p + 1)**2`` coefficients per expansion instead of ``C(p + 3, 3)``, so its M2L is
+        cheaper and its direct-sum cut lower; the order, the angle and the bound are the
+        same.
 
     Returns
     -------
     dict
         ``order``, ``theta``, ``leaf_size``, ``cut`` (the largest number of particle pairs
-        summed directly rather than by an expansion) and ``bound`` (:func:`tolerance`).
+        summed directly rather than by an expansion), ``harmonic`` (no softening: the
+        harmonic expansions) and ``bound`` (:func:`tolerance`).
     """
     eps, order, theta, leaf_size = _check_options(eps, order, theta, leaf_size)
+    harmonic = _check_softening(softening) == 0.0
     expert = order is not None or theta is not None
     if order is None and theta is None:
         order = _order_for(eps)
@@ -1034,13 +1112,13 @@ def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None) -> dict
         theta = min(THETA_RANGE[1], max(THETA_RANGE[0], t))
     if leaf_size is None:
         leaf_size = _LEAF_SIZE
-    cut = _cut(order)
     bound = _bound(order, theta) if expert else eps
     return {
         "order": order,
         "theta": theta,
         "leaf_size": leaf_size,
-        "cut": cut,
+        "cut": _cut(order, harmonic),
+        "harmonic": harmonic,
         "bound": bound,
     }
 
@@ -1108,4 +1186,8 @@ def accel(
     """
     st = settings(eps=eps, order=order, theta=theta, leaf_size=leaf_size)
     inp = validate(masses, positions, G, softening)
+    if inp.softening != 0.0:  # the softened kernel's expansions
+        st = settings(
+            eps=eps, order=order, theta=theta, leaf_size=leaf_size, softening=inp.softening
+        )
     return evaluate("fmm", inp, _kernel, st)

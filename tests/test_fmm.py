@@ -102,6 +102,43 @@ def test_expert_order_or_theta_alone(fmm):
     assert fmm.tolerance(eps=1e-5, theta=0.4) == st["bound"]
 
 
+def test_settings_follow_the_softening(fmm):
+    """Without softening the walk uses the harmonic expansions (a cheaper M2L, so a lower
+    direct-sum cut); the declared bound does not depend on it. A bad softening is named."""
+    plain = fmm.settings(eps=1e-6)
+    soft = fmm.settings(eps=1e-6, softening=0.1)
+    assert plain["harmonic"] and not soft["harmonic"]
+    assert plain["cut"] < soft["cut"] and plain["bound"] == soft["bound"] == 1e-6
+    assert fmm.settings(order=9, theta=0.5, softening=1e-3)["bound"] == fmm.tolerance(
+        order=9, theta=0.5
+    )
+    with pytest.raises(ValueError, match="softening must be finite and >= 0"):
+        fmm.settings(softening=-1.0)
+    with pytest.raises(TypeError, match="softening must be a real"):
+        fmm.settings(softening="0.1")
+
+
+@pytest.mark.parametrize("order", [4, 9, 14])
+def test_harmonic_walk_matches_the_full_expansions(fmm, order):
+    """The same walk with the harmonic expansions (``(p + 1)**2`` coefficients, multipoles
+    folded, locals completed) and with every coefficient: the same accelerations up to
+    rounding, over many M2L (a low direct-sum cut)."""
+    import numba
+
+    m, x = SYSTEMS["clumps"](20_000, 5)
+    tree = fmm._Tree(m, x, 0.0, 32)
+    threads = numba.get_num_threads()
+    out = {}
+    for harmonic in (False, True):
+        ex = fmm._Expansions(tree, order, harmonic)
+        counts = np.zeros((threads, 4), dtype=np.int64)
+        out[harmonic] = tree.evaluate(ex, 0.5, 64, True, threads, counts)
+        assert counts[:, 0].sum() > 20_000  # M2L
+    assert ex.mp.shape[1] == (order + 1) ** 2
+    err = np.linalg.norm(out[True] - out[False], axis=0) / np.linalg.norm(out[False], axis=0)
+    assert err.max() <= 1e-12, err.max()
+
+
 def test_calibration_keeps_eps_everywhere(fmm):
     """On the default path the modelled error of the chosen order and angle is within eps."""
     for eps in np.geomspace(1e-12, 1e-2, 61):
@@ -409,16 +446,20 @@ def m2l_scalar():
 
 @pytest.mark.parametrize("order", [0, 1, 2, 3, 7, 12, 20])
 @pytest.mark.parametrize("count", [1, 5, 8])
-@pytest.mark.parametrize("softening", [0.0, 0.05])
-def test_m2l_lanes_match_one_interaction_at_a_time(m2l_scalar, order, count, softening):
+@pytest.mark.parametrize(("softening", "harmonic"), [(0.0, False), (0.05, False), (0.0, True)])
+def test_m2l_lanes_match_one_interaction_at_a_time(m2l_scalar, order, count, softening, harmonic):
     """The 8-lane M2L (derivatives and contraction on vectors, coefficients of one degree
     four at a time) gives the scalar translation's locals; lanes past ``count`` and the
-    nodes of no interaction are left as they were."""
-    from backends._cartesian import LANES, m2l_lanes, tables
+    nodes of no interaction are left as they were. With the harmonic plan (no softening) it
+    works on the ``n_z <= 1`` coefficients of multipoles folded by ``Plan.fold``, and the
+    locals completed by ``Plan.expand`` are the full translation's."""
+    from backends._cartesian import LANES, m2l_lanes, plan, tables
 
     p2m, m2l = m2l_scalar
     t = tables(order)
+    pl = plan(order, harmonic)
     nc = int(t.ncoef[-1])
+    nr = pl.red.shape[0]
     rng = np.random.default_rng(100 * order + count)
     nodes = 17  # centres 2 apart or more, clusters of radius 0.4 about them
     cells = rng.permutation(27)[:nodes]
@@ -428,23 +469,28 @@ def test_m2l_lanes_match_one_interaction_at_a_time(m2l_scalar, order, count, sof
     masses = rng.uniform(0.1, 1.0, (nodes, 6))
     mp = np.zeros((nodes, nc))
     p2m(geo, pts, masses, mp, t.itab, t.ftab)
+    mw = np.zeros((nodes, nr))  # the walk's coefficients of the multipoles
+    np.add.at(mw.T, pl.fold[1], pl.fcoef[:, None] * mp.T[pl.fold[0]])
     pa = np.arange(8)  # each node in one interaction at most: nothing cancels in `added`
     pb = np.arange(8, 16)  # node 16 in none
-    start = rng.standard_normal((nodes, nc))
+    start = rng.standard_normal((nodes, nr))
     got = start.copy()
-    want = start.copy()
-    work = np.empty((order + 1, nc, LANES))
-    buf = np.empty((5, nc, LANES))
-    args = (softening**2, order, t.ncoef, t.itab, t.ftab, t.off, t.shift)
-    m2l_lanes(pa, pb, count, geo, mp, got, *args, work, buf)
-    m2l(pa, pb, count, geo, mp, want, *args)
+    work = np.empty((order + 1, pl.dtab.shape[1], LANES))
+    buf = np.empty((5, max(nr, 5), LANES))
+    m2l_lanes(pa, pb, count, geo, mw, got, softening**2, order, *pl[4:8], work, buf)
+    full = np.zeros((nodes, nc))
+    full[:, pl.red] = got - start
+    for n, a, b in pl.expand.T:
+        full[:, n] = -full[:, a] - full[:, b]
+    want = np.zeros((nodes, nc))
+    m2l(pa, pb, count, geo, mp, want, softening**2, order, t.ncoef, t.itab, t.ftab, t.off, t.shift)
     # each degree's coefficients together. The two orders of evaluation round differently:
     # measured up to 1.4e-13 at order 12 and 7e-10 at order 20, where the locals of degree
     # 15-20 cancel (both carry errors of 1e-12 to 5e-11 against an 80-bit evaluation)
     rtol = 1e-12 if order <= 12 else 1e-8
     for lo, hi in zip(t.ncoef[:-1], t.ncoef[1:], strict=True):
-        added = np.linalg.norm(want[:, lo:hi] - start[:, lo:hi], axis=1)
-        diff = np.linalg.norm(got[:, lo:hi] - want[:, lo:hi], axis=1)
+        added = np.linalg.norm(want[:, lo:hi], axis=1)
+        diff = np.linalg.norm(full[:, lo:hi] - want[:, lo:hi], axis=1)
         assert np.all(diff <= rtol * added), (lo, diff / np.where(added > 0, added, 1))
     untouched = np.setdiff1d(np.arange(nodes), np.concatenate([pa[:count], pb[:count]]))
     assert np.array_equal(got[untouched], start[untouched])
