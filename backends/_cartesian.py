@@ -239,10 +239,13 @@ def plan(p: int, harmonic: bool) -> Plan:
 
 
 @njit(inline="always", fastmath=FM)
-def fold(mq, out, fold, fcoef):
-    """``out`` (zeroed, walk coefficients) ``+=`` the multipoles ``mq`` folded (:class:`Plan`)."""
-    for f in range(fcoef.shape[0]):
-        out[fold[1, f]] += fcoef[f] * mq[fold[0, f]]
+def fold(mq, out, how, coef):
+    """``out`` (zeroed, walk coefficients) ``+=`` the multipoles ``mq`` folded (:class:`Plan`).
+
+    ``how`` and ``coef`` are the plan's ``fold`` and ``fcoef``.
+    """
+    for f in range(coef.shape[0]):
+        out[how[1, f]] += coef[f] * mq[how[0, f]]
 
 
 @njit(inline="always", fastmath=FM)
