@@ -48,6 +48,7 @@ __all__ = [
     "Inputs",
     "benchmark_system",
     "check_precision",
+    "check_softening",
     "check_result",
     "evaluate",
     "interactions",
@@ -102,6 +103,17 @@ def _as_real_scalar(value, name: str) -> float:
     return out
 
 
+def check_softening(softening) -> float:
+    """Return ``softening`` as a float: a real scalar, finite and >= 0 (:func:`validate`'s rule).
+
+    Raises ``TypeError`` or ``ValueError`` naming ``softening``, as :func:`validate` does.
+    """
+    softening = _as_real_scalar(softening, "softening")
+    if softening < 0.0:
+        raise ValueError(f"softening must be >= 0; got {softening!r}")
+    return softening
+
+
 def column_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the per-column minimum and maximum of a 2-D array with at least one row.
 
@@ -145,9 +157,7 @@ def validate(masses, positions, G=1.0, softening=0.0) -> Inputs:
         Wrong ndim or shape, length mismatch, NaN or inf, negative softening.
     """
     G = _as_real_scalar(G, "G")
-    softening = _as_real_scalar(softening, "softening")
-    if softening < 0.0:
-        raise ValueError(f"softening must be >= 0; got {softening!r}")
+    softening = check_softening(softening)
 
     m = _as_real_array(masses, "masses")
     x = _as_real_array(positions, "positions")

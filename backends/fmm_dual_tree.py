@@ -110,7 +110,7 @@ from backends._cartesian import (
     tables,
     unfold,
 )
-from backends._contract import column_range, evaluate, validate
+from backends._contract import check_softening, column_range, evaluate, validate
 from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE, build, mass_scale, morton_keys
@@ -1074,15 +1074,6 @@ def _order_for(eps: float) -> int:
     return _ORDER_TABLE[-1][1]
 
 
-def _check_softening(softening) -> float:
-    if isinstance(softening, bool) or not isinstance(softening, numbers.Real):
-        raise TypeError(f"softening must be a real number >= 0; got {softening!r}")
-    softening = float(softening)
-    if not 0.0 <= softening < np.inf:  # (also rejects NaN)
-        raise ValueError(f"softening must be finite and >= 0; got {softening!r}")
-    return softening
-
-
 def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, softening=0.0) -> dict:
     """Return the settings ``accel`` runs with for these options and the rms bound they keep.
 
@@ -1102,7 +1093,7 @@ def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, softeni
         harmonic expansions) and ``bound`` (:func:`tolerance`).
     """
     eps, order, theta, leaf_size = _check_options(eps, order, theta, leaf_size)
-    harmonic = _check_softening(softening) == 0.0
+    harmonic = check_softening(softening) == 0.0
     expert = order is not None or theta is not None
     if order is None and theta is None:
         order = _order_for(eps)
