@@ -479,7 +479,8 @@ def test_m2l_lanes_match_one_interaction_at_a_time(m2l_scalar, order, count, sof
     got = start.copy()
     work = np.empty((order + 1, pl.dtab.shape[1], LANES))
     buf = np.empty((5, max(nr, 5), LANES))
-    m2l_lanes(pa, pb, count, geo, mw, got, softening**2, order, *pl[4:8], work, buf)
+    tabs = (pl.dtab, pl.rtab, pl.ftab, pl.rshift)
+    m2l_lanes(pa, pb, count, geo, mw, got, softening**2, order, *tabs, work, buf)
     full = np.zeros((nodes, nc))
     full[:, pl.red] = got - start
     for n, a, b in pl.expand.T:
