@@ -4,7 +4,8 @@ Each generator takes ``(n, seed)`` and returns ``(masses, positions)``; :data:`S
 them. The battery mixes the easy (a Gaussian blob, a Plummer sphere) with the geometries that
 break hierarchical methods: thin discs and shells, a line, clumps far apart, a heavy tight
 binary far from a cluster, particles crowded into one corner of their box, masses over 8
-decades and a uniform cube (whose centre particles feel almost no net force).
+decades, a uniform cube (whose centre particles feel almost no net force) and a lattice
+(where the forces near the centre cancel by symmetry).
 """
 
 from __future__ import annotations
@@ -110,6 +111,25 @@ def cube(n: int, seed: int = 0):
     return rng.random(n), rng.random((n, 3))
 
 
+def lattice(n: int, seed: int = 0):
+    """Cubic lattice of odd side with a particle at its centre, jittered by 1e-4.
+
+    The largest such lattice of at most ``n`` points, unit masses, every point displaced by
+    1e-4 of the spacing; the other particles are massless, uniform in the lattice's cube.
+    The forces near the centre cancel by symmetry (the centre particle's is about 1e-4 of a
+    typical one), so the expansions' error there is amplified as much in the relative error.
+    """
+    rng = np.random.default_rng(seed)
+    s = int(round(n ** (1.0 / 3.0)))
+    s = s if s**3 <= n else s - 1
+    s = max(s - (s + 1) % 2, 1)  # odd: a lattice point at the centre
+    g = np.arange(s, dtype=float) - s // 2
+    x = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    x = x + 1e-4 * rng.standard_normal(x.shape)
+    rest = rng.uniform(-s / 2, s / 2, (n - s**3, 3))
+    return np.concatenate([np.ones(s**3), np.zeros(n - s**3)]), np.concatenate([x, rest])
+
+
 SYSTEMS = {
     "gaussian": gaussian,
     "plummer": plummer,
@@ -123,6 +143,7 @@ SYSTEMS = {
     "cube": cube,
     "point": point,
     "clump": clump,
+    "lattice": lattice,
 }
 
 #: (system, softening) pairs with Plummer softening: about the mean separation and 10x more.
