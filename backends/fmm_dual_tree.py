@@ -57,7 +57,8 @@ Strategy
 7. **Forces that cancel**: every M2L also adds ``|M_B| / R**2`` to a scale of ``A``'s far
    field (and ``|M_A| / R**2`` to ``B``'s), shifted down with the locals; the particles whose
    acceleration is below ``1 / CANCEL`` (1/30) of their leaf's scale are summed again
-   directly (:func:`_exact_rows`; rare: 0 to 21 of 10**5 on the test systems).
+   directly (:func:`_exact_rows`, ``numba_parallel``'s kernel; rare: 0 to 21 of 10**5 on
+   the test systems).
 
 Softening
 ---------
@@ -122,16 +123,9 @@ from backends._contract import check_softening, column_range, evaluate, validate
 from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE, build, mass_scale, morton_keys
-from backends._pair_kernel import (
-    empty64,
-    inv_r3,
-    pair_block,
-    pair_block_lanes,
-    raw_rsqrt32,
-    wide_vectors,
-)
+from backends._pair_kernel import empty64, pair_block, pair_block_lanes
+from backends.numba_parallel import _block, _scale, _zeros64
 from backends.numba_parallel import _kernel as _direct
-from backends.numba_parallel import _scale, _zeros64
 
 __all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tolerance"]
 
@@ -855,44 +849,22 @@ def _downward(
 CANCEL = 30.0
 
 
-@njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _exact_rows(p, out, rows, n, eps2, fast):
-    """Replace ``out[:, i]`` for ``i`` in ``rows`` by the direct sum over the ``n`` particles.
+@njit(cache=True, parallel=True, nogil=True)
+def _exact_rows(targets, m, x, G, softening, chunks):
+    """Exact accelerations of ``targets`` due to all particles, ``chunks`` targets at a time.
 
-    Sorted, scaled copy ``p`` (:func:`_sorted_soa`). With ``fast``, ``r**-3`` as in the near
-    field (:func:`backends._pair_kernel.inv_r3`: a pair too close makes the sum non-finite,
-    the caller's signal for the exact path), else ``sqrt`` and division; a pair at zero
-    separation adds nothing (the contract's rule for coincident points).
+    ``numba_parallel``'s direct kernel (:func:`backends.numba_parallel.accel_block`, its
+    ``r**-3`` as in the near field and its own safe path for pairs too close), one share
+    of the targets per thread.
     """
-    wide_vectors()
-    raw_rsqrt32()  # inv_r3 refines the bare estimate itself
-    xs = p[0, :n]
-    ys = p[1, :n]
-    zs = p[2, :n]
-    ms = p[3, :n]
-    for k in prange(rows.shape[0]):
-        i = rows[k]
-        xi = p[0, i]
-        yi = p[1, i]
-        zi = p[2, i]
-        ax = 0.0
-        ay = 0.0
-        az = 0.0
-        for j in range(n):
-            dx = xs[j] - xi
-            dy = ys[j] - yi
-            dz = zs[j] - zi
-            r2 = dx * dx + dy * dy + dz * dz + eps2
-            ok = r2 > 0.0
-            r2 = r2 if ok else 1.0
-            w = inv_r3(r2) if fast else 1.0 / (r2 * np.sqrt(r2))
-            w = ms[j] * w if ok else 0.0
-            ax += w * dx
-            ay += w * dy
-            az += w * dz
-        out[0, i] = ax
-        out[1, i] = ay
-        out[2, i] = az
+    nt = targets.shape[0]
+    out = np.empty((nt, 3))
+    step = (nt + chunks - 1) // chunks
+    for c in prange(chunks):
+        t0 = min(c * step, nt)
+        t1 = min(t0 + step, nt)
+        out[t0:t1] = _block(targets[t0:t1], m, x, G, softening)
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -1012,8 +984,8 @@ class _Tree:
     def evaluate(self, ex, theta, cut, fast, threads, counts=None):
         """Sorted accelerations ``(3, N)`` in scaled units, G = 1, from expansions ``ex``.
 
-        Particles whose far field nearly cancels (:data:`CANCEL`) are summed again exactly;
-        ``self.exact_rows`` counts them.
+        ``self.cancel`` lists (sorted positions) the particles whose far field nearly
+        cancels (:data:`CANCEL`): the caller sums them again exactly.
         """
         n = self.perm.shape[0]
         tb = ex.tb
@@ -1058,10 +1030,7 @@ class _Tree:
             pl.red,
             pl.expand,
         )
-        rows = np.flatnonzero(cancel)
-        if rows.shape[0] > 0:  # far fields that nearly cancel: summed again exactly
-            _exact_rows(self.p, out, rows, n, self.eps2, fast)
-        self.exact_rows = rows.shape[0]
+        self.cancel = np.flatnonzero(cancel)  # sorted positions
         return out
 
 
@@ -1102,6 +1071,9 @@ def _kernel(m, x, G, softening, st):
         out, ok = _unsort(acc, tree.perm, scale)
         if ok:
             break
+    rows = tree.perm[tree.cancel]
+    if rows.shape[0] > 0:  # far fields that nearly cancel: summed again exactly
+        out[rows] = _exact_rows(x[rows], m, x, G, softening, min(threads, rows.shape[0]))
     return out
 
 
