@@ -460,6 +460,7 @@ def _task_costs(tasks, p, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, 
             p,
             p[:3],
             mp,
+            np.empty(1),
             cnt,
             nodes,
             lnode,
@@ -613,9 +614,31 @@ def _leaf_ranges(nodes, lnode):
 
 @njit(nogil=True, fastmath=_FM, error_model="numpy")
 def _walk(
-    a0, b0, p, acc, lo, cnt, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, work, buf, pa, pb
+    a0,
+    b0,
+    p,
+    acc,
+    lo,
+    sc,
+    cnt,
+    nodes,
+    lnode,
+    geo,
+    mp,
+    prm,
+    dtab,
+    rtab,
+    ftab,
+    rshift,
+    work,
+    buf,
+    pa,
+    pb,
 ):
-    """Walk the node pairs of one task into one thread's accumulators ``acc`` and ``lo``.
+    """Walk the node pairs of one task into one thread's accumulators ``acc``, ``lo``, ``sc``.
+
+    ``sc`` gets each node's share of the far field's scale, ``sum |M_B| / R**2`` over its
+    M2L partners ``B`` (:data:`CANCEL`).
 
     A pair of nodes ``(A, B)`` is, in this order: skipped if neither has mass; summed
     directly (mutual pairs on the SIMD pair kernel) if ``n_A n_B <= cut``; a mutual M2L if
@@ -630,7 +653,6 @@ def _walk(
     fast = prm[3] != 0.0
     dry = prm[5] != 0.0
     order = int(prm[4])
-    nr = mp.shape[1]  # lo has one more column: the far field's scale
     start = nodes[0]
     end = nodes[1]
     nchild = nodes[3]
@@ -668,13 +690,13 @@ def _walk(
             near, nd = _push(near, nd, a, b)
         elif _accept(a, b, geo, prm):
             cnt[0] += 1
-            if not dry:  # the far field's scale, sum |M| / R**2 (last column of lo)
+            if not dry:  # the far field's scale, sum |M| / R**2
                 dx = geo[a, 0] - geo[b, 0]
                 dy = geo[a, 1] - geo[b, 1]
                 dz = geo[a, 2] - geo[b, 2]
                 inv = 1.0 / (dx * dx + dy * dy + dz * dz + eps2)
-                lo[a, nr] += geo[b, 4] * inv
-                lo[b, nr] += geo[a, 4] * inv
+                sc[a] += geo[b, 4] * inv
+                sc[b] += geo[a, 4] * inv
             pa[nm] = a
             pb[nm] = b
             nm += 1
@@ -709,9 +731,12 @@ def _walk(
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def _interact(
-    tasks, p, accs, los, cnts, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, m2l_cost
+    tasks, p, accs, los, scs, cnts, nodes, lnode, geo, mp, prm, dtab, rtab, ftab, rshift, m2l_cost
 ):
-    """Run every task, in parallel; thread ``t`` adds into its own ``accs[t]``, ``los[t]``.
+    """Run every task, in parallel; thread ``t`` adds into its own accumulators only.
+
+    Its direct sums into ``accs[t]``, its locals into ``los[t]`` and the far field's scale
+    per node into ``scs[t]`` (:func:`_walk`).
 
     The tasks are dealt to the threads (one per entry of ``accs``) by their estimated cost
     (:func:`_task_costs`, :func:`_deal`) before any runs.
@@ -739,6 +764,7 @@ def _interact(
                 p,
                 accs[t],
                 los[t],
+                scs[t],
                 cnts[t],
                 nodes,
                 lnode,
@@ -759,6 +785,7 @@ def _interact(
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
 def _downward(
     los,
+    scs,
     accs,
     p,
     geo,
@@ -778,21 +805,21 @@ def _downward(
     """Add up the threads' locals, shift them down (L2L by levels), evaluate at the particles.
 
     ``los`` holds the walk's coefficients ``red`` of the locals (a
-    :class:`backends._cartesian.Plan`), completed by ``expand`` before the L2L, and in its
-    last column each node's share of the far field's scale ``sum |M_B| / R**2`` (added down
-    the tree like the locals). Returns the sorted ``(3, N)`` accelerations (scaled units):
+    :class:`backends._cartesian.Plan`), completed by ``expand`` before the L2L, and ``scs``
+    each node's share of the far field's scale ``sum |M_B| / R**2`` (added down the tree
+    like the locals). Returns the sorted ``(3, N)`` accelerations (scaled units):
     the threads' direct sums plus the local expansions' gradients (L2P); and which
     particles' accelerations are below ``1 / CANCEL`` of their far field's scale (the
     candidates for :func:`_exact_rows`).
     """
     nt = los.shape[0]
-    nr = los.shape[2] - 1  # the last column: the far field's scale
+    nr = los.shape[2]
     nc = ncoef[order + 1]
     if nr == nc:  # every coefficient: the first thread's locals serve
-        lo = los[0, :, :nc]
+        lo = los[0]
         t0 = 1
     else:
-        lo = np.zeros((los.shape[1], nc + 1))[:, :nc]
+        lo = np.zeros((los.shape[1], nc))
         t0 = 0
     scale = np.zeros(los.shape[1])
     for lev in range(bounds.shape[0] - 1):
@@ -801,7 +828,7 @@ def _downward(
                 for r in range(nr):
                     lo[q, red[r]] += los[t, q, r]
             for t in range(nt):
-                scale[q] += los[t, q, nr]
+                scale[q] += scs[t, q]
             unfold(lo[q], expand)
             if q > 0:
                 a = parent[q]
@@ -993,13 +1020,15 @@ class _Tree:
         prm = np.array([theta * theta, self.eps2, cut, float(fast), ex.order, 0.0])  # not dry
         tasks = _tasks(self.nodes, ex.geo, prm, cut, max(n // (8 * threads), 1))
         accs = _zeros64(threads * 3, self.p.shape[1]).reshape((threads, 3, self.p.shape[1]))
-        los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1] + 1))  # + the scale
+        los = np.zeros((threads, self.nodes.shape[1], ex.mp.shape[1]))
+        scs = np.zeros((threads, self.nodes.shape[1]))
         cnts = np.zeros((threads, 4), dtype=np.int64) if counts is None else counts
         _interact(
             tasks,
             self.p,
             accs,
             los,
+            scs,
             cnts,
             self.nodes,
             self.lnode,
@@ -1014,6 +1043,7 @@ class _Tree:
         )
         out, cancel = _downward(
             los,
+            scs,
             accs,
             self.p,
             ex.geo,
