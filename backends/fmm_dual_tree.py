@@ -57,8 +57,8 @@ Strategy
 7. **Forces that cancel**: every M2L also adds ``|M_B| / R**2`` to a scale of ``A``'s far
    field (and ``|M_A| / R**2`` to ``B``'s), shifted down with the locals; the particles whose
    acceleration is below ``1 / CANCEL`` (1/30) of their leaf's scale are summed again
-   directly (:func:`_exact_rows`, ``numba_parallel``'s kernel; rare: 0 to 21 of 10**5 on
-   the test systems).
+   directly (``numba_parallel``'s kernel, :func:`backends.numba_parallel.accel_rows`;
+   rare: 0 to 21 of 10**5 on the test systems).
 
 Softening
 ---------
@@ -124,8 +124,8 @@ from backends._geometry import is_linear
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE, build, mass_scale, morton_keys
 from backends._pair_kernel import empty64, pair_block, pair_block_lanes
-from backends.numba_parallel import _block, _scale, _zeros64
 from backends.numba_parallel import _kernel as _direct
+from backends.numba_parallel import _scale, _zeros64, accel_rows
 
 __all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tolerance"]
 
@@ -810,7 +810,7 @@ def _downward(
     like the locals). Returns the sorted ``(3, N)`` accelerations (scaled units):
     the threads' direct sums plus the local expansions' gradients (L2P); and which
     particles' accelerations are below ``1 / CANCEL`` of their far field's scale (the
-    candidates for :func:`_exact_rows`).
+    candidates for :func:`backends.numba_parallel.accel_rows`).
     """
     nt = los.shape[0]
     nr = los.shape[2]
@@ -874,24 +874,6 @@ def _downward(
 #: much in its relative error (the centre of a uniform cube or of a lattice, where forces
 #: cancel by symmetry). In a uniform cube about ``14 / CANCEL**3`` of the particles qualify.
 CANCEL = 30.0
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _exact_rows(targets, m, x, G, softening, chunks):
-    """Exact accelerations of ``targets`` due to all particles, ``chunks`` targets at a time.
-
-    ``numba_parallel``'s direct kernel (:func:`backends.numba_parallel.accel_block`, its
-    ``r**-3`` as in the near field and its own safe path for pairs too close), one share
-    of the targets per thread.
-    """
-    nt = targets.shape[0]
-    out = np.empty((nt, 3))
-    step = (nt + chunks - 1) // chunks
-    for c in prange(chunks):
-        t0 = min(c * step, nt)
-        t1 = min(t0 + step, nt)
-        out[t0:t1] = _block(targets[t0:t1], m, x, G, softening)
-    return out
 
 
 @njit(cache=True, nogil=True)
@@ -1103,7 +1085,7 @@ def _kernel(m, x, G, softening, st):
             break
     rows = tree.perm[tree.cancel]
     if rows.shape[0] > 0:  # far fields that nearly cancel: summed again exactly
-        out[rows] = _exact_rows(x[rows], m, x, G, softening, min(threads, rows.shape[0]))
+        out[rows] = accel_rows(x[rows], m, x, G, softening)
     return out
 
 

@@ -468,21 +468,23 @@ def _combine(lnodes, lf, lp, buf, offs, width):
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=FM, error_model="numpy")
 def _walk_groups(p, f, nodes, groups, nloc, theta, eps2, quadrupole, fast, threads):
-    """Accelerations (3, nloc) of the local targets, and per group (accepted, direct).
+    """Accelerations (3, nloc), per group (accepted, direct), far-field scales (nloc,).
 
-    ``threads``: Numba's thread count, read outside (as for tree's walk).
+    The scale of each target is ``tree``'s (its step 7). ``threads``: Numba's thread count,
+    read outside (as for tree's walk).
     """
     out = np.zeros((3, nloc))
+    sc = np.zeros(nloc)
     work = np.zeros((groups.shape[0], 2), dtype=np.int64)
     t = min(theta, 1.0)
     theta2 = t * t
     for th in prange(threads):  # blocks of groups dealt round-robin, as in tree's walk
         for li in _tbh.group_blocks(th, threads, groups.shape[0]):
             nm, src = _tbh._group_accel(p, f, nodes, groups[li], theta2, eps2, quadrupole, fast,
-                                        out)  # fmt: skip
+                                        out, sc)  # fmt: skip
             work[li, 0] = nm
             work[li, 1] = src
-    return out, work
+    return out, work, sc
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -540,6 +542,13 @@ def _scatter_rows(back, order):
 
 
 # ---------------------------------------------------------------- pure steps (no MPI)
+
+
+def _point_sums(t, lnodes, pts, thetas, eps2, quadrupole, fast):
+    """``tree``'s point walks over one rank's own tree (zeros for a rank without particles)."""
+    if t is None:
+        return np.zeros((3, pts.shape[1])), np.zeros(pts.shape[1])
+    return _tbh.point_sums(t.p, t.f, lnodes, pts, thetas, eps2, quadrupole, fast)
 
 
 def frame(lo, hi, mmax, softening):
@@ -858,6 +867,40 @@ def _let_exchange(comm, t, lnodes, myboxes, theta, quadrupole, stats):
     return buf, offs
 
 
+def _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2, quadrupole, fast, stats):
+    """``tree``'s step 7 across the ranks (collective).
+
+    The targets whose far field nearly cancels, of every rank, are walked again over every
+    rank's own tree. Each rank's point walks cover its own particles only, so their sums
+    over the ranks (``Reduce`` to rank 0 and ``Bcast``: every rank sees the same bits and
+    takes the same decisions in :func:`backends.tree_barnes_hut.refine`) are the walks over
+    the whole system. Returns this rank's refined targets ``(3, len(flagged))``, or None
+    if no rank has any.
+    """
+    MPI = _mpi()
+    mine = None if t is None else np.vstack((t.p[:3, flagged], raw[:, flagged], sc[None, flagged]))
+    parts = comm.allgather(np.empty((7, 0)) if mine is None else mine)
+    total = np.concatenate(parts, axis=1)
+    stats["refined"] = int(total.shape[1])
+    if total.shape[1] == 0:
+        return None
+    # every rank must agree on fast: a rank redone with sqrt asks all to use it
+    fast = bool(comm.allreduce(int(fast), op=MPI.MIN))
+    pts = np.ascontiguousarray(total[:3])
+
+    def sums(where, thetas):
+        a, s = _point_sums(t, lnodes, where, thetas, eps2, quadrupole, fast)
+        both = np.vstack((a, s[None, :]))
+        summed = np.empty_like(both)
+        comm.Reduce(both, summed, op=MPI.SUM, root=0)
+        comm.Bcast(summed, root=0)
+        return summed[:3], summed[3]
+
+    better = _tbh.refine(sums, pts, total[3:6], total[6], theta, quadrupole)
+    start = sum(q.shape[1] for q in parts[: comm.Get_rank()])
+    return better[:, start : start + len(flagged)]
+
+
 def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
     """Run the distributed call on this rank's particles (module docstring, steps 1-6).
 
@@ -922,20 +965,29 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         acc = np.zeros((nown, 3))
         ok = True
         work = np.zeros((0, 2), dtype=np.int64)
+        raw = sc = None
+        eps2 = (softening * s) ** 2
         if nown:
             cnodes, cf, cp, base = _combine(lnodes, t.f, t.p, buf, offs, stats["width"])
             del buf
             cgroups = np.where(groups == 0, 1, base + groups - 1).astype(np.int64)
-            eps2 = (softening * s) ** 2
-            raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
-                                     quadrupole, fast, get_num_threads())  # fmt: skip
+            raw, work, sc = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
+                                         quadrupole, fast, get_num_threads())  # fmt: skip
             acc, ok = _tbh._unsort(raw, t.order, scale)
             if not ok and fast:  # a pair below the float32 estimate's range
-                raw, work = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
-                                         quadrupole, False, get_num_threads())  # fmt: skip
+                fast = False
+                raw, work, sc = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
+                                             quadrupole, False, get_num_threads())  # fmt: skip
                 acc, ok = _tbh._unsort(raw, t.order, scale)
-            del cnodes, cf, cp, raw
+            del cnodes, cf, cp
         lap("walk")
+        flagged = _tbh.cancelling(raw, sc, _tbh.CANCEL) if nown else np.empty(0, np.int64)
+        better = _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2,
+                                    quadrupole, fast, stats)  # fmt: skip
+        if better is not None:
+            acc[t.order[flagged]] = better.T * scale
+        del raw
+        lap("refine")
     # work for the next call, and the balance of this one
     sizes = (t.end[groups] - t.start[groups]) if nown else np.zeros(0, dtype=np.int64)
     pairs = float((sizes * (work[:, 1] + _NODE_COST[quadrupole] * work[:, 0])).sum())
@@ -1324,13 +1376,26 @@ def virtual(
         t = trees[r]
         cn, cf, cp, base = _combine(lnodes[r], t.f, t.p, buf, offs, width)
         cg = np.where(groups[r] == 0, 1, base + groups[r] - 1).astype(np.int64)
-        raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole, fast,
-                                 get_num_threads())  # fmt: skip
+        raw, work, sc = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole,
+                                     fast, get_num_threads())  # fmt: skip
         a, ok = _tbh._unsort(raw, t.order, 1.0)
+        mode = fast
         if not ok and fast:
-            raw, work = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2, quadrupole,
-                                     False, get_num_threads())  # fmt: skip
+            mode = False
+            raw, work, sc = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2,
+                                         quadrupole, False, get_num_threads())  # fmt: skip
             a, ok = _tbh._unsort(raw, t.order, 1.0)
+        flagged = _tbh.cancelling(raw, sc, _tbh.CANCEL)
+        if flagged.shape[0]:  # tree's step 7, the point walks over every rank's own tree
+
+            def sums(pts, thetas, mode=mode):
+                got = [_point_sums(trees[q], lnodes[q], pts, thetas, eps2, quadrupole, mode)
+                       for q in range(ranks)]  # fmt: skip
+                return sum(g[0] for g in got), sum(g[1] for g in got)
+
+            pts = np.ascontiguousarray(t.p[:3, flagged])
+            better = _tbh.refine(sums, pts, raw[:, flagged], sc[flagged], theta, quadrupole)
+            a[t.order[flagged]] = better.T
         gm, ge = math.frexp(inp.G) if inp.G != 0.0 else (0.0, 0)
         own = order[cuts[r] : cuts[r + 1]]
         if acc is not None:

@@ -2,10 +2,11 @@
 
 ``python tests/mpi_tree_rank_checks.py edges``: N < P, coincident points, zero and
 cancelling masses, ranks left without particles, uneven and empty slices, invalid input on
-one rank, the exact fallback, ``distribute``. ``... accuracy``: the rms error on Gaussian,
-Plummer, two far clumps and a thin disc against exact summation, within 2x of one-process
-``tree`` and within its declared bound. Each rank asserts; a failure on any rank aborts the
-job (non-zero exit). On success every rank prints ``OK rank R of P``.
+one rank, the exact fallback, ``distribute``, a lattice whose central forces cancel.
+``... accuracy``: the rms error on Gaussian, Plummer, two far clumps and a thin disc against
+exact summation, within 2x of one-process ``tree`` and within its declared bound. Each rank
+asserts; a failure on any rank aborts the job (non-zero exit). On success every rank
+prints ``OK rank R of P``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # benchmarks.fmm_systems
 
 from mpi_rank_checks import raises_everywhere  # noqa: E402
 from test_mpi_tree import SYSTEMS, rms_error, system  # noqa: E402
@@ -121,6 +123,16 @@ def edges(comm):
         if shift == 0.0:
             err0 = err
     assert err <= 1.5 * err0, (err, err0)
+    # where forces cancel (the centre of a lattice) the targets of every rank whose pulls
+    # nearly cancel are walked again over every rank's tree, as tree does (step 7)
+    from benchmarks.fmm_systems import SYSTEMS as MORE
+
+    ml3, xl3 = MORE["lattice"](3000, 4)
+    ref = numba_parallel.accel(ml3, xl3)
+    for options in ({}, {"theta": 0.3, "quadrupole": True}):
+        err = rms_error(mpi_tree.accel(ml3, xl3, **options), ref)
+        assert err <= 0.2 * tree.tolerance(**options), (options, err)
+        assert mpi_tree.last_stats["refined"] >= 1, mpi_tree.last_stats
     # invalid input on rank 1 only, or ranks disagreeing: raised on every rank
     mb, xb = system("gauss", 10, seed=1)
     bad = xb[:, :2] if rank == 1 else xb

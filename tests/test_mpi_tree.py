@@ -101,6 +101,17 @@ def test_virtual_ranks_as_accurate_as_tree(mt, tree, kind, ranks):
         assert sum(stats["particles"]) == 4000 and all(stats["let_nodes"])
 
 
+def test_virtual_ranks_walk_cancelling_targets_again(mt, tree):
+    # the centre of a lattice: its pulls cancel; walked again over every rank's tree
+    from benchmarks.fmm_systems import SYSTEMS as MORE
+
+    m, x = MORE["lattice"](3000, 4)
+    ref = exact(m, x)
+    for options in ({}, {"theta": 0.7, "quadrupole": True}):
+        out, _ = mt.virtual(m, x, 3, **options)
+        assert rms_error(out, ref) <= 0.2 * tree.tolerance(**options), options
+
+
 @pytest.mark.parametrize("kind", SYSTEMS)
 def test_theta_zero_ships_every_particle_exactly(mt, kind):
     # nothing is accepted: each LET must hold all the sender's particles, no node twice
