@@ -39,8 +39,9 @@ particles each rank owns. ``--check`` then compares ``--check-rows`` sampled row
 JSON object adds ``error_rms``, ``bound`` (``tree``'s declared rms bound), ``check_rows``,
 ``theta``, ``quadrupole``, the LET received per rank (``let_nodes``, ``let_particles``,
 ``let_bytes``, max over ranks), ``load_imbalance`` (max/mean of the interaction counts over
-the ranks), ``particles_per_rank``, ``distribute_bytes_per_rank`` (the initial exchange)
-and ``phase_seconds`` (the slowest rank's seconds per phase). ``--output`` gathers the whole
+the ranks), ``particles_per_rank``, ``distribute_bytes_per_rank`` (the initial exchange),
+``phase_seconds`` (the slowest rank's seconds per phase) and ``refined`` (the targets
+walked again where their pulls nearly cancel, all ranks). ``--output`` gathers the whole
 result on rank 0. Memory is reported per rank (max over ranks):
 ``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (the peak of
 the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, from loading the
@@ -721,6 +722,7 @@ def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
         "load_imbalance": st.get("imbalance", 1.0),
         "work_per_rank": st.get("work_all", []),
         "phase_seconds": {k: max(g["seconds"].get(k, 0.0) for g in gathered) for k in phases},
+        "refined": st.get("refined", 0),
         "repeat": args.repeat,
         "input": args.input,
     }

@@ -105,7 +105,8 @@ def tolerance(eps=DEFAULT_EPS, **_options) -> float:
     ``max(EPS_FACTOR * eps, FLOOR)``: 3 ``eps``, and never below 1.5e-10, the rounding floor
     of fmm3dpy's box-relative arithmetic on the systems given to it (an estimated floor of
     at most ``MAX_FLOOR``, measured at most 8.8e-11; others are summed directly). Measured:
-    rms up to 1.08 ``eps`` on a clustered system at eps 1e-6 (``docs/peers.md``).
+    rms up to 1.08 ``eps`` on a clustered system at eps 1e-6 (``docs/peers.md``). Regular
+    lattices, whose central forces cancel, are outside it at wide ``eps`` (7x at 1e-3).
     """
     return max(EPS_FACTOR * _check_eps(eps), FLOOR)
 

@@ -83,8 +83,9 @@ def tolerance(theta=DEFAULT_THETA, quadrupole=False, **_options) -> float:
     largest rms measured on the systems of :mod:`backends.systems` (N = 2 000 and 20 000,
     theta 0.3 to 1; the uniform sheet also at 100 000, where it is the worst: 5.5e-2 at the
     default theta 0.7, the thin shell 3.3e-2; ``docs/peers.md``). Systems along a line or a
-    curve are summed directly (exact). Never below ``1e-12``, float64 rounding (a tiny theta
-    is direct summation).
+    curve are summed directly (exact). Regular lattices, whose central forces cancel, are
+    outside it (77x-120x at the default; ``docs/peers.md``). Never below ``1e-12``, float64
+    rounding (a tiny theta is direct summation).
     """
     theta = _check_theta(theta)
     if _check_quadrupole(quadrupole):
