@@ -49,7 +49,7 @@ rank of ``comm`` (collective):
    the same ``theta``, and only what some box of its domain needs (the walk of a group
    need not use all of it: the boxes are coarser than the groups; measured at most 21 % more
    records than the exact union of the groups' walks, :func:`virtual` ``needed=True``).
-   All the LETs travel in one ``Alltoallv`` (node records of 7 doubles, 13 with
+   All the LETs travel in one ``Alltoallv`` (node records of 8 doubles, 14 with
    quadrupoles; particles 4 doubles).
 5. **Walk.** Each rank assembles one tree from its own and the received pieces under a
    virtual root (node 0, always opened; children: its own root, then one root per sender),
@@ -201,17 +201,23 @@ def check_options(theta, quadrupole, leaf_size, group_size, boxes):
 # ---------------------------------------------------------------- compiled pieces
 
 
+@njit(inline="always")
+def _record_width(quadrupole):
+    """Doubles per LET node record: counts, mass, centre, radius**2, (moments), sum |m|."""
+    return 14 if quadrupole else 8
+
+
 @njit(cache=True, nogil=True)
 def _let_select(nodes, f, boxes, theta2, quadrupole):
     """Select the LET of this tree for a receiver with domain ``boxes`` (K, 6), K <= 62.
 
     Returns ``(records, ranges, n_particles)``: node records in breadth-first order
-    (``nchild, nparticles, m, cx, cy, cz, b2`` and, with quadrupoles, the six second
-    moments) and the ``start, end`` ranges of the sorted particles of the leaves sent
+    (``nchild, nparticles, m, cx, cy, cz, b2``, with quadrupoles the six second moments,
+    and the sum of ``|m|``) and the ``start, end`` ranges of the sorted particles of the leaves sent
     with their particles (module docstring, step 4).
     """
     nb = boxes.shape[0]
-    width = 13 if quadrupole else 7
+    width = _record_width(quadrupole)
     cap = 256
     qn = np.empty(cap, dtype=np.int64)
     qm = np.empty(cap, dtype=np.int64)
@@ -286,6 +292,7 @@ def _let_select(nodes, f, boxes, theta2, quadrupole):
         if quadrupole:
             for c in range(6):
                 recs[r, 7 + c] = f[q, 5 + c]
+        recs[r, width - 1] = f[q, 17]
     return recs[:tail].copy(), ranges[: 2 * nr].copy(), npart
 
 
@@ -460,8 +467,9 @@ def _combine(lnodes, lf, lp, buf, offs, width):
                 ppos += npr
             for k in range(5):
                 f[t, k] = buf[o + 2 + k]
-            for k in range(width - 7):
+            for k in range(width - 8):  # the second moments, if any
                 f[t, 5 + k] = buf[o + 7 + k]
+            f[t, 17] = buf[o + width - 1]  # sum |m|: the scale of its pulls (tree, step 7)
         o = a + 2 + nrec * width
         for i in range(npart):
             for k in range(4):
@@ -551,10 +559,13 @@ def _scatter_rows(back, order):
 
 
 def _point_sums(t, lnodes, pts, thetas, eps2, quadrupole, fast):
-    """``tree``'s point walks over one rank's own tree (zeros for a rank without particles)."""
+    """``tree``'s point walks, direct rows at angle 0, over one rank's own tree.
+
+    Zeros for a rank without particles.
+    """
     if t is None:
         return np.zeros((3, pts.shape[1])), np.zeros(pts.shape[1])
-    return _tbh.point_sums(t.p, t.f, lnodes, pts, thetas, eps2, quadrupole, fast)
+    return _tbh.point_sums_over(t.p, t.f, lnodes, eps2, quadrupole, fast)(pts, thetas)
 
 
 def frame(lo, hi, mmax, softening):
@@ -841,7 +852,7 @@ def _let_exchange(comm, t, lnodes, myboxes, theta, quadrupole, stats):
     allboxes = comm.allgather(myboxes)
     mpi_rows._count_collective(size, 48 * sum(b.shape[0] for b in allboxes))
     th = min(theta, 1.0)
-    width = 13 if quadrupole else 7
+    width = _record_width(quadrupole)
     sendcounts = np.zeros(size, dtype=np.int64)
     sent_nodes = sent_particles = 0
     send = np.empty(0)
@@ -902,7 +913,9 @@ def _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2, quadrupol
         comm.Bcast(summed, root=0)
         return summed[:3], summed[3]
 
-    better = _tbh.refine(sums, pts, total[3:6], total[6], theta, quadrupole)
+    n = comm.allreduce(0 if t is None else t.p.shape[1])
+    walk = _tbh.walks_pay(n, total.shape[1])
+    better = _tbh.refine(sums, pts, total[3:6], total[6], theta, quadrupole, walk)
     start = sum(q.shape[1] for q in parts[: comm.Get_rank()])
     return better[:, start : start + len(flagged)]
 
@@ -1317,7 +1330,7 @@ def virtual(
         groups.append(_tbh._groups(t.start, t.end, t.child, t.nchild, group_size))
         allboxes.append(domain_boxes(t, group_size, nboxes))
     th = min(theta, 1.0)
-    width = 13 if quadrupole else 7
+    width = _record_width(quadrupole)
     todo = range(ranks) if receivers is None else sorted(set(receivers))
     stats = {
         "particles": np.diff(cuts).tolist(),
@@ -1400,7 +1413,9 @@ def virtual(
                 return sum(g[0] for g in got), sum(g[1] for g in got)
 
             pts = np.ascontiguousarray(t.p[:3, flagged])
-            better = _tbh.refine(sums, pts, raw[:, flagged], sc[flagged], theta, quadrupole)
+            walk = _tbh.walks_pay(n, flagged.shape[0])
+            better = _tbh.refine(sums, pts, raw[:, flagged], sc[flagged], theta, quadrupole,
+                                 walk)  # fmt: skip
             a[t.order[flagged]] = better.T
         gm, ge = math.frexp(inp.G) if inp.G != 0.0 else (0.0, 0)
         own = order[cuts[r] : cuts[r + 1]]

@@ -61,14 +61,16 @@ Steps 1-3 are the octree shared with ``fmm`` and the distributed tree
    ``-m d / u**1.5`` and its quadrupole term is
    ``-7.5 (d.M.d) d / u**3.5 + (1.5 tr(M) d + 3 M.d) / u**2.5`` with
    ``u = r**2 + eps**2`` and ``d = x - c`` (the trace matters once ``eps > 0``).
-7. **Forces that cancel.** Each target also sums the scale of its far field,
-   ``|m| / d**2`` over its accepted nodes (float32, one multiply-add per node). A particle
-   whose acceleration is below ``1 / CANCEL`` of it (the centre of a lattice, where the
-   pulls cancel by symmetry and the truncation error, a fraction of the pulls, would be
-   amplified as much in its relative error) is walked again on its own, narrower, with
-   float64 multipole terms, and summed directly if that does not settle it
-   (:func:`refine`, :func:`point_sums`). About 4e-4 of a Gaussian blob's particles (its
-   centre); 1.01x-1.10x the time at N = 1e5-1e6 (``docs/tree.md``).
+7. **Forces that cancel.** Each target also sums the scale of its far field, the sum of
+   ``|m| / d**2`` over its accepted nodes (``|m|``: a node's sum of absolute masses;
+   float32, one multiply-add per node). A particle whose acceleration is below
+   ``1 / CANCEL`` of it (the centre of a lattice, where the pulls cancel by symmetry and
+   the truncation error, a fraction of the pulls, would be amplified as much in its
+   relative error) is computed again: from ``REFINE_WALK_N`` particles on by a walk of its
+   own, narrower, with float64 multipole terms, summed directly if that does not settle
+   it; below that, or where more than a sixteenth of the particles qualify, by a direct
+   row (:func:`refine`, :func:`point_sums`, :func:`walks_pay`). About 4e-4 of a Gaussian
+   blob's particles (its centre); 1.03x-1.10x the time at N = 1e5-1e6 (``docs/tree.md``).
 
 Accuracy: rms per-particle relative error about 2e-3 at the defaults (theta 0.5,
 monopoles) on the benchmark system at N = 1e5, 2e-3 with ``theta=0.7, quadrupole=True``;
@@ -100,7 +102,7 @@ from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE as _MAX_SIZE
 from backends._octree import prepare
-from backends.numba_parallel import _inv_r3, _scale
+from backends.numba_parallel import _inv_r3, _scale, accel_rows
 from backends.numba_parallel import _kernel as _direct_sum
 
 __all__ = ["DEFAULT_LEAF_SIZE", "DEFAULT_THETA", "EXACT_OPTIONS", "accel", "tolerance"]
@@ -124,6 +126,9 @@ CANCEL = 30.0
 POINT = 2.0
 #: Narrower walks of a point before it is summed directly (:func:`refine`).
 REFINE_TRIES = 3
+#: From this many particles on, a narrower walk costs less than a direct row
+#: (:func:`walks_pay`).
+REFINE_WALK_N = 200_000
 
 #: Consecutive groups per block of the group walk's deal. Numba gives each thread one
 #: contiguous share of a ``prange`` whatever ``parallel_chunksize`` says (measured, numba
@@ -282,6 +287,7 @@ def _monopoles(mp, nm, xi, yi, zi, eps2):
     cys = mp[1, :nm]
     czs = mp[2, :nm]
     cms = mp[3, :nm]
+    cas = mp[4, :nm]
     ax = _F0
     ay = _F0
     az = _F0
@@ -296,7 +302,7 @@ def _monopoles(mp, nm, xi, yi, zi, eps2):
         ax += dx * w
         ay += dy * w
         az += dz * w
-        sc += abs(cms[k]) * y2
+        sc += cas[k] * y2
     return ax, ay, az, sc
 
 
@@ -313,6 +319,7 @@ def _quadrupoles(mp, nm, xi, yi, zi, eps2):
     qxy = mp[7, :nm]
     qxz = mp[8, :nm]
     qyz = mp[9, :nm]
+    cas = mp[10, :nm]
     ax = _F0
     ay = _F0
     az = _F0
@@ -322,7 +329,7 @@ def _quadrupoles(mp, nm, xi, yi, zi, eps2):
         dy = cys[k] - yi
         dz = czs[k] - zi
         y = _F1 / np.sqrt(dx * dx + dy * dy + dz * dz + eps2)
-        sc += abs(cms[k]) * (y * y)
+        sc += cas[k] * (y * y)
         tx, ty, tz = _quadrupole_term(
             cms[k], qxx[k], qyy[k], qzz[k], qxy[k], qxz[k], qyz[k], dx, dy, dz, y, _F15, _F3, _F75
         )
@@ -371,13 +378,14 @@ def _group_accel(p, f, nodes, g, theta2, eps2, quadrupole, fast, out, sc):
     gx = 0.5 * (f[g, 11] + f[g, 14])
     gy = 0.5 * (f[g, 12] + f[g, 15])
     gz = 0.5 * (f[g, 13] + f[g, 16])
-    mp = np.empty((10 if quadrupole else 4, nm), dtype=np.float32)
+    mp = np.empty((11 if quadrupole else 5, nm), dtype=np.float32)
     for k in range(nm):
         q = mlist[k]
         mp[0, k] = f[q, 1] - gx
         mp[1, k] = f[q, 2] - gy
         mp[2, k] = f[q, 3] - gz
         mp[3, k] = f[q, 0]
+        mp[10 if quadrupole else 4, k] = f[q, 17]  # sum |m|: the scale of its pulls
         if quadrupole:
             for c in range(6):
                 mp[4 + c, k] = f[q, 5 + c]
@@ -435,7 +443,7 @@ def point_sums(p, f, nodes, pts, thetas, eps2, quadrupole, fast):
             dy = f[q, 2] - yi
             dz = f[q, 3] - zi
             y = 1.0 / np.sqrt(dx * dx + dy * dy + dz * dz + eps2)
-            st += abs(f[q, 0]) * (y * y)
+            st += f[q, 17] * (y * y)
             if quadrupole:
                 tx, ty, tz = _quadrupole_term(
                     f[q, 0], f[q, 5], f[q, 6], f[q, 7], f[q, 8], f[q, 9], f[q, 10],
@@ -456,12 +464,14 @@ def point_sums(p, f, nodes, pts, thetas, eps2, quadrupole, fast):
     return acc, sc
 
 
-def refine(sums, pts, acc, sc, theta, quadrupole):
+def refine(sums, pts, acc, sc, theta, quadrupole, walk=True):
     """Walk again, narrower, the points whose far field nearly cancels (step 7).
 
     ``acc`` (3, K) and ``sc`` (K,): the group walk's accelerations and far-field scales at
     ``pts`` (3, K), each with ``|a| < sc / CANCEL``. ``sums(pts, thetas)`` returns the same
-    from one walk per point (:func:`point_sums`). Returns the refined accelerations.
+    from one walk per point, a direct sum where the angle is 0 (:func:`point_sums_over`).
+    Returns the refined accelerations. With ``walk`` False (:func:`walks_pay`) every point
+    is summed directly at once.
 
     The truncation error of the accepted nodes is a fraction of the scale that shrinks
     like ``theta**ORDER`` (``ORDER`` 2 for monopoles, 3 with quadrupoles), and about
@@ -488,11 +498,49 @@ def refine(sums, pts, acc, sc, theta, quadrupole):
         # the angle that would meet the test if the error scaled alone
         want = 0.5 * CANCEL * a[todo] / (POINT * ratio[todo] * sc[todo])
         th = t * (ratio[todo] * np.minimum(want, 1.0)) ** (1.0 / order)
-        th[(th < t / 8.0) | (tries == REFINE_TRIES)] = 0.0
+        th[(th < t / 8.0) | (tries == REFINE_TRIES) | (not walk)] = 0.0
         acc[:, todo], sc[todo] = sums(np.ascontiguousarray(pts[:, todo]), th)
         ratio[todo] = (th / t) ** order
         done[todo[th == 0.0]] = True
     return acc
+
+
+def walks_pay(n: int, k: int) -> bool:
+    """Whether :func:`refine` should walk ``k`` points of ``n`` rather than sum them directly.
+
+    A walk for one point at the angles it needs (a third to a half of theta) visits
+    thousands of nodes in float64; a direct row is ``n`` pairs on 512-bit vectors
+    (:func:`backends.numba_parallel.accel_rows`). Measured (``docs/tree.md``): the walk is
+    the cheaper from about ``REFINE_WALK_N`` particles on; and when more than a sixteenth
+    of the particles qualify (masses of both signs on a lattice), their walks cost about a
+    direct summation anyway.
+    """
+    return n >= REFINE_WALK_N and 16 * k <= n
+
+
+def point_sums_over(p, f, nodes, eps2, quadrupole, fast):
+    """``sums(pts, thetas)`` for :func:`refine` over one tree (scaled units, G = 1).
+
+    :func:`point_sums` for the points with an angle, direct rows
+    (:func:`backends.numba_parallel.accel_rows` over the tree's particles) for angle 0.
+    """
+    src = []
+
+    def sums(pts, thetas):
+        acc = np.zeros((3, pts.shape[1]))
+        sc = np.zeros(pts.shape[1])
+        w = thetas > 0.0
+        if w.any():
+            acc[:, w], sc[w] = point_sums(p, f, nodes, np.ascontiguousarray(pts[:, w]),
+                                          thetas[w], eps2, quadrupole, fast)  # fmt: skip
+        if not w.all():
+            if not src:
+                src.append(np.ascontiguousarray(p[:3].T))
+            rows = np.ascontiguousarray(pts[:, ~w].T)
+            acc[:, ~w] = accel_rows(rows, p[3], src[0], 1.0, math.sqrt(eps2)).T
+        return acc, sc
+
+    return sums
 
 
 @njit(cache=True, nogil=True)
@@ -608,12 +656,10 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
         out, ok = _unsort(acc, order, G * s * s / ms)
     flagged = cancelling(acc, sc, CANCEL)
     if flagged.shape[0] > 0:  # far fields that nearly cancel: walked again (step 7)
-
-        def sums(pts, thetas):
-            return point_sums(p, f, nodes, pts, thetas, eps2, quadrupole, fast)
-
+        sums = point_sums_over(p, f, nodes, eps2, quadrupole, fast)
         pts = np.ascontiguousarray(p[:3, flagged])
-        better = refine(sums, pts, acc[:, flagged], sc[flagged], theta, quadrupole)
+        walk = walks_pay(m.shape[0], flagged.shape[0])
+        better = refine(sums, pts, acc[:, flagged], sc[flagged], theta, quadrupole, walk)
         out[order[flagged]] = better.T * (G * s * s / ms)
     return out
 

@@ -293,7 +293,7 @@ def model_step(n_total: float, p: int, cal: dict, work: tuple, let: tuple) -> di
     a, b = work
     w = a + b * math.log2(n_total)
     let_b = let_bytes(n, p, let)
-    records = let_b / 56.0  # about: 7 doubles per node record, 4 per particle
+    records = let_b / 64.0  # about: 8 doubles per node record, 4 per particle
     logp = math.log2(p)
     samples = 16 * min(max(16, 4096 // p), 256)
     terms = {
