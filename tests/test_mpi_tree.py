@@ -270,6 +270,7 @@ def test_mpi_run_tree_input_output_check(tmp_path, tree):
     assert r["bytes_per_rank"] < 24 * 2500 and r["load_imbalance"] < 1.3
     for key in ("peak_rss_bytes", "distribute_bytes_per_rank", "let_bytes", "phase_seconds"):
         assert key in r
+    assert isinstance(r["refined"], int) and 0 <= r["refined"] <= 2500
     with np.load(dst) as out:
         np.testing.assert_array_equal(out["positions"], x)
         assert rms_error(out["accelerations"], ref) == pytest.approx(r["error_rms"], rel=1e-6)
