@@ -118,8 +118,8 @@ LINE_MIN_N = 32
 #: Groups of fewer targets than this get a 6x looser bound (:func:`tolerance`).
 SMALL_GROUP = 32
 #: A particle whose acceleration is below ``1 / CANCEL`` of its far field's scale (the sum
-#: of ``|m| / d**2`` over its accepted nodes) is walked again, narrower (step 7,
-#: :func:`refine`).
+#: of ``|m| / d**2`` over its accepted nodes) is computed again: a narrower walk or a
+#: direct row (step 7, :func:`refine`).
 CANCEL = 30.0
 #: How much larger the error of a walk for one point is than the group walk's at the same
 #: angle, as a fraction of the scale (measured: median 1.4 to 3.9, :func:`refine`).
