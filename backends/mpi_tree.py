@@ -56,11 +56,11 @@ rank of ``comm`` (collective):
    so that ``tree``'s group walk runs over it unchanged, for the rank's own groups only:
    the same opening criterion, direct sums in float64 and multipole terms in float32, the
    same softening treatment. A non-finite fast sum is redone with ``sqrt`` and division,
-   as ``tree`` does. Targets whose pulls nearly cancel (``tree``'s step 7) are walked
+   as ``tree`` does. Targets whose pulls nearly cancel (``tree``'s step 7) are computed
    again: the flagged targets of all ranks (an ``allgather``; a few per 10**4 particles)
-   are walked over every rank's *own* tree, and the sums over the ranks (``Reduce`` and
-   ``Bcast``) are the walks over the whole system. Every rank sees the same bits and takes
-   the same decisions, so the narrower walks and the direct sums of
+   are walked (or summed directly) over every rank's *own* particles, and the sums over the
+   ranks (``Reduce`` and ``Bcast``) are those over the whole system. Every rank sees the
+   same bits and takes the same decisions, so the narrower walks and the direct sums of
    :func:`backends.tree_barnes_hut.refine` are collective too. ``last_stats["refined"]``
    counts them.
 6. **Return.** The accelerations go back to the ranks that passed the particles with the
