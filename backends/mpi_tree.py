@@ -884,15 +884,16 @@ def _let_exchange(comm, t, lnodes, myboxes, theta, quadrupole, stats):
     return buf, offs
 
 
-def _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2, quadrupole, fast, stats):
+def _refine_cancelling(comm, n, t, lnodes, raw, sc, flagged, theta, eps2, quadrupole, fast,
+                       stats):  # fmt: skip
     """``tree``'s step 7 across the ranks (collective).
 
-    The targets whose far field nearly cancels, of every rank, are walked again over every
-    rank's own tree. Each rank's point walks cover its own particles only, so their sums
-    over the ranks (``Reduce`` to rank 0 and ``Bcast``: every rank sees the same bits and
-    takes the same decisions in :func:`backends.tree_barnes_hut.refine`) are the walks over
-    the whole system. Returns this rank's refined targets ``(3, len(flagged))``, or None
-    if no rank has any.
+    The targets whose far field nearly cancels, of every rank, are walked again (or summed
+    directly) over every rank's own particles, and the sums over the ranks (``Reduce`` to
+    rank 0 and ``Bcast``: every rank sees the same bits and takes the same decisions in
+    :func:`backends.tree_barnes_hut.refine`) are those over the whole system of ``n``
+    particles. Returns this rank's refined targets ``(3, len(flagged))``, or None if no rank
+    has any.
     """
     MPI = _mpi()
     mine = None if t is None else np.vstack((t.p[:3, flagged], raw[:, flagged], sc[None, flagged]))
@@ -913,7 +914,6 @@ def _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2, quadrupol
         comm.Bcast(summed, root=0)
         return summed[:3], summed[3]
 
-    n = comm.allreduce(0 if t is None else t.p.shape[1])
     walk = _tbh.walks_pay(n, total.shape[1])
     better = _tbh.refine(sums, pts, total[3:6], total[6], theta, quadrupole, walk)
     start = sum(q.shape[1] for q in parts[: comm.Get_rank()])
@@ -1001,7 +1001,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
             del cnodes, cf, cp
         lap("walk")
         flagged = _tbh.cancelling(raw, sc, _tbh.CANCEL) if nown else np.empty(0, np.int64)
-        better = _refine_cancelling(comm, t, lnodes, raw, sc, flagged, theta, eps2,
+        better = _refine_cancelling(comm, n, t, lnodes, raw, sc, flagged, theta, eps2,
                                     quadrupole, fast, stats)  # fmt: skip
         if better is not None:
             acc[t.order[flagged]] = better.T * scale

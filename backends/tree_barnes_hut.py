@@ -652,7 +652,8 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
     acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
     out, ok = _unsort(acc, order, G * s * s / ms)
     if not ok and fast:  # a pair below the float32 estimate's range: redo with sqrt
-        acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, False, get_num_threads())
+        fast = False  # the walks of step 7 too
+        acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
         out, ok = _unsort(acc, order, G * s * s / ms)
     flagged = cancelling(acc, sc, CANCEL)
     if flagged.shape[0] > 0:  # far fields that nearly cancel: walked again (step 7)
