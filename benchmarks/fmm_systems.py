@@ -14,7 +14,7 @@ import numpy as np
 
 import backends
 
-__all__ = ["SOFTENED", "SYSTEMS", "plummer"]
+__all__ = ["SOFTENED", "SYSTEMS", "alternating_lattice", "planar_grid", "plummer"]
 
 
 def gaussian(n: int, seed: int = 0):
@@ -128,6 +128,30 @@ def lattice(n: int, seed: int = 0):
     x = x + 1e-4 * rng.standard_normal(x.shape)
     rest = rng.uniform(-s / 2, s / 2, (n - s**3, 3))
     return np.concatenate([np.ones(s**3), np.zeros(n - s**3)]), np.concatenate([x, rest])
+
+
+def planar_grid(n: int, seed: int = 0):
+    """Return unit masses on an odd square grid in a plane, jittered by 1e-4 of the spacing.
+
+    Not in :data:`SYSTEMS`: ``tree``'s tests and ``benchmarks/tree_cancel.py`` use it (the
+    forces in a plane cancel near its centre).
+    """
+    rng = np.random.default_rng(seed)
+    s = int(np.sqrt(n))
+    s -= (s + 1) % 2
+    g = np.arange(s, dtype=float) - s // 2
+    x = np.stack(np.meshgrid(g, g, [0.0], indexing="ij"), -1).reshape(-1, 3)
+    return np.ones(s * s), x + 1e-4 * rng.standard_normal(x.shape)
+
+
+def alternating_lattice(n: int, seed: int = 0):
+    """Return :func:`lattice` with masses +1 and -1 alternating (a rock-salt crystal).
+
+    Not in :data:`SYSTEMS`, as :func:`planar_grid`.
+    """
+    m, x = lattice(n, seed)
+    m[::2] *= -1.0
+    return m, x
 
 
 SYSTEMS = {

@@ -298,16 +298,6 @@ def test_sizes_beyond_int64_act_as_one_leaf(name, options):
     assert backends.relative_error(out, backends.accel(m, x, backend="numpy")) <= 1e-12
 
 
-def planar_grid(n, seed):
-    """Unit masses on an odd square grid in a plane, jittered by 1e-4 of the spacing."""
-    rng = np.random.default_rng(seed)
-    s = int(np.sqrt(n))
-    s -= (s + 1) % 2
-    g = np.arange(s, dtype=float) - s // 2
-    x = np.stack(np.meshgrid(g, g, [0.0], indexing="ij"), -1).reshape(-1, 3)
-    return np.ones(s * s), x + 1e-4 * rng.standard_normal(x.shape)
-
-
 @pytest.mark.parametrize(
     "options",
     [{}, {"theta": 0.7, "quadrupole": True}, {"theta": 0.3, "quadrupole": True}, {"theta": 0.2},
@@ -319,7 +309,7 @@ def test_bound_holds_where_forces_cancel(tree, options):
     one), so the truncation error, a fraction of the pulls, is amplified as much in the
     relative error: 10x to 80x the bound at N = 3 000 before such particles were walked
     again (step 7), 0.02x to 0.06x after. A planar grid: 0.5x to 13x before, at most 0.34x."""
-    from benchmarks.fmm_systems import SYSTEMS
+    from benchmarks.fmm_systems import SYSTEMS, alternating_lattice, planar_grid
 
     m, x = SYSTEMS["lattice"](3000, 4)
     ref = backends.get("numba_parallel").accel(m, x)
@@ -334,8 +324,7 @@ def test_bound_holds_where_forces_cancel(tree, options):
     assert rms_error(tree.accel(m, x, **options), ref) <= 0.6 * bound
     # masses of alternating signs (a rock-salt crystal): a node's pulls scale with its sum
     # of |m|, not its net mass (13x to 54x the bound before, at most 0.23x)
-    m, x = SYSTEMS["lattice"](3000, 1)
-    m[::2] *= -1.0
+    m, x = alternating_lattice(3000, 1)
     ref = backends.get("numba_parallel").accel(m, x)
     assert rms_error(tree.accel(m, x, **options), ref) <= 0.5 * bound
 
