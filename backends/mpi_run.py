@@ -40,8 +40,9 @@ JSON object adds ``error_rms``, ``bound`` (``tree``'s declared rms bound), ``che
 ``theta``, ``quadrupole``, the LET received per rank (``let_nodes``, ``let_particles``,
 ``let_bytes``, max over ranks), ``load_imbalance`` (max/mean of the interaction counts over
 the ranks), ``particles_per_rank``, ``distribute_bytes_per_rank`` (the initial exchange),
-``phase_seconds`` (the slowest rank's seconds per phase) and ``refined`` (the targets
-walked again where their pulls nearly cancel, all ranks). ``--output`` gathers the whole
+``phase_seconds`` (the slowest rank's seconds per phase), ``refined`` (the targets
+walked again where their pulls nearly cancel, all ranks) and ``refine_batches`` (the rounds
+they travelled in). ``--output`` gathers the whole
 result on rank 0. Memory is reported per rank (max over ranks):
 ``particle_bytes`` (the particle arrays the rank holds), ``array_peak_bytes`` (the peak of
 the allocations traced by :mod:`tracemalloc`, NumPy arrays and Python objects, from loading the
@@ -723,6 +724,7 @@ def _run_tree(args, comm, threads: int, default_threads: bool) -> dict:
         "work_per_rank": st.get("work_all", []),
         "phase_seconds": {k: max(g["seconds"].get(k, 0.0) for g in gathered) for k in phases},
         "refined": st.get("refined", 0),
+        "refine_batches": st.get("refine_batches", 0),
         "repeat": args.repeat,
         "input": args.input,
     }

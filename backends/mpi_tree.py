@@ -57,12 +57,13 @@ rank of ``comm`` (collective):
    the same opening criterion, direct sums in float64 and multipole terms in float32, the
    same softening treatment. A non-finite fast sum is redone with ``sqrt`` and division,
    as ``tree`` does. Targets whose pulls nearly cancel (``tree``'s step 7) are computed
-   again: the flagged targets of all ranks (an ``allgather``; a few per 10**4 particles)
-   are walked (or summed directly) over every rank's *own* particles, and the sums over the
-   ranks (``Reduce`` and ``Bcast``) are those over the whole system. Every rank sees the
-   same bits and takes the same decisions, so the narrower walks and the direct sums of
+   again: the flagged targets of all ranks (``allgather``, in rounds of at most about one
+   rank's share; a few per 10**4 particles) are walked (or summed directly) over every
+   rank's *own* particles, and the sums over the ranks (``Reduce`` and ``Bcast``) are
+   those over the whole system. Every rank sees the same bits and takes the same
+   decisions, so the narrower walks and the direct sums of
    :func:`backends.tree_barnes_hut.refine` are collective too. ``last_stats["refined"]``
-   counts them.
+   counts them, ``last_stats["refine_batches"]`` the rounds.
 6. **Return.** The accelerations go back to the ranks that passed the particles with the
    reverse ``Alltoallv`` (24 bytes each), in the caller's order.
 
@@ -892,19 +893,22 @@ def _refine_cancelling(comm, n, t, lnodes, raw, sc, flagged, theta, eps2, quadru
     directly) over every rank's own particles, and the sums over the ranks (``Reduce`` to
     rank 0 and ``Bcast``: every rank sees the same bits and takes the same decisions in
     :func:`backends.tree_barnes_hut.refine`) are those over the whole system of ``n``
-    particles. Returns this rank's refined targets ``(3, len(flagged))``, or None if no rank
-    has any.
+    particles. The targets travel in rounds of at most :func:`_refine_round` per rank
+    (``allgather``), so that no rank holds more than about one rank's share of the
+    particles even where most of them qualify (masses of both signs on a lattice); a point's
+    result does not depend on the round it is in. Returns this rank's refined targets
+    ``(3, len(flagged))``, or None if no rank has any.
     """
     MPI = _mpi()
-    mine = None if t is None else np.vstack((t.p[:3, flagged], raw[:, flagged], sc[None, flagged]))
-    parts = comm.allgather(np.empty((7, 0)) if mine is None else mine)
-    total = np.concatenate(parts, axis=1)
-    stats["refined"] = int(total.shape[1])
-    if total.shape[1] == 0:
+    size = comm.Get_size()
+    k = 0 if t is None else int(flagged.shape[0])
+    counts = np.array(comm.allgather(k), dtype=np.int64)
+    total = int(counts.sum())
+    stats["refined"] = total
+    if total == 0:
         return None
     # every rank must agree on fast: a rank redone with sqrt asks all to use it
     fast = bool(comm.allreduce(int(fast), op=MPI.MIN))
-    pts = np.ascontiguousarray(total[:3])
 
     def sums(where, thetas):
         a, s = _point_sums(t, lnodes, where, thetas, eps2, quadrupole, fast)
@@ -914,10 +918,37 @@ def _refine_cancelling(comm, n, t, lnodes, raw, sc, flagged, theta, eps2, quadru
         comm.Bcast(summed, root=0)
         return summed[:3], summed[3]
 
-    walk = _tbh.walks_pay(n, total.shape[1])
-    better = _tbh.refine(sums, pts, total[3:6], total[6], theta, quadrupole, walk)
-    start = sum(q.shape[1] for q in parts[: comm.Get_rank()])
-    return better[:, start : start + len(flagged)]
+    walk = _tbh.walks_pay(n, total)  # decided on all the targets, whatever the rounds
+    per = _refine_round(n, size)
+    rounds = -(-int(counts.max()) // per)
+    stats["refine_batches"] = rounds
+    out = np.empty((3, k))
+    for r in range(rounds):
+        lo, hi = min(r * per, k), min((r + 1) * per, k)
+        f = flagged[lo:hi]
+        mine = np.empty((7, 0)) if t is None else np.vstack(
+            (t.p[:3, f], raw[:, f], sc[None, f])
+        )  # fmt: skip
+        parts = comm.allgather(mine)
+        got = np.concatenate(parts, axis=1)
+        pts = np.ascontiguousarray(got[:3])
+        better = _tbh.refine(sums, pts, got[3:6], got[6], theta, quadrupole, walk)
+        start = sum(q.shape[1] for q in parts[: comm.Get_rank()])
+        out[:, lo:hi] = better[:, start : start + hi - lo]
+    return out
+
+
+#: Fewest targets per rank in one round of :func:`_refine_cancelling`.
+REFINE_ROUND = 256
+
+
+def _refine_round(n: int, size: int) -> int:
+    """Targets per rank and round of :func:`_refine_cancelling`.
+
+    ``n / size**2``, at least :data:`REFINE_ROUND`: a round gathers about one rank's share
+    of the particles, ``n / size``.
+    """
+    return max(REFINE_ROUND, -(-n // (size * size)))
 
 
 def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):

@@ -137,8 +137,23 @@ def edges(comm):
     # 12x the bound at theta 0.7 with quadrupoles on 4 ranks)
     ml3[::2] *= -1.0
     ref = numba_parallel.accel(ml3, xl3)
-    err = rms_error(mpi_tree.accel(ml3, xl3, theta=0.7, quadrupole=True), ref)
+    mpi_tree._WORK.clear()  # both calls below from the same decomposition (by count)
+    rounds = mpi_tree.accel(ml3, xl3, theta=0.7, quadrupole=True)
+    err = rms_error(rounds, ref)
     assert err <= 0.5 * tree.tolerance(theta=0.7, quadrupole=True), err
+    # there most particles qualify: they travel in rounds of about one rank's share (no
+    # rank holds them all), with the results of one round up to the sums' rounding order
+    stats = dict(mpi_tree.last_stats)
+    assert stats["refined"] > stats["n"] // 3 and stats["refine_batches"] >= 2, stats
+    before = mpi_tree.REFINE_ROUND
+    try:
+        mpi_tree.REFINE_ROUND = 10**9
+        mpi_tree._WORK.clear()
+        once = mpi_tree.accel(ml3, xl3, theta=0.7, quadrupole=True)
+        assert mpi_tree.last_stats["refine_batches"] == 1, mpi_tree.last_stats
+    finally:
+        mpi_tree.REFINE_ROUND = before
+    assert relative_error(rounds, once) <= 1e-13
     # invalid input on rank 1 only, or ranks disagreeing: raised on every rank
     mb, xb = system("gauss", 10, seed=1)
     bad = xb[:, :2] if rank == 1 else xb

@@ -271,6 +271,7 @@ def test_mpi_run_tree_input_output_check(tmp_path, tree):
     for key in ("peak_rss_bytes", "distribute_bytes_per_rank", "let_bytes", "phase_seconds"):
         assert key in r
     assert isinstance(r["refined"], int) and 0 <= r["refined"] <= 2500
+    assert r["refine_batches"] == (r["refined"] > 0)  # a few targets: one round
     with np.load(dst) as out:
         np.testing.assert_array_equal(out["positions"], x)
         assert rms_error(out["accelerations"], ref) == pytest.approx(r["error_rms"], rel=1e-6)
