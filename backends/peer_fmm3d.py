@@ -8,11 +8,16 @@ of the potential ``phi_i = sum_j q_j K(|x_i - x_j|)``; since ``grad_i (1/r) = (x
 the factor is ``c = 4 pi`` for 2.x (``1`` for ``1 / r``). ``c`` is not assumed: it is measured
 once per process on two particles and checked to be one of the two conventions.
 
-Accuracy: ``eps`` (default 1e-12) is fmm3dpy's requested relative precision, in a global
-norm, not per particle; :func:`tolerance` declares ``max(3 eps, 1.5e-10)`` as the bound on
-the rms per-particle relative error. Measured on the hard systems of :mod:`backends.systems`
-(2026-12-03, ``docs/peers.md``): rms up to 1.08 ``eps`` (a clump of size 1e-3 among
-particles spread over 20, eps 1e-6), and below eps 1e-10 a rounding floor: fmm3dpy computes
+Accuracy: :func:`tolerance` declares ``max(3 eps, 1.5e-10)`` as the bound on the rms
+per-particle relative error, and fmm3dpy is asked for the precision that keeps it,
+``eps / 20`` (:func:`library_eps`; never below 1e-12 unless ``eps`` is). fmm3dpy's own
+precision is in a global norm, not per particle, and it works in steps: every precision
+from 0.5e-6 to 0.5e-3 gave the same rms on a thin disc round a dominant central mass, up to
+13 times the precision asked for at the bottom of that step (6.7e-6 at eps 1e-6, 2.2 times
+the bound, when ``eps`` was passed on as it is; 2026-12-04, ``docs/peers.md``). Measured on
+the hard systems of :mod:`backends.systems` with ``eps`` passed on (2026-12-03): rms up to
+1.08 ``eps`` (a clump of size 1e-3 among particles spread over 20, eps 1e-6), and below
+eps 1e-10 a rounding floor: fmm3dpy computes
 in coordinates relative to the boxes of its tree, so a particle whose force comes from a
 neighbour at distance ``d`` loses about ``2**-53 extent / d`` (:func:`rounding_floor`
 estimates the rms of that): 3e-10 to 4.5e-10 for two clumps 1e6 apart, 1.5e-9 to 6e-9 for
@@ -62,6 +67,7 @@ __all__ = [
     "MIN_SEPARATION",
     "accel",
     "direct_reason",
+    "library_eps",
     "library_versions",
     "rounding_floor",
     "tolerance",
@@ -72,6 +78,10 @@ DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says other
 MIN_SEPARATION = 1e-10
 #: The declared bound is ``max(EPS_FACTOR * eps, FLOOR)`` (:func:`tolerance`).
 EPS_FACTOR = 3.0
+#: fmm3dpy is asked for ``ASKED * eps`` (:func:`library_eps`).
+ASKED = 0.05
+#: ... but not below this unless ``eps`` itself is (at the default the floor sets the bound).
+ASKED_MIN = 1e-12
 FLOOR = 1.5e-10
 #: Largest estimated rounding floor (:func:`rounding_floor`) given to the FMM (summed
 #: directly above): the measured rms was at most 1.46 times the estimate, so at most
@@ -104,11 +114,26 @@ def tolerance(eps=DEFAULT_EPS, **_options) -> float:
 
     ``max(EPS_FACTOR * eps, FLOOR)``: 3 ``eps``, and never below 1.5e-10, the rounding floor
     of fmm3dpy's box-relative arithmetic on the systems given to it (an estimated floor of
-    at most ``MAX_FLOOR``, measured at most 8.8e-11; others are summed directly). Measured:
-    rms up to 1.08 ``eps`` on a clustered system at eps 1e-6 (``docs/peers.md``). Regular
-    lattices, whose central forces cancel, are outside it at wide ``eps`` (7x at 1e-3).
+    at most ``MAX_FLOOR``, measured at most 8.8e-11; others are summed directly). fmm3dpy
+    is asked for :func:`library_eps`. Measured (``docs/peers.md``): rms up to 0.22 of the
+    bound on a thin disc round a dominant central mass (eps 1e-2 to 1e-10), and up to 0.62
+    of it on a jittered cubic lattice, whose central forces cancel (eps 1e-2; it was 7x
+    the bound at eps 1e-3 when fmm3dpy was asked for ``eps`` itself).
     """
     return max(EPS_FACTOR * _check_eps(eps), FLOOR)
+
+
+def library_eps(eps=DEFAULT_EPS) -> float:
+    """Return the precision fmm3dpy is asked for: ``ASKED * eps``, not below ``min(eps, 1e-12)``.
+
+    fmm3dpy picks its expansions in steps of precision (0.5e-3, 0.5e-6, 0.5e-9, ...), and
+    per particle it can miss the precision asked for by up to about 13 times at the bottom
+    of a step (measured on a thin disc round a dominant central mass). Asking for a twentieth
+    of ``eps`` keeps the declared ``3 eps`` at every ``eps``; it costs fmm3dpy 1.3 to 1.9
+    times the time of ``eps`` itself (N = 2 x 10**5, ``docs/peers.md``).
+    """
+    eps = _check_eps(eps)
+    return max(ASKED * eps, min(eps, ASKED_MIN))
 
 
 def _factor() -> float:
@@ -202,7 +227,7 @@ def _fmm(m, x, G, eps):
         out = fmm3dpy.l3ddir(sources=src, targets=src, charges=m, pgt=2, thresh=thresh)
         acc = np.ascontiguousarray(np.asarray(out.gradtarg, dtype=np.float64).T)
     else:
-        out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=m, pg=2)
+        out = fmm3dpy.lfmm3d(eps=library_eps(eps), sources=src, charges=m, pg=2)
         acc = np.ascontiguousarray(np.asarray(out.grad, dtype=np.float64).T)  # (N, 3), new
     acc *= G * factor
     return acc
@@ -234,8 +259,9 @@ def accel(masses, positions, G=1.0, *, softening=0.0, eps=DEFAULT_EPS) -> np.nda
     softening : float, optional
         Must be 0: the FMM has no softening (``ValueError`` otherwise).
     eps : float, optional
-        fmm3dpy's requested relative precision, in (0, 1); default 1e-12. See
-        :func:`tolerance` for the error bound it buys.
+        The requested precision, in (0, 1); default 1e-12. fmm3dpy is asked for
+        :func:`library_eps` (a twentieth of it) so that the rms per-particle relative error
+        keeps :func:`tolerance`, ``max(3 eps, 1.5e-10)``.
 
     Returns
     -------

@@ -243,6 +243,44 @@ def test_library_versions_are_exposed(peer):
         assert lib in ("pytreegrav", "fmm3dpy") and version[0].isdigit()
 
 
+def _disc_round_a_mass(n, seed):
+    """A thin disc (radii 0.1 to 1, thickness 1e-3, tilted) round a mass 1e6 times its own."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(0.1, 1.0, n)
+    phi = rng.uniform(0.0, 2.0 * np.pi, n)
+    x = np.stack([r * np.cos(phi), r * np.sin(phi), 1e-3 * rng.standard_normal(n)], 1)
+    x = x @ np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    m = rng.random(n)
+    m[0] = 1e6 * m.sum()
+    x[0] = 0.0
+    return m, x
+
+
+def test_fmm3d_asks_fmm3dpy_for_a_twentieth_of_eps():
+    from backends import peer_fmm3d
+
+    assert peer_fmm3d.library_eps(1e-6) == pytest.approx(5e-8, rel=1e-12)
+    assert peer_fmm3d.library_eps(1e-3) == pytest.approx(5e-5, rel=1e-12)
+    assert peer_fmm3d.library_eps() == 1e-12  # the default is asked for as it is
+    assert peer_fmm3d.library_eps(1e-11) == 1e-12
+    assert peer_fmm3d.library_eps(1e-13) == 1e-13
+    with pytest.raises(ValueError, match="eps must be"):
+        peer_fmm3d.library_eps(0.0)
+
+
+def test_fmm3d_keeps_its_bound_on_a_disc_round_a_dominant_mass():
+    # fmm3dpy's precision comes in steps, and per particle it can miss the precision asked
+    # for many times over at the bottom of one: here, asked for eps = 1e-6 itself, rms
+    # 6.7e-6, 2.2x the declared 3 eps (docs/peers.md); asked for eps / 20 it keeps it
+    if backends.unavailable_reason("fmm3d") is not None:
+        pytest.skip(backends.unavailable_reason("fmm3d"))
+    m, x = _disc_round_a_mass(10_000, seed=2)
+    ref = backends.accel(m, x, backend="numba_parallel")
+    for eps in (1e-3, 1e-6):
+        out = backends.accel(m, x, backend="fmm3d", eps=eps)
+        assert _rms(out, ref) <= backends.tolerance("fmm3d", eps=eps), eps
+
+
 def test_fmm3d_sums_near_coincident_clusters_directly_instead_of_crashing():
     if backends.unavailable_reason("fmm3d") is not None:
         pytest.skip(backends.unavailable_reason("fmm3d"))
