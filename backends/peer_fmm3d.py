@@ -11,15 +11,15 @@ once per process on two particles and checked to be one of the two conventions.
 Accuracy: :func:`tolerance` declares ``max(3 eps, 1.5e-10)`` as the bound on the rms
 per-particle relative error, and fmm3dpy is asked for the precision that keeps it,
 ``eps / 20`` (:func:`library_eps`; never below 1e-12 unless ``eps`` is). fmm3dpy's own
-precision is in a global norm, not per particle, and it works in steps: every precision
-from 0.5e-6 to 0.5e-3 gave the same rms on a thin disc round a dominant central mass, up to
-13 times the precision asked for at the bottom of that step (6.7e-6 at eps 1e-6, 2.2 times
-the bound, when ``eps`` was passed on as it is; 2026-12-04, ``docs/peers.md``). Measured on
-the hard systems of :mod:`backends.systems` with ``eps`` passed on (2026-12-03): rms up to
-1.08 ``eps`` (a clump of size 1e-3 among particles spread over 20, eps 1e-6), and below
-eps 1e-10 a rounding floor: fmm3dpy computes
-in coordinates relative to the boxes of its tree, so a particle whose force comes from a
-neighbour at distance ``d`` loses about ``2**-53 extent / d`` (:func:`rounding_floor`
+precision is in a global norm, not per particle, and it works in steps (0.5e-3, 0.5e-6,
+...) within which the error stops falling: on a thin disc round a dominant central mass
+every precision from 1e-5 down to 1e-6 gave about the same rms, 6.3e-6 to 6.7e-6, so 6.7
+times the precision at 1e-6, 2.2 times the bound when ``eps`` was passed on as it is
+(2026-12-04, ``docs/peers.md``). Measured on the hard systems of :mod:`backends.systems`
+with ``eps`` passed on (2026-12-03): rms up to 1.08 ``eps`` (a clump of size 1e-3 among
+particles spread over 20, eps 1e-6), and below eps 1e-10 a rounding floor: fmm3dpy
+computes in coordinates relative to the boxes of its tree, so a particle whose force comes
+from a neighbour at distance ``d`` loses about ``2**-53 extent / d`` (:func:`rounding_floor`
 estimates the rms of that): 3e-10 to 4.5e-10 for two clumps 1e6 apart, 1.5e-9 to 6e-9 for
 a binary of masses 5e7, 1e-6 apart, 100 from eight other particles, 2e-11 for the tight
 binary of :mod:`backends.systems`, 2e-15 for a Gaussian blob. Systems whose estimated floor
@@ -73,7 +73,7 @@ __all__ = [
     "tolerance",
 ]
 
-DEFAULT_EPS = 1e-12  #: fmm3dpy's requested precision unless ``eps=`` says otherwise
+DEFAULT_EPS = 1e-12  #: the requested precision unless ``eps=`` says otherwise
 #: Closest separation given to the FMM, relative to the system's extent (summed directly below).
 MIN_SEPARATION = 1e-10
 #: The declared bound is ``max(EPS_FACTOR * eps, FLOOR)`` (:func:`tolerance`).
@@ -127,10 +127,11 @@ def library_eps(eps=DEFAULT_EPS) -> float:
     """Return the precision fmm3dpy is asked for: ``ASKED * eps``, not below ``min(eps, 1e-12)``.
 
     fmm3dpy picks its expansions in steps of precision (0.5e-3, 0.5e-6, 0.5e-9, ...), and
-    per particle it can miss the precision asked for by up to about 13 times at the bottom
-    of a step (measured on a thin disc round a dominant central mass). Asking for a twentieth
-    of ``eps`` keeps the declared ``3 eps`` at every ``eps``; it costs fmm3dpy 1.3 to 1.9
-    times the time of ``eps`` itself (N = 2 x 10**5, ``docs/peers.md``).
+    per particle it missed the precision asked for by 6.7 times at 1e-6, near the bottom of
+    a step (a thin disc round a dominant central mass; 2.8 times at 1e-9, 1.7 at 1e-3).
+    Asking for a twentieth of ``eps`` keeps the declared ``3 eps`` (at most 0.22 of it
+    measured there); it costs fmm3dpy 1.3 to 1.9 times the time of ``eps`` itself
+    (N = 2 x 10**5, ``docs/peers.md``).
     """
     eps = _check_eps(eps)
     return max(ASKED * eps, min(eps, ASKED_MIN))
