@@ -559,14 +559,16 @@ def _scatter_rows(back, order):
 # ---------------------------------------------------------------- pure steps (no MPI)
 
 
-def _point_sums(t, lnodes, pts, thetas, eps2, quadrupole, fast):
-    """``tree``'s point walks, direct rows at angle 0, over one rank's own tree.
+def _point_sums(t, lnodes, eps2, quadrupole, fast):
+    """Return ``sums(pts, thetas)`` over one rank's own tree; zeros without particles.
 
-    Zeros for a rank without particles.
+    ``tree``'s point walks, direct rows at angle 0
+    (:func:`backends.tree_barnes_hut.point_sums_over`). Built once per refinement, so the
+    tree's copy for the direct rows is made once, not on every try or round.
     """
     if t is None:
-        return np.zeros((3, pts.shape[1])), np.zeros(pts.shape[1])
-    return _tbh.point_sums_over(t.p, t.f, lnodes, eps2, quadrupole, fast)(pts, thetas)
+        return lambda pts, thetas: (np.zeros((3, pts.shape[1])), np.zeros(pts.shape[1]))
+    return _tbh.point_sums_over(t.p, t.f, lnodes, eps2, quadrupole, fast)
 
 
 def frame(lo, hi, mmax, softening):
@@ -909,9 +911,10 @@ def _refine_cancelling(comm, n, t, lnodes, raw, sc, flagged, theta, eps2, quadru
         return None
     # every rank must agree on fast: a rank redone with sqrt asks all to use it
     fast = bool(comm.allreduce(int(fast), op=MPI.MIN))
+    own = _point_sums(t, lnodes, eps2, quadrupole, fast)
 
     def sums(where, thetas):
-        a, s = _point_sums(t, lnodes, where, thetas, eps2, quadrupole, fast)
+        a, s = own(where, thetas)
         both = np.vstack((a, s[None, :]))
         summed = np.empty_like(both)
         comm.Reduce(both, summed, op=MPI.SUM, root=0)
@@ -1437,10 +1440,12 @@ def virtual(
             a, ok = _tbh._unsort(raw, t.order, 1.0)
         flagged = _tbh.cancelling(raw, sc, _tbh.CANCEL)
         if flagged.shape[0]:  # tree's step 7, the point walks over every rank's own tree
+            per_rank = [
+                _point_sums(trees[q], lnodes[q], eps2, quadrupole, mode) for q in range(ranks)
+            ]
 
-            def sums(pts, thetas, mode=mode):
-                got = [_point_sums(trees[q], lnodes[q], pts, thetas, eps2, quadrupole, mode)
-                       for q in range(ranks)]  # fmt: skip
+            def sums(pts, thetas, per_rank=per_rank):
+                got = [own(pts, thetas) for own in per_rank]
                 return sum(g[0] for g in got), sum(g[1] for g in got)
 
             pts = np.ascontiguousarray(t.p[:3, flagged])
