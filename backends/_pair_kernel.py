@@ -36,6 +36,7 @@ __all__ = [
     "W32",
     "empty32",
     "empty64",
+    "finite",
     "inv_r3",
     "pair_block",
     "pair_block32",
@@ -75,6 +76,18 @@ def wide_vectors(typingctx):
         return context.get_dummy_value()
 
     return types.none(), codegen
+
+
+@njit(nogil=True, fastmath=False, error_model="numpy")
+def finite(t):
+    """``np.isfinite(t)`` that stays a real test inside fast-math code.
+
+    Numba tests ``x - x`` for NaN, and a callee inherits its caller's fast-math flags unless
+    it sets its own: under ``"reassoc"`` LLVM folds ``x - x`` to 0, so a plain
+    ``np.isfinite`` in an ``FM`` function is always true. This function's own
+    ``fastmath=False`` keeps its instructions free of the flags, wherever it is inlined.
+    """
+    return np.isfinite(t)
 
 
 @njit(inline="always")

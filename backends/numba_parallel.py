@@ -31,7 +31,10 @@ over every Numba thread by a round-robin tournament of row blocks:
    ~1e-19 of the system's extent) gets an infinite estimate (``vrsqrtps`` takes a subnormal
    input as zero) and poisons the sum; the kernel then detects the non-finite result and
    recomputes everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`),
-   so no input gets a silently wrong answer from the fast path.
+   so no input gets a silently wrong answer from the fast path. (The test is
+   :func:`backends._pair_kernel.finite`: Numba's own ``np.isfinite`` is folded to True
+   under these fast-math flags: the small-N path returned NaN rows for such a pair, and the
+   call raised ``FloatingPointError`` on valid input.)
 5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
    Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
    ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
@@ -156,6 +159,7 @@ from backends._pair_kernel import (
     W32,
     empty32,
     empty64,
+    finite,
     inv_r3,
     pair_block,
     pair_block32,
@@ -377,7 +381,7 @@ def _finish(acc, out, scale):
         for k in range(3):
             t = acc[k, i]
             out[i, k] = (((t * scale[0]) * scale[1]) * scale[2]) * scale[3]
-            bad += 0 if np.isfinite(t) else 1
+            bad += 0 if finite(t) else 1
     return bad == 0
 
 
@@ -434,7 +438,7 @@ def _finish_lanes(accs, out, scale):
             for c in range(1, accs.shape[0] // 3):
                 t += accs[3 * c + k, i]
             out[i, k] = (((t * scale[0]) * scale[1]) * scale[2]) * scale[3]
-            bad += 0 if np.isfinite(t) else 1
+            bad += 0 if finite(t) else 1
     return bad == 0
 
 
@@ -652,12 +656,12 @@ def _block(targets, m, sources, G, softening):
             out[i, 1] += ay
             out[i, 2] += az
     gs = G * s
-    finite = True
+    all_finite = True
     for i in range(nt):
         for k in range(3):
             out[i, k] = (out[i, k] * gs) * s
-            finite = finite and np.isfinite(out[i, k])
-    if not finite:  # a pair outside the float32 estimate's range: redo with sqrt and division
+            all_finite = all_finite and finite(out[i, k])
+    if not all_finite:  # a pair outside the float32 estimate's range: redo with sqrt and division
         _exact_rows(out, targets, m, sources, G, softening, 0, nt)
     return out
 

@@ -314,14 +314,52 @@ def test_extreme_extent_and_offset():
     assert relative_error(npl.accel_block(x, m, x, 1e-30, 0.0), ref) <= TOL
 
 
-@pytest.mark.parametrize("gap", [1e-20, 1e-40, 1e-100])
-def test_too_close_for_float32_falls_back_to_exact(gap):
-    """A pair far closer than the system's extent: the exact sqrt/division path is used."""
-    m, x = random_system(30, seed=4)
-    x[1] = x[0] + gap * np.array([1.0, -0.5, 0.25])
-    ref = reference.accel(m, x)
-    assert relative_error(npl.accel(m, x), ref) <= TOL
-    assert relative_error(npl.accel_block(x, m, x, 1.0, 0.0), ref) <= TOL
+@pytest.mark.parametrize("n", [30, 3000, 9000])  # one lane, several lanes, the tournament
+@pytest.mark.parametrize("gap", [1e-20, 1e-40])
+def test_too_close_for_float32_falls_back_to_exact(gap, n):
+    """A pair far closer than the system's extent: the exact sqrt/division path is used.
+
+    The pair (rows 0 and N - 1, in different blocks) sits at the origin, where float64
+    holds its separation (next to a coordinate of order 1 the gap would round away and the
+    pair would merely be coincident). Its ``r**2`` is below float32's range, the fast
+    estimate is not finite, and the kernels must notice: Numba's ``np.isfinite`` inside
+    fast-math code is folded to True (``backends._pair_kernel.finite``). Without that, the
+    lanes path (N = 3 000) returned NaN rows: ``FloatingPointError`` on valid input.
+    """
+    m, x = random_system(n, seed=4)
+    x[0] = 0.0
+    x[-1] = gap * np.array([1.0, -0.5, 0.25])  # first and last rows: in different blocks
+    ref = reference.accel(m, x) if n <= 30 else backends.accel(m, x, backend="numba")
+    out = npl.accel(m, x)
+    assert np.isfinite(out).all()
+    assert relative_error(out, ref) <= TOL
+    assert relative_error(npl.accel(m, x, precision="float32"), ref) <= FLOAT32_TOLERANCE
+    if n <= 3000:
+        assert relative_error(npl.accel_block(x, m, x, 1.0, 0.0), ref) <= TOL
+
+
+def test_finite_is_a_real_test_inside_fast_math_code():
+    """``_pair_kernel.finite`` counts NaN and inf in an ``FM`` prange reduction.
+
+    There a plain ``np.isfinite`` was folded to True (numba 0.68.1, LLVM 22: it counted 0).
+    """
+    from backends._pair_kernel import FM, finite
+
+    @numba.njit(parallel=True, fastmath=FM, error_model="numpy")
+    def count(a):
+        bad = 0
+        for i in numba.prange(a.shape[1]):
+            for k in range(a.shape[0]):
+                t = a[k, i] * 2.0
+                bad += 0 if finite(t) else 1
+        return bad
+
+    a = np.ones((3, 1000))
+    a[0, 7] = np.nan
+    a[2, 500] = np.inf
+    a[1, 999] = -np.inf
+    assert count(a) == 3
+    assert count(np.ones((3, 1000))) == 0
 
 
 def test_coincident_and_softening_against_oracle():
