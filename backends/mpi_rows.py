@@ -301,10 +301,11 @@ def _run(pa, acc_a, pb, acc_b, lanes: list[list[tuple]], eps2: float, same: bool
         _run_lanes(pa, sa, pa if same else pb, sb, tasks, starts, eps2, same)
     finally:
         numba.set_num_threads(before)
-    for lane in range(len(lanes)):  # a fixed order: the result does not depend on threads
-        acc_a += sa[lane]
-        if not same:
-            acc_b += sb[lane]
+    with np.errstate(invalid="ignore", over="ignore"):  # a pair too close: the caller checks
+        for lane in range(len(lanes)):  # a fixed order: the result does not depend on threads
+            acc_a += sa[lane]
+            if not same:
+                acc_b += sb[lane]
 
 
 def _edge(k: int, n: int) -> int:

@@ -72,7 +72,8 @@ def main():
     assert traffic["messages"] == size // 2 + 1, (traffic, size)
     # a pair far below the float32 estimate's range: exact path on every rank, still right
     xc = x.copy()
-    xc[5] = xc[4] + 1e-21
+    xc[4] = 0.0  # at the origin, where float64 holds the gap (next to x ~ 1 it rounds away)
+    xc[5] = 1e-21 * np.array([1.0, -0.5, 0.25])
     for algorithm in mpi_rows.EXACT_ALGORITHMS:
         out = mpi_rows.accel(m, xc, algorithm=algorithm)
         assert relative_error(out, numba_parallel.accel(m, xc)) <= 1e-13, algorithm

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +126,22 @@ def test_threads_per_rank_agree_with_numba_parallel_and_repeat_bitwise(mpi, algo
 def test_exact_path_for_pairs_below_the_estimate_range(mpi, MPI):
     from backends import numba_parallel
 
-    m, x = random_system(300, seed=8)
-    x[9] = x[8] + 1e-21  # r2 * s**2 below 2**-120: the fast sum is NaN, the exact one is not
+    m, x = random_system(3000, seed=8)
+    # at the origin, where float64 holds the gaps (next to x ~ 1 they would round away): the
+    # last row has a partner on each side, 1e-21 away (r2 * s**2 below float32's range), in
+    # pairs that different threads sum, so their sums are +inf and -inf before the exact path
+    gap = 1e-21 * np.array([1.0, -0.5, 0.25])
+    x[-1] = 0.0
+    x[8] = gap
+    x[1500] = -gap
     for algorithm in mpi.EXACT_ALGORITHMS:
-        out = mpi.accel(m, x, algorithm=algorithm, comm=MPI.COMM_SELF)
-        assert backends.relative_error(out, numba_parallel.accel(m, x)) <= 1e-13
+        for threads in (1, 2):  # 2: the threads' sums are added in NumPy, quietly
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no RuntimeWarning from the NaN fast sum
+                out = mpi.accel(
+                    m, x, algorithm=algorithm, comm=MPI.COMM_SELF, threads_per_rank=threads
+                )
+            assert backends.relative_error(out, numba_parallel.accel(m, x)) <= 1e-13
     huge = x * 2.0**200  # extent beyond the rescaling: exact path from the start
     assert backends.relative_error(mpi.accel(m, huge), reference.accel(m, huge)) <= TOL
 
