@@ -233,11 +233,14 @@ def tolerance(name: str, **options) -> float:
     Exact backends declare ``1e-12`` in float64 (direct summation, exact to rounding) and
     ``FLOAT32_TOLERANCE`` (1e-4) with ``precision="float32"``; an approximate backend's
     bound comes from its module's ``tolerance(**options)`` (its settings, e.g. ``theta=`` or
-    ``eps=``; options that do not change the bound are ignored), and so does that of an
-    exact backend given an option that can select an approximate method (``mpi`` with
-    ``algorithm=``: ``"tree"`` declares the tree's bound). The error metric is the
-    project's per-particle relative error (:func:`relative_error` is its max); the bound is
-    on its root mean square over the particles.
+    ``eps=``; ``tree`` and ``fmm`` also validate ``leaf_size``, which does not change the
+    bound, so that no bound is declared for a call that would raise), and so
+    does that of an exact backend given an option that can select an approximate method
+    (``mpi`` with ``algorithm=``: ``"tree"`` declares the tree's bound). For the exact
+    backends the option names and ``precision`` are checked; their other options (threads,
+    workers, block sizes) cannot change the bound and are not validated here. The error
+    metric is the project's per-particle relative error (:func:`relative_error` is its max);
+    the bound is on its root mean square over the particles.
 
     Parameters
     ----------

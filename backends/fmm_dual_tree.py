@@ -1190,13 +1190,14 @@ def settings(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, softeni
     }
 
 
-def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, **_) -> float:
+def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, **_) -> float:
     """Bound on the rms per-particle relative error promised by these options.
 
     ``eps`` itself on the default path (the calibration picks an order and an opening angle
     whose modelled error ``_C[p] theta**(p + 1)`` is within it). With ``order=`` or
     ``theta=`` given, the model's bound for the settings actually used, which may be above
-    or below ``eps``. Other options (``leaf_size``) do not loosen it.
+    or below ``eps``. ``leaf_size`` does not loosen it (it is validated as :func:`accel`
+    does, so that a bound is never declared for a call that would raise).
 
     Parameters
     ----------
@@ -1204,11 +1205,13 @@ def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, **_) -> float:
         Requested rms per-particle relative error, in [1e-12, 1e-2].
     order : int, optional
     theta : float, optional
+    leaf_size : int, optional
 
     Returns
     -------
     float
     """
+    _check_options(eps, order, theta, leaf_size)
     return float(settings(eps=eps, order=order, theta=theta)["bound"])
 
 

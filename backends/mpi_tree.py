@@ -137,14 +137,21 @@ _WORK: dict = {}  # the previous call's work density (see step 2 of the module d
 
 
 def tolerance(
-    *, theta=_tbh.DEFAULT_THETA, quadrupole=False, group_size=_tbh.DEFAULT_GROUP_SIZE, **_
+    *,
+    theta=_tbh.DEFAULT_THETA,
+    quadrupole=False,
+    group_size=_tbh.DEFAULT_GROUP_SIZE,
+    leaf_size=_tbh.DEFAULT_LEAF_SIZE,
+    **_,
 ) -> float:
     """Return the declared rms error bound: ``tree``'s for the same settings.
 
     See :func:`backends.tree_barnes_hut.tolerance` (``group_size`` matters there: small
     groups loosen it).
     """
-    return _tbh.tolerance(theta=theta, quadrupole=quadrupole, group_size=group_size)
+    return _tbh.tolerance(
+        theta=theta, quadrupole=quadrupole, group_size=group_size, leaf_size=leaf_size
+    )
 
 
 def _mpi():

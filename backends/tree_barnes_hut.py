@@ -683,7 +683,12 @@ def _check_options(theta, quadrupole, leaf_size):
 
 
 def tolerance(
-    *, theta=DEFAULT_THETA, quadrupole=False, group_size=DEFAULT_GROUP_SIZE, **_
+    *,
+    theta=DEFAULT_THETA,
+    quadrupole=False,
+    group_size=DEFAULT_GROUP_SIZE,
+    leaf_size=DEFAULT_LEAF_SIZE,
+    **_,
 ) -> float:
     """Bound on the rms per-particle relative error promised by these settings.
 
@@ -703,7 +708,8 @@ def tolerance(
     to rounding (module docstring, step 0). Particles whose pulls nearly cancel (the
     centre of a lattice) are walked again (step 7): lattices keep the bound, regular planar
     grids too up to theta 0.7, not beyond with quadrupoles (``docs/tree.md``).
-    ``leaf_size`` does not loosen it.
+    ``leaf_size`` does not loosen it (it is validated as :func:`accel` does, so that a bound
+    is never declared for a call that would raise).
 
     Parameters
     ----------
@@ -713,12 +719,14 @@ def tolerance(
         Whether quadrupole moments are used.
     group_size : int, optional
         Maximum targets per group (>= 1).
+    leaf_size : int, optional
+        Maximum particles per leaf (>= 1).
 
     Returns
     -------
     float
     """
-    theta, quadrupole, _ = _check_options(theta, quadrupole, 1)
+    theta, quadrupole, _ = _check_options(theta, quadrupole, leaf_size)
     group_size = _check_group_size(group_size)
     if theta == 0.0:
         return 1e-12
