@@ -32,9 +32,9 @@ over every Numba thread by a round-robin tournament of row blocks:
    input as zero) and poisons the sum; the kernel then detects the non-finite result and
    recomputes everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`),
    so no input gets a silently wrong answer from the fast path. (The test is
-   :func:`backends._pair_kernel.finite`: Numba's own ``np.isfinite`` is folded to True
-   under these fast-math flags: the small-N path returned NaN rows for such a pair, and the
-   call raised ``FloatingPointError`` on valid input.)
+   :func:`backends._pair_kernel.finite`, because Numba's own ``np.isfinite`` is folded to
+   True under these fast-math flags; until 2026-12-05 the small-N path returned NaN rows
+   for such a pair, and the call raised ``FloatingPointError`` on valid input.)
 5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
    Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
    ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
