@@ -29,12 +29,15 @@ over every Numba thread by a round-robin tournament of row blocks:
    ``r2 := 1`` and a weight 0 by a vector blend, so it contributes exactly nothing. A pair so
    close that ``r2 * s**2`` is below float32's normal range (``2**-126``: a separation below
    ~1e-19 of the system's extent) gets an infinite estimate (``vrsqrtps`` takes a subnormal
-   input as zero) and poisons the sum; the kernel then detects the non-finite result and
-   recomputes everything with the exact ``sqrt`` and division loop (:func:`_exact_rows`),
-   so no input gets a silently wrong answer from the fast path. (The test is
-   :func:`backends._pair_kernel.finite`, because Numba's own ``np.isfinite`` is folded to
-   True under these fast-math flags; until 2026-12-05 the small-N path returned NaN rows
-   for such a pair, and the call raised ``FloatingPointError`` on valid input.)
+   input as zero) and poisons the sums of its two rows; the kernel then detects the
+   non-finite rows and sums those rows again, over all particles, with the exact ``sqrt``
+   and division loop (:func:`_exact_rows`), so no input gets a silently wrong answer from
+   the fast path. (Until 2026-12-05 every row was summed again: on a cusp of 10^5
+   particles with a few such pairs, 21.9 s against 2.8 s now, Zen 4, 2 threads. The test
+   of finiteness is :func:`backends._pair_kernel.finite`, because Numba's own
+   ``np.isfinite`` is folded to True under these fast-math flags; until that day the
+   small-N path returned NaN rows for such a pair, and the call raised
+   ``FloatingPointError`` on valid input.)
 5. **Widest vectors.** LLVM's tuning for Intel server cores with AVX-512 (Skylake-X to
    Sapphire Rapids, e.g. Ice Lake Xeon) prefers 256-bit vectors, so a plain Numba loop gets
    ymm registers there even though zmm exist. The pair loop sets the LLVM function attribute
@@ -457,15 +460,16 @@ def _lanes(m, x, G, softening, edges, out, work):
     row lies in block ``c`` or ``2 L - 1 - c`` (its rows against themselves and every later
     row: equal pair counts, long inner loops) and adds them into its own ``(3, W)``
     accumulator. One parallel region of ``L`` lanes, statically one per thread, then the
-    lanes are summed in lane order, rows in parallel. False if the result is not finite or
-    the extent is out of reach (``s == 0``): the caller takes the exact path.
+    lanes are summed in lane order, rows in parallel. Returns 0 if the result is finite, 1
+    if some rows are not (``out`` holds them all: the caller sums those rows again exactly)
+    and 2 if the extent is out of reach (``s == 0``; ``out`` untouched: the exact path).
     """
     nl = (edges.shape[0] - 1) // 2
     w = edges[-1]
     n = out.shape[0]
     p, s = _prepare(m, x, softening, w)
     if s == 0.0:
-        return False
+        return 2
     eps = softening * s
     eps2 = eps * eps
     accs = empty64(3 * nl, w)  # lane c: rows 3 c .. 3 c + 2
@@ -479,7 +483,7 @@ def _lanes(m, x, G, softening, edges, out, work):
             pair_block(p, acc, b0, b1, p, acc, b0, b1, eps2, True)
             pair_block(p, acc, b0, b1, p, acc, b1, w, eps2, False)
             _count_lane(work, b0, b1, n)
-    return _finish_lanes(accs, out, np.array([G, s, s, 1.0]))
+    return 0 if _finish_lanes(accs, out, np.array([G, s, s, 1.0])) else 1
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
@@ -538,15 +542,21 @@ def _exact_rows(out, targets, m, sources, G, softening, t0, t1):
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM, error_model="numpy")
-def _exact(out, m, x, G, softening):
-    """All rows with ``sqrt`` and division, in parallel blocks of rows: the safe path."""
-    n = m.shape[0]
+def _exact(out, targets, m, x, G, softening):
+    """Rows of ``targets`` with ``sqrt`` and division, in parallel blocks: the safe path."""
+    n = targets.shape[0]
     for blk in prange((n + _ROWS - 1) // _ROWS):
-        _exact_rows(out, x, m, x, G, softening, blk * _ROWS, min(n, (blk + 1) * _ROWS))
+        _exact_rows(out, targets, m, x, G, softening, blk * _ROWS, min(n, (blk + 1) * _ROWS))
 
 
 def _symmetric(m, x, G, softening, precision, work):
-    """Run the lanes or the tournament on trusted inputs; None where the exact path must."""
+    """Run the lanes or the tournament on trusted inputs.
+
+    Returns ``(out, finite)``: ``out`` is None where the extent is out of reach (the exact
+    path for every row); ``finite`` is False where some rows of ``out`` are not finite (a
+    pair too close for the float32 estimate: those rows, and only those, must be summed
+    again exactly; every other row is right).
+    """
     n = m.shape[0]
     threads = numba.get_num_threads()
     if n <= LANES_MAX_N:
@@ -554,9 +564,10 @@ def _symmetric(m, x, G, softening, precision, work):
         out = np.empty((n, 3))
         if precision == "float32":
             if _lanes32(m, x, G, softening, edges, out, work):
-                return out
+                return out, True
             work[:] = 0
-        return out if _lanes(m, x, G, softening, edges, out, work) else None
+        status = _lanes(m, x, G, softening, edges, out, work)
+        return (None, False) if status == 2 else (out, status == 0)
     nb = block_count(n, threads)
     tasks, starts = schedule(nb)
     edges = block_edges(n, nb)
@@ -569,16 +580,15 @@ def _symmetric(m, x, G, softening, precision, work):
             eps2 = max(np.float32(softening * s) ** 2, np.float32(R2_MIN32))  # see pair_block32
             scale = np.array([G, s, s, W32 / sm])
             if _pairs32(p, acc, out, edges, tasks, starts, eps2, scale, work):
-                return out
+                return out, True
             acc[:] = 0.0
             work[:] = 0
     p, s = _prepare(m, x, softening, width)
     if s > 0.0:
         eps = softening * s
         scale = np.array([G, s, s, 1.0])
-        if _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work):
-            return out
-    return None
+        return out, _pairs(p, acc, out, edges, tasks, starts, eps * eps, scale, work)
+    return None, False
 
 
 @njit(cache=True, nogil=True)
@@ -599,10 +609,15 @@ def _kernel(m, x, G, softening, precision="float64", work=None):
             precision = "float64"
         else:
             rows = _float32_guard.close_rows(x, softening)
-    out = _symmetric(m, x, G, softening, precision, work)
-    if out is None:  # extreme extent, or a pair too close for the float32 estimate
+    out, finite = _symmetric(m, x, G, softening, precision, work)
+    if out is None:  # extreme extent: every row by the exact path
         out = np.empty((m.shape[0], 3))
-        _exact(out, m, x, G, softening)
+        _exact(out, x, m, x, G, softening)
+    elif not finite:  # pairs too close for the float32 estimate: their rows, exactly
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        again = np.empty((bad.shape[0], 3))
+        _exact(again, np.ascontiguousarray(x[bad]), m, x, G, softening)
+        out[bad] = again
     elif rows is not None:
         _float32_guard.repair(out, rows, m, x, G, softening)
     return out

@@ -338,6 +338,28 @@ def test_too_close_for_float32_falls_back_to_exact(gap, n):
         assert relative_error(npl.accel_block(x, m, x, 1.0, 0.0), ref) <= TOL
 
 
+@pytest.mark.parametrize("n", [3000, 9000])  # the lanes, the tournament
+def test_only_the_rows_of_a_too_close_pair_are_summed_again(monkeypatch, n):
+    """The fast sums of every other row are right: only the two rows go to the exact loop.
+
+    (Redoing every row cost ten times the fast path's time on a cusp with a few such pairs.)
+    """
+    m, x = random_system(n, seed=5)
+    x[0] = 0.0
+    x[-1] = 1e-40 * np.array([1.0, -0.5, 0.25])
+    seen = []
+    exact = npl._exact
+
+    def spy(out, targets, *args):
+        seen.append(targets.shape[0])
+        return exact(out, targets, *args)
+
+    monkeypatch.setattr(npl, "_exact", spy)
+    out = npl.accel(m, x)
+    assert seen == [2]
+    assert relative_error(out, backends.accel(m, x, backend="numba")) <= TOL
+
+
 def test_finite_is_a_real_test_inside_fast_math_code():
     """``_pair_kernel.finite`` counts NaN and inf in an ``FM`` prange reduction.
 
