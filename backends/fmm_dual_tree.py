@@ -50,7 +50,8 @@ Strategy
    (:func:`backends._pair_kernel.pair_block_lanes`; the sorted copy and the accumulators
    are padded to a multiple of 8 columns for it), a leaf with itself the diagonal
    :func:`backends._pair_kernel.pair_block`. A pair too close for that estimate
-   makes the sum non-finite and the evaluation is redone with ``sqrt`` and division.
+   makes its two rows non-finite, and those rows (only those) are summed again exactly over
+   all particles, with ``sqrt`` and division.
 6. **Downward pass**: the threads' locals are added up, shifted from parents to children
    (L2L, parallel over the nodes of each level) and evaluated at the particles (L2P, the
    gradient of the local expansion, parallel over leaves), plus the direct sums.
@@ -1077,14 +1078,12 @@ def _kernel(m, x, G, softening, st):
     threads = numba.get_num_threads()
     scale = G * tree.s * tree.s / tree.ms
     ex = _Expansions(tree, st["order"], st["harmonic"])
-    out, ok = None, False
-    for fast in (True, False) if tree.fast else (False,):
-        acc = tree.evaluate(ex, st["theta"], st["cut"], fast, threads)
-        out, ok = _unsort(acc, tree.perm, scale)
-        if ok:
-            break
-    rows = tree.perm[tree.cancel]
-    if rows.shape[0] > 0:  # far fields that nearly cancel: summed again exactly
+    acc = tree.evaluate(ex, st["theta"], st["cut"], tree.fast, threads)
+    out, ok = _unsort(acc, tree.perm, scale)
+    rows = tree.perm[tree.cancel]  # far fields that nearly cancel
+    if not ok and tree.fast:  # and the rows of pairs too close for the float32 estimate
+        rows = np.union1d(rows, np.flatnonzero(~np.isfinite(out).all(axis=1)))
+    if rows.shape[0] > 0:  # summed again exactly
         out[rows] = accel_rows(x[rows], m, x, G, softening)
     return out
 

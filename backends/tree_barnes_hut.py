@@ -50,11 +50,12 @@ Steps 1-3 are the octree shared with ``fmm`` and the distributed tree
 5. **Vectorised evaluation.** The direct list is kept as ranges of the sorted particle
    arrays (adjacent leaves merged) and summed in float64, ``r**-3`` from the float32
    hardware estimate corrected in float64 (as in ``numba_parallel``, ~2 ulp); a pair too
-   close for float32 yields a NaN and the whole evaluation is redone with ``sqrt`` and
-   division. The accepted nodes' moments are gathered into contiguous float32 arrays
-   relative to the group's centre (masses pre-scaled by a power of two to ``[0.5, 1)``)
-   and summed in float32 (8 lanes per AVX2 register): their ~1e-7 rounding is far below
-   the multipole truncation error the settings allow (``tolerance`` is never below 1e-6).
+   close for float32 yields a NaN in its two rows, and those rows (only those) are summed
+   again exactly over all particles, with ``sqrt`` and division. The accepted nodes'
+   moments are gathered into contiguous float32 arrays relative to the group's centre
+   (masses pre-scaled by a power of two to ``[0.5, 1)``) and summed in float32 (8 lanes per
+   AVX2 register): their ~1e-7 rounding is far below the multipole truncation error the
+   settings allow (``tolerance`` is never below 1e-6).
 6. **Softening.** Plummer softening enters both the direct pairs and the multipole terms:
    the expansion is the Taylor expansion of the softened potential
    ``-m / sqrt(r**2 + eps**2)`` about ``c``, so its monopole is
@@ -651,10 +652,9 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
     eps2 = (softening * s) ** 2
     acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
     out, ok = _unsort(acc, order, G * s * s / ms)
-    if not ok and fast:  # a pair below the float32 estimate's range: redo with sqrt
-        fast = False  # the walks of step 7 too
-        acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
-        out, ok = _unsort(acc, order, G * s * s / ms)
+    # a pair below the float32 estimate's range makes its two rows (and only those) not
+    # finite: they are summed again exactly below; step 7 never flags them (NaN compares false)
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1)) if not ok and fast else None
     flagged = cancelling(acc, sc, CANCEL)
     if flagged.shape[0] > 0:  # far fields that nearly cancel: walked again (step 7)
         sums = point_sums_over(p, f, nodes, eps2, quadrupole, fast)
@@ -662,6 +662,8 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
         walk = walks_pay(m.shape[0], flagged.shape[0])
         better = refine(sums, pts, acc[:, flagged], sc[flagged], theta, quadrupole, walk)
         out[order[flagged]] = better.T * (G * s * s / ms)
+    if bad is not None and bad.shape[0] > 0:
+        out[bad] = accel_rows(x[bad], m, x, G, softening)
     return out
 
 

@@ -325,6 +325,37 @@ def test_close_pair_takes_the_exact_path(fmm):
     assert np.isfinite(out).all() and rms_error(out, exact(m, x)) <= 1e-6
 
 
+def test_only_the_rows_of_a_too_close_pair_are_summed_again(fmm, monkeypatch):
+    """A pair too close for the float32 estimate: its two rows (with any rows whose far
+    field cancels) are summed again exactly; the evaluation is not redone."""
+    m, x = SYSTEMS["gaussian"](3000, 4)
+    x[0] = 0.0  # at the origin, where float64 holds the gap
+    x[-1] = 1e-40 * np.array([1.0, -0.5, 0.25])
+    seen = []
+    rows = fmm.accel_rows
+    evaluations = []
+    evaluate = fmm._Tree.evaluate
+
+    def spy(targets, *args):
+        seen.append(targets.copy())
+        return rows(targets, *args)
+
+    def counted(self, *args, **kwargs):
+        evaluations.append(1)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(fmm, "accel_rows", spy)
+    monkeypatch.setattr(fmm._Tree, "evaluate", counted)
+    out = fmm.accel(m, x)
+    assert len(evaluations) == 1 and len(seen) == 1
+    got = set(map(tuple, seen[0]))
+    assert {tuple(x[0]), tuple(x[-1])} <= got and len(got) <= 10
+    ref = exact(m, x)
+    err = np.linalg.norm(out - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err[0] <= 1e-12 and err[-1] <= 1e-12
+    assert rms_error(out, ref) <= fmm.tolerance()
+
+
 def test_inputs_untouched_read_only_and_non_contiguous(fmm):
     m, x = SYSTEMS["plummer"](4000, 2)
     ref = fmm.accel(m, x, softening=0.01)

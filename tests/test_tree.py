@@ -168,6 +168,28 @@ def test_near_pairs_fall_back_to_the_exact_kernel(tree):
     assert backends.relative_error(out, ref) <= 1e-12
 
 
+def test_only_the_rows_of_a_too_close_pair_are_summed_again(tree, monkeypatch):
+    """A pair too close for the float32 estimate: its two rows, exactly; the rest stands."""
+    m, x = random_system(3000, seed=3)
+    x[0] = 0.0  # at the origin, where float64 holds the gap
+    x[-1] = 1e-40 * np.array([1.0, -0.5, 0.25])
+    seen = []
+    rows = tree.accel_rows
+
+    def spy(targets, *args):
+        seen.append(targets.copy())
+        return rows(targets, *args)
+
+    monkeypatch.setattr(tree, "accel_rows", spy)
+    out = tree.accel(m, x)
+    assert len(seen) == 1
+    assert sorted(map(tuple, seen[0])) == sorted([tuple(x[0]), tuple(x[-1])])
+    ref = backends.accel(m, x, backend="numba")
+    err = np.linalg.norm(out - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err[0] <= 1e-12 and err[-1] <= 1e-12
+    assert rms_error(out, ref) <= tree.tolerance()
+
+
 def test_zero_masses(tree):
     m, x = system("gauss", 2000, seed=4)
     m[::2] = 0.0
