@@ -126,7 +126,7 @@ from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE, build, mass_scale, morton_keys
 from backends._pair_kernel import empty64, pair_block, pair_block_lanes
 from backends.numba_parallel import _kernel as _direct
-from backends.numba_parallel import _scale, _zeros64, accel_rows
+from backends.numba_parallel import _scale, _zeros64, accel_rows, resum_non_finite
 
 __all__ = ["DEFAULT_EPS", "EPS_RANGE", "THETA_RANGE", "accel", "settings", "tolerance"]
 
@@ -1080,11 +1080,11 @@ def _kernel(m, x, G, softening, st):
     ex = _Expansions(tree, st["order"], st["harmonic"])
     acc = tree.evaluate(ex, st["theta"], st["cut"], tree.fast, threads)
     out, ok = _unsort(acc, tree.perm, scale)
-    rows = tree.perm[tree.cancel]  # far fields that nearly cancel
-    if not ok and tree.fast:  # and the rows of pairs too close for the float32 estimate
-        rows = np.union1d(rows, np.flatnonzero(~np.isfinite(out).all(axis=1)))
-    if rows.shape[0] > 0:  # summed again exactly
+    rows = tree.perm[tree.cancel]
+    if rows.shape[0] > 0:  # far fields that nearly cancel: summed again exactly
         out[rows] = accel_rows(x[rows], m, x, G, softening)
+    if not ok and tree.fast:  # pairs too close for the float32 estimate (never in `rows`)
+        resum_non_finite(out, m, x, G, softening)
     return out
 
 
@@ -1210,8 +1210,7 @@ def tolerance(*, eps=DEFAULT_EPS, order=None, theta=None, leaf_size=None, **_) -
     -------
     float
     """
-    _check_options(eps, order, theta, leaf_size)
-    return float(settings(eps=eps, order=order, theta=theta)["bound"])
+    return float(settings(eps=eps, order=order, theta=theta, leaf_size=leaf_size)["bound"])
 
 
 def accel(

@@ -182,6 +182,7 @@ __all__ = [
     "block_edges",
     "lane_count",
     "prepare",
+    "resum_non_finite",
     "schedule",
     "simd_report",
     "thread_work",
@@ -599,6 +600,22 @@ def _zeros64(rows, cols):
     return a
 
 
+def resum_non_finite(out, m, x, G, softening) -> np.ndarray:
+    """Sum again exactly, in place, the rows of ``out`` that are not finite; return them.
+
+    A pair too close for the float32 estimate makes its two rows, and only those, non-finite
+    in the fast kernels (this module's, ``tree``'s and ``fmm``'s direct sums): those rows
+    are summed over all particles with ``sqrt`` and division (:func:`_exact`); every other
+    row stands. Inputs are trusted, in the frame ``out`` was computed for.
+    """
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.shape[0] > 0:
+        again = np.empty((bad.shape[0], 3))
+        _exact(again, np.ascontiguousarray(x[bad]), m, x, G, softening)
+        out[bad] = again
+    return bad
+
+
 def _kernel(m, x, G, softening, precision="float64", work=None):
     """Evaluate on trusted inputs, in parallel (see the module docstring)."""
     if work is None:
@@ -609,15 +626,12 @@ def _kernel(m, x, G, softening, precision="float64", work=None):
             precision = "float64"
         else:
             rows = _float32_guard.close_rows(x, softening)
-    out, finite = _symmetric(m, x, G, softening, precision, work)
+    out, all_finite = _symmetric(m, x, G, softening, precision, work)
     if out is None:  # extreme extent: every row by the exact path
         out = np.empty((m.shape[0], 3))
         _exact(out, x, m, x, G, softening)
-    elif not finite:  # pairs too close for the float32 estimate: their rows, exactly
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        again = np.empty((bad.shape[0], 3))
-        _exact(again, np.ascontiguousarray(x[bad]), m, x, G, softening)
-        out[bad] = again
+    elif not all_finite:  # pairs too close for the float32 estimate: their rows, exactly
+        resum_non_finite(out, m, x, G, softening)
     elif rows is not None:
         _float32_guard.repair(out, rows, m, x, G, softening)
     return out

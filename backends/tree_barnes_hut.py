@@ -103,7 +103,7 @@ from backends._octree import FM as _FM
 from backends._octree import LEVELS as _LEVELS
 from backends._octree import MAX_SIZE as _MAX_SIZE
 from backends._octree import prepare
-from backends.numba_parallel import _inv_r3, _scale, accel_rows
+from backends.numba_parallel import _inv_r3, _scale, accel_rows, resum_non_finite
 from backends.numba_parallel import _kernel as _direct_sum
 
 __all__ = ["DEFAULT_LEAF_SIZE", "DEFAULT_THETA", "EXACT_OPTIONS", "accel", "tolerance"]
@@ -652,18 +652,15 @@ def _kernel(m, x, G, softening, theta, quadrupole, leaf_size, group_size):
     eps2 = (softening * s) ** 2
     acc, sc = _evaluate(p, f, nodes, groups, theta, eps2, quadrupole, fast, get_num_threads())
     out, ok = _unsort(acc, order, G * s * s / ms)
-    # a pair below the float32 estimate's range makes its two rows (and only those) not
-    # finite: they are summed again exactly below; step 7 never flags them (NaN compares false)
-    bad = np.flatnonzero(~np.isfinite(out).all(axis=1)) if not ok and fast else None
-    flagged = cancelling(acc, sc, CANCEL)
+    flagged = cancelling(acc, sc, CANCEL)  # never a row that is not finite (NaN compares false)
     if flagged.shape[0] > 0:  # far fields that nearly cancel: walked again (step 7)
         sums = point_sums_over(p, f, nodes, eps2, quadrupole, fast)
         pts = np.ascontiguousarray(p[:3, flagged])
         walk = walks_pay(m.shape[0], flagged.shape[0])
         better = refine(sums, pts, acc[:, flagged], sc[flagged], theta, quadrupole, walk)
         out[order[flagged]] = better.T * (G * s * s / ms)
-    if bad is not None and bad.shape[0] > 0:
-        out[bad] = accel_rows(x[bad], m, x, G, softening)
+    if not ok and fast:  # a pair below the float32 estimate's range: its two rows, exactly
+        resum_non_finite(out, m, x, G, softening)
     return out
 
 

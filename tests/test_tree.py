@@ -173,14 +173,16 @@ def test_only_the_rows_of_a_too_close_pair_are_summed_again(tree, monkeypatch):
     m, x = random_system(3000, seed=3)
     x[0] = 0.0  # at the origin, where float64 holds the gap
     x[-1] = 1e-40 * np.array([1.0, -0.5, 0.25])
+    from backends import numba_parallel
+
     seen = []
-    rows = tree.accel_rows
+    exact = numba_parallel._exact  # the exact path of numba_parallel.resum_non_finite
 
-    def spy(targets, *args):
+    def spy(out, targets, *args):
         seen.append(targets.copy())
-        return rows(targets, *args)
+        return exact(out, targets, *args)
 
-    monkeypatch.setattr(tree, "accel_rows", spy)
+    monkeypatch.setattr(numba_parallel, "_exact", spy)
     out = tree.accel(m, x)
     assert len(seen) == 1
     assert sorted(map(tuple, seen[0])) == sorted([tuple(x[0]), tuple(x[-1])])
