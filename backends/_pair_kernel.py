@@ -14,8 +14,8 @@ coordinates are scaled by a power of two ``s`` so that the system's extent lies 
 ``[1, 2)`` (see :func:`backends.numba_parallel.prepare`); accumulators are ``(3, N)``
 float64 arrays of the sum ``sum_j m_j (x_j - x_i) / r_ij**3`` in scaled units. The caller
 multiplies by ``G * s**2`` and checks that the sum is finite: a pair closer than about
-``2**-60`` of the extent makes it NaN, and the caller must then redo the evaluation on the
-exact path.
+``2**-60`` of the extent makes the rows of its two particles, and only those, NaN or
+infinite, and the caller must then sum those rows again on the exact path.
 
 Inputs are trusted: validated by the public door of the calling backend.
 """

@@ -252,21 +252,29 @@ def store_particles(plan: LanePlan, p: np.ndarray, dst: np.ndarray) -> None:
     scatter(p, dst, plan.edges, plan.starts)
 
 
-def sum_lanes(plan: LanePlan, acc: np.ndarray, G: float, s: float) -> np.ndarray | None:
+def sum_lanes(plan: LanePlan, acc: np.ndarray, G: float, s: float) -> tuple[np.ndarray, bool]:
     """Sum the ``(L, 3, width)`` lane accumulators in lane order and scale by ``G * s * s``.
 
     Returns
     -------
-    (N, 3) ndarray of float64, or None
-        None if the sum is not finite (a pair too close for the fast path: the caller
-        redoes the evaluation on the exact path).
+    out : (N, 3) ndarray of float64
+        The accelerations in the caller's order.
+    finite : bool
+        False if some rows of ``out`` are not finite: a pair too close for the fast path
+        makes its two rows, and only those, non-finite; the caller sums them again on the
+        exact path (:func:`exact_parts` with ``rows=``) and keeps every other row.
     """
     from backends._pool_kernels import sum_blocks
 
     out = np.empty((plan.n, 3))
     with np.errstate(over="ignore"):  # an overflow is the contract's check_result's to report
         ok = sum_blocks(acc, plan.touched, plan.edges, plan.starts, G * s, s, out)
-    return out if ok else None
+    return out, bool(ok)
+
+
+def non_finite_rows(out: np.ndarray) -> np.ndarray:
+    """Return the indices of the rows of the ``(N, 3)`` array ``out`` holding NaN or inf."""
+    return np.flatnonzero(~np.isfinite(out).all(axis=1))
 
 
 def aligned(count: int) -> int:
@@ -281,17 +289,19 @@ def aligned_empty(size: int) -> np.ndarray:
     return raw[skip : skip + size]
 
 
-def row_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
-    """Split rows ``0..n`` into ``min(chunks, n)`` contiguous, non-empty, near-equal ranges.
+def exact_parts(n: int, chunks: int, rows: np.ndarray | None = None) -> list:
+    """Cut the rows the exact path sums into at most ``chunks`` near-equal parts (its tasks).
 
-    Returns
-    -------
-    list of (int, int)
-        ``(lo, hi)`` half-open row ranges covering ``0..n`` in order.
+    ``rows=None``: all ``n`` rows, as contiguous ``slice`` objects covering ``0..n`` in
+    order. Else the row indices ``rows`` (those :func:`non_finite_rows` found), as
+    consecutive pieces of that array. Each part indexes the positions directly (``x[part]``).
     """
-    k = max(1, min(chunks, n))
-    edges = [i * n // k for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    if rows is None:
+        k = max(1, min(chunks, n))
+        edges = [i * n // k for i in range(k + 1)]
+        return [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    k = max(1, min(chunks, rows.shape[0]))
+    return np.array_split(rows, k)
 
 
 def maybe_inject_fault() -> None:

@@ -10,10 +10,10 @@ buffer: one ``joblib.delayed`` task per worker takes lanes from a counter in the
 (:func:`_lanes`) until none is left, so lanes go to whichever worker is free. The
 parent sums the lanes in lane order and multiplies by ``G s**2``. The result
 is the same bit for bit for a given ``chunks`` (default ``n_workers``), whichever worker
-ran which lane, with processes or threads. If the sum is not finite (a pair closer than
-about 1e-18 of the system's extent) or the extent is extreme, the call is redone on the
-exact path: row chunks of :func:`backends.numba_parallel.accel_block`, each returned as a
-small array.
+ran which lane, with processes or threads. Rows whose sum is not finite (a pair closer
+than about 1e-18 of the system's extent makes its two rows so) are summed again on the
+exact path, and every row is if the extent is extreme: pieces of those rows (at most
+``chunks``) on :func:`backends.numba_parallel.accel_block`, each returned as a small array.
 
 ``prefer="processes"`` (default): joblib's loky backend, ``n_workers`` spawned worker
 processes. The shared buffer is a file in ``/dev/shm`` (where it exists, else the temporary
@@ -79,12 +79,13 @@ from backends._pools import (
     aligned_empty,
     check_knobs,
     check_main_guard,
+    exact_parts,
     lane_count,
     lane_plan,
     maybe_inject_fault,
+    non_finite_rows,
     prepare,
     remove_owned,
-    row_bounds,
     run_lane,
     startup_failure,
     store_particles,
@@ -276,13 +277,18 @@ def _counter_lock(path: str | None):
         os.close(fd)
 
 
-def _chunk(masses, positions, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
-    """Rows ``lo:hi`` of the accelerations on the exact path (a worker process or thread)."""
+def _chunk(masses, positions, rows, G: float, softening: float) -> np.ndarray:
+    """Rows ``rows`` (a slice or indices) of the accelerations on the exact path.
+
+    Runs in a worker process or thread.
+    """
     from backends.numba_parallel import accel_block
 
     maybe_inject_fault()
     x = np.asarray(positions)  # a joblib memmap becomes a plain (read-only) ndarray view
-    return accel_block(x[lo:hi], np.asarray(masses), x, G, softening)
+    targets = x[rows]  # a writable copy for indices: made read-only like x, the kernel's
+    targets.setflags(write=x.flags.writeable)  # signature the workers loaded at start-up
+    return accel_block(targets, np.asarray(masses), x, G, softening)
 
 
 class _Runner:
@@ -357,14 +363,20 @@ class _Runner:
                 tasks = (task(_lane, buf, n, lanes, c, eps * eps) for c in range(lanes))
                 _results(list(self.parallel(tasks)))
             acc = np.asarray(buf[4 * w : (4 + 3 * lanes) * w]).reshape(lanes, 3, w)
-            out = sum_lanes(plan, acc, G, s)
-            if out is not None:
+            out, finite = sum_lanes(plan, acc, G, s)
+            if finite:
                 return out
-        # extreme extent, or a pair too close for the fast path: exact row kernel
+            rows = non_finite_rows(out)  # a pair too close for the fast path: its rows
+        else:
+            out, rows = None, None  # an extreme extent: every row
+        # those rows on the exact row kernel
         task = delayed(self.guarded)
-        bounds = row_bounds(n, chunks)
-        blocks = self.parallel(task(_chunk, m, x, lo, hi, G, softening) for lo, hi in bounds)
-        return np.concatenate(_results(list(blocks)))
+        parts = exact_parts(n, chunks, rows)
+        blocks = self.parallel(task(_chunk, m, x, part, G, softening) for part in parts)
+        if out is None:
+            return np.concatenate(_results(list(blocks)))
+        out[rows] = np.concatenate(_results(list(blocks)))
+        return out
 
     def collect(self, args: tuple, slot: int) -> list:
         """Run one ``_lanes`` task per worker; return the results without joblib's polling.

@@ -9,10 +9,13 @@ Preparation (every rank): positions are copied into a ``(4, n)`` structure-of-ar
 scaled by a power of two ``s`` chosen from the bounding box of the *whole* system and the
 softening, so every rank uses the same ``s`` (the ring, whose ranks hold only their own
 blocks, agrees on the box with one ``Allreduce`` of 6 numbers). Scaling by a power of two is
-exact. ``s == 0`` (an extent above ~1e54) or a non-finite sum (a pair closer than ~1e-18 of
-the system's extent, outside the float32 estimate's range) sends the whole evaluation, on
-every rank, to the exact path: the non-symmetric row algorithm with ``sqrt`` and division
+exact. ``s == 0`` (an extent above ~1e54) sends the whole evaluation, on every rank, to the
+exact path: the non-symmetric row algorithm with ``sqrt`` and division
 (:func:`backends.numba_parallel.accel_block`, which takes its own exact path when needed).
+A pair closer than ~1e-18 of the system's extent (outside the float32 estimate's range)
+makes its two rows, and only those, non-finite: the ranks sum just those rows again on the
+exact path (``allgather``: shared out among the ranks; ``ring``: every rank its own, while
+the source blocks travel the ring once) and keep every other row.
 
 ``"allgather"``
     Every rank holds all N particles. The triangle of pairs ``i < j`` is cut into ``2P``
@@ -397,14 +400,19 @@ def _count_collective(size: int, vector_bytes: int) -> None:
 # ---------------------------------------------------------------- allgather
 
 
-def _allgather_rows(m, x, G, softening, comm):
-    """Exact path: N/P rows per rank against all sources (sqrt and division where needed)."""
+def _allgather_rows(m, x, G, softening, comm, rows=None):
+    """Exact path: a share of the rows per rank against all sources (sqrt and division).
+
+    All N rows, or the rows ``rows`` (the same on every rank); returns them, in that order,
+    on every rank.
+    """
     MPI = _mpi()
     size, rank = comm.Get_size(), comm.Get_rank()
-    counts, displs = partition(m.shape[0], size)
+    targets = x if rows is None else x[rows]
+    counts, displs = partition(targets.shape[0], size)
     lo, hi = displs[rank], displs[rank] + counts[rank]
-    local = accel_block(x[lo:hi], m, x, G, softening) if hi > lo else np.empty((0, 3))
-    out = np.empty((m.shape[0], 3))
+    local = accel_block(targets[lo:hi], m, x, G, softening) if hi > lo else np.empty((0, 3))
+    out = np.empty((targets.shape[0], 3))
     comm.Allgatherv(local, [out, counts * 3, displs * 3, MPI.DOUBLE])
     _count_collective(size, out.nbytes)
     return out
@@ -436,20 +444,28 @@ def _allgather(m, x, G, softening, comm, threads):
         out = np.empty((n, 3))
         comm.Allgatherv(local, [out, counts * 3, displs * 3, MPI.DOUBLE])
         _count_collective(size, out.nbytes)
-        if np.isfinite(out).all():  # the same full array on every rank: the same decision
-            return out
+        # the same full array on every rank: the same decision, the same rows
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if rows.shape[0]:  # a pair too close for the fast path: its rows, exactly
+            out[rows] = _allgather_rows(m, x, G, softening, comm, rows)
+        return out
     return _allgather_rows(m, x, G, softening, comm)
 
 
 # ---------------------------------------------------------------- ring
 
 
-def _ring_rows(m, x, G, softening, comm, counts):
-    """Exact path of the ring: all P source blocks travel; rows against each (no symmetry)."""
+def _ring_rows(m, x, G, softening, comm, counts, rows=None):
+    """Exact path of the ring: all P source blocks travel; rows against each (no symmetry).
+
+    The rows are all of this rank's block, or the local rows ``rows`` (each rank its own,
+    maybe none: the blocks travel all the same); returns them in that order.
+    """
     MPI = _mpi()
     size, rank = comm.Get_size(), comm.Get_rank()
     n_r = m.shape[0]
-    acc = np.zeros((n_r, 3))
+    targets = x if rows is None else np.ascontiguousarray(x[rows])
+    acc = np.zeros((targets.shape[0], 3))
     cap = 4 * int(max(counts))
     cur, nxt = np.empty(cap), np.empty(cap)
     cur[:n_r] = m
@@ -465,8 +481,8 @@ def _ring_rows(m, x, G, softening, comm, counts):
                 comm.Isend([cur[: 4 * c], MPI.DOUBLE], dest=right, tag=step),
             ]
             _count(1, 32 * c)
-        if c and n_r:
-            acc += accel_block(x, cur[:c], cur[c : 4 * c].reshape(c, 3), G, softening)
+        if c and targets.shape[0]:
+            acc += accel_block(targets, cur[:c], cur[c : 4 * c].reshape(c, 3), G, softening)
         MPI.Request.Waitall(requests)
         cur, nxt = nxt, cur
     return acc
@@ -544,8 +560,11 @@ def _ring_local(m, x, G, softening, comm, counts, threads):
         _half_ring(p, acc, counts, eps * eps, comm, threads)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked below
             out = (acc.T * (G * s)) * s
-        if not comm.allreduce(not bool(np.isfinite(out).all()), op=MPI.LOR):
-            return np.ascontiguousarray(out)
+        out = np.ascontiguousarray(out)
+        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if comm.allreduce(rows.shape[0] > 0, op=MPI.LOR):  # a pair too close somewhere:
+            out[rows] = _ring_rows(m, x, G, softening, comm, counts, rows)  # its rows, exactly
+        return out
     return _ring_rows(m, x, G, softening, comm, counts)
 
 

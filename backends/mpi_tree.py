@@ -55,15 +55,16 @@ rank of ``comm`` (collective):
    virtual root (node 0, always opened; children: its own root, then one root per sender),
    so that ``tree``'s group walk runs over it unchanged, for the rank's own groups only:
    the same opening criterion, direct sums in float64 and multipole terms in float32, the
-   same softening treatment. A non-finite fast sum is redone with ``sqrt`` and division,
-   as ``tree`` does. Targets whose pulls nearly cancel (``tree``'s step 7) are computed
-   again: the flagged targets of all ranks (``allgather``, in rounds of at most about one
-   rank's share; a few per 10**4 particles) are walked (or summed directly) over every
-   rank's *own* particles, and the sums over the ranks (``Reduce`` and ``Bcast``) are
-   those over the whole system. Every rank sees the same bits and takes the same
-   decisions, so the narrower walks and the direct sums of
-   :func:`backends.tree_barnes_hut.refine` are collective too. ``last_stats["refined"]``
-   counts them, ``last_stats["refine_batches"]`` the rounds.
+   same softening treatment. A pair too close for the float32 estimate makes its two rows
+   non-finite: the groups holding them are walked again with ``sqrt`` and division
+   (``last_stats["walked_again"]`` counts them), every other row stands. Targets whose
+   pulls nearly cancel (``tree``'s step 7) are computed again: the flagged targets of all
+   ranks (``allgather``, in rounds of at most about one rank's share; a few per 10**4
+   particles) are walked (or summed directly) over every rank's *own* particles, and the
+   sums over the ranks (``Reduce`` and ``Bcast``) are those over the whole system. Every
+   rank sees the same bits and takes the same decisions, so the narrower walks and the
+   direct sums of :func:`backends.tree_barnes_hut.refine` are collective too.
+   ``last_stats["refined"]`` counts them, ``last_stats["refine_batches"]`` the rounds.
 6. **Return.** The accelerations go back to the ranks that passed the particles with the
    reverse ``Alltoallv`` (24 bytes each), in the caller's order.
 
@@ -507,6 +508,27 @@ def _walk_groups(p, f, nodes, groups, nloc, theta, eps2, quadrupole, fast, threa
             work[li, 0] = nm
             work[li, 1] = src
     return out, work, sc
+
+
+def _walk_again(raw, sc, t, groups, combined, theta, eps2, quadrupole) -> int:
+    """Walk again, with ``sqrt`` and division, the groups holding rows that are not finite.
+
+    A pair too close for the float32 estimate makes its two rows of ``raw`` (3, n), in
+    ``t``'s sorted order, non-finite and leaves every other row right: the groups (of
+    ``groups``, this rank's tree's nodes) holding such rows are walked again over the
+    ``combined`` tree ``(p, f, nodes, groups)`` with the exact kernel (``fast=False``), and
+    their rows of ``raw`` and ``sc`` replaced in place. Returns the number of groups.
+    """
+    bad = np.flatnonzero(~np.isfinite(raw).all(axis=0))
+    starts, ends = t.start[groups], t.end[groups]
+    sel = np.flatnonzero(np.searchsorted(bad, ends) > np.searchsorted(bad, starts))
+    cp, cf, cnodes, cgroups = combined
+    again, _, sc_again = _walk_groups(cp, cf, cnodes, cgroups[sel], raw.shape[1], theta, eps2,
+                                      quadrupole, False, get_num_threads())  # fmt: skip
+    rows = np.concatenate([np.arange(starts[g], ends[g]) for g in sel])
+    raw[:, rows] = again[:, rows]
+    sc[rows] = sc_again[rows]
+    return int(sel.shape[0])
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -1024,6 +1046,7 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
         lap("let")
         acc = np.zeros((nown, 3))
         ok = True
+        stats["walked_again"] = 0
         work = np.zeros((0, 2), dtype=np.int64)
         raw = sc = None
         eps2 = (softening * s) ** 2
@@ -1034,10 +1057,10 @@ def _local(comm, m, x, G, softening, opts, threads, extra=None, keep=False):
             raw, work, sc = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
                                          quadrupole, fast, get_num_threads())  # fmt: skip
             acc, ok = _tbh._unsort(raw, t.order, scale)
-            if not ok and fast:  # a pair below the float32 estimate's range
+            if not ok and fast:  # a pair below the float32 estimate's range: its groups
                 fast = False
-                raw, work, sc = _walk_groups(cp, cf, cnodes, cgroups, nown, theta, eps2,
-                                             quadrupole, False, get_num_threads())  # fmt: skip
+                stats["walked_again"] = _walk_again(raw, sc, t, groups, (cp, cf, cnodes, cgroups),
+                                                    theta, eps2, quadrupole)  # fmt: skip
                 acc, ok = _tbh._unsort(raw, t.order, scale)
             del cnodes, cf, cp
         lap("walk")
@@ -1442,8 +1465,7 @@ def virtual(
         mode = fast
         if not ok and fast:
             mode = False
-            raw, work, sc = _walk_groups(cp, cf, cn, cg, t.p.shape[1], theta, eps2,
-                                         quadrupole, False, get_num_threads())  # fmt: skip
+            _walk_again(raw, sc, t, groups[r], (cp, cf, cn, cg), theta, eps2, quadrupole)
             a, ok = _tbh._unsort(raw, t.order, 1.0)
         flagged = _tbh.cancelling(raw, sc, _tbh.CANCEL)
         if flagged.shape[0]:  # tree's step 7, the point walks over every rank's own tree

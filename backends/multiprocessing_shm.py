@@ -13,9 +13,10 @@ segment. The parent sums the lanes in lane order and multiplies by ``G s**2``. L
 to whichever worker is free (a worker slowed by another program takes fewer), and a call
 costs one round trip per worker, not per lane; yet the sum does not depend on which worker
 ran a lane: the result is the same bit for bit for a given ``chunks`` (default
-``n_workers``). If the
-sum is not finite (a pair closer than about 1e-18 of the system's extent) or the extent is
-extreme, the call is redone on the exact path: row chunks of the non-symmetric row kernel
+``n_workers``). Rows
+whose sum is not finite (a pair closer than about 1e-18 of the system's extent makes its
+two rows so) are summed again on the exact path, and every row is if the extent is
+extreme: pieces of those rows (at most ``chunks``) on the non-symmetric row kernel
 :func:`backends.numba_parallel.accel_block`, each returned as a small array.
 
 Data path: only the segment name, N, lane numbers and scalars travel through the task
@@ -67,12 +68,13 @@ from backends._pools import (
     aligned,
     check_knobs,
     check_main_guard,
+    exact_parts,
     lane_count,
     lane_plan,
     maybe_inject_fault,
+    non_finite_rows,
     prepare,
     remove_owned,
-    row_bounds,
     run_lane,
     startup_failure,
     store_particles,
@@ -188,15 +190,18 @@ def _lanes(name: str, n: int, lanes: int, eps2: float) -> list[int]:
         done.append(_lane(name, n, lanes, lane, eps2))
 
 
-def _chunk(name: str, n: int, lo: int, hi: int, G: float, softening: float) -> np.ndarray:
-    """Rows ``lo:hi`` of the accelerations on the exact path (segment ``name``: m, x)."""
+def _chunk(name: str, n: int, rows, G: float, softening: float) -> np.ndarray:
+    """Rows ``rows`` (a slice or indices) of the accelerations on the exact path.
+
+    The segment ``name`` holds the masses and positions.
+    """
     from backends.numba_parallel import accel_block
 
     maybe_inject_fault()
     buf = _attach(name).buf
     m = np.ndarray((n,), np.float64, buf)
     x = np.ndarray((n, 3), np.float64, buf, offset=8 * aligned(n))
-    return accel_block(x[lo:hi], m, x, G, softening)
+    return accel_block(x[rows], m, x, G, softening)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,15 +354,21 @@ def _run(m, x, G, softening, n_workers, chunks) -> np.ndarray:
             done = _submit_all(pool, _lanes, [(name, n, lanes, eps * eps)] * pool.n_workers)
             if sorted(sum(done, [])) != list(range(lanes)):  # never: a broken counter
                 raise RuntimeError(f"backend {NAME!r}: lanes computed {done}, wanted {lanes}")
-            out = sum_lanes(plan, pool.view((lanes, 3, plan.width), 8 * off_acc), G, s)
-            if out is not None:
+            out, finite = sum_lanes(plan, pool.view((lanes, 3, plan.width), 8 * off_acc), G, s)
+            if finite:
                 return out
-        # extreme extent, or a pair too close for the fast path: exact row kernel
+            rows = non_finite_rows(out)  # a pair too close for the fast path: its rows
+        else:
+            out, rows = None, None  # an extreme extent: every row
+        # those rows on the exact row kernel
         pool.view((n,), 0)[...] = m
         pool.view((n, 3), 8 * off_x)[...] = x
-        bounds = row_bounds(n, chunks)
-        blocks = _submit_all(pool, _chunk, [(name, n, lo, hi, G, softening) for lo, hi in bounds])
-        return np.concatenate(blocks)
+        parts = exact_parts(n, chunks, rows)
+        blocks = _submit_all(pool, _chunk, [(name, n, part, G, softening) for part in parts])
+        if out is None:
+            return np.concatenate(blocks)
+        out[rows] = np.concatenate(blocks)
+        return out
 
 
 def start(*, n_workers=None) -> tuple[int, ...]:

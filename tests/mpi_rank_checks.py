@@ -74,9 +74,20 @@ def main():
     xc = x.copy()
     xc[4] = 0.0  # at the origin, where float64 holds the gap (next to x ~ 1 it rounds away)
     xc[5] = 1e-21 * np.array([1.0, -0.5, 0.25])
+    summed = []  # the rows each call of the exact row kernel sums, on this rank
+    block = mpi_rows.accel_block
+    mpi_rows.accel_block = lambda targets, *args: (
+        summed.append(len(targets)) or block(targets, *args)
+    )
     for algorithm in mpi_rows.EXACT_ALGORITHMS:
+        summed.clear()
         out = mpi_rows.accel(m, xc, algorithm=algorithm)
         assert relative_error(out, numba_parallel.accel(m, xc)) <= 1e-13, algorithm
+        # only the pair's two rows are summed again: shared out among the ranks (allgather),
+        # or on their owner's rank against every travelling block (ring)
+        mine = sum(summed) if algorithm == "allgather" else max(summed, default=0)
+        assert comm.allreduce(mine) == 2, (algorithm, summed)
+    mpi_rows.accel_block = block
     assert mpi_rows.default_threads_per_rank(comm) >= 1
 
     # a subcommunicator: the even ranks only

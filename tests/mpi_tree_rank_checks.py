@@ -98,6 +98,8 @@ def edges(comm):
     xe[5] = 1e-21 * np.array([1.0, -0.5, 0.25])
     out = mpi_tree.accel(m, xe, theta=0.0)
     assert relative_error(out, numba_parallel.accel(m, xe)) <= 1e-12
+    # only the group holding the pair (on one rank) was walked again
+    assert comm.allreduce(mpi_tree.last_stats["walked_again"]) == 1, mpi_tree.last_stats
     # particles along a line (forces cancel: no tree bound holds) are summed directly,
     # with the full arrays and on local slices alike, whatever each rank holds
     ml, xl = systems.make("line", 2000, seed=3)

@@ -307,8 +307,10 @@ def test_float32_on_a_system_spanning_many_decades(name, decades):
 def test_float32_tight_binaries_in_a_cluster(name):
     b = _usable(name)
     m, x = backends.benchmark_system(300, seed=5)
-    for k, gap in enumerate((1e-6, 1e-9, 1e-12, 1e-15, 1e-30)):
+    for k, gap in enumerate((1e-6, 1e-9, 1e-12, 1e-15)):  # 1e-15: a few ulp of x ~ 1
         x[2 * k + 1] = x[2 * k] + gap * np.array([0.6, -0.8, 0.0])
+    x[8] = 0.0  # at the origin, where float64 holds a gap of 1e-30 (next to x ~ 1 it rounds
+    x[9] = 1e-30 * np.array([0.6, -0.8, 0.0])  # away: the pair would merely coincide)
     _float32_matches_float64(b, m, x, 0.0, "binaries")
     _float32_matches_float64(b, m, x + 1e6, 0.0, "binaries far from the origin")
 

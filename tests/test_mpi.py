@@ -123,7 +123,11 @@ def test_threads_per_rank_agree_with_numba_parallel_and_repeat_bitwise(mpi, algo
         assert np.array_equal(runs[0], runs[1])
 
 
-def test_exact_path_for_pairs_below_the_estimate_range(mpi, MPI):
+def test_exact_path_for_pairs_below_the_estimate_range(mpi, MPI, monkeypatch):
+    """Only the rows of too-close pairs are summed again exactly (every row for a far outlier).
+
+    Redoing every row cost ten to twenty times the call on a cusp with a few such pairs.
+    """
     from backends import numba_parallel
 
     m, x = random_system(3000, seed=8)
@@ -134,16 +138,38 @@ def test_exact_path_for_pairs_below_the_estimate_range(mpi, MPI):
     x[-1] = 0.0
     x[8] = gap
     x[1500] = -gap
+    summed = []
+    block = mpi.accel_block
+
+    def spy(targets, *args):
+        summed.append(targets.copy())
+        return block(targets, *args)
+
+    monkeypatch.setattr(mpi, "accel_block", spy)
+    ref = numba_parallel.accel(m, x)
     for algorithm in mpi.EXACT_ALGORITHMS:
         for threads in (1, 2):  # 2: the threads' sums are added in NumPy, quietly
+            summed.clear()
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # no RuntimeWarning from the NaN fast sum
                 out = mpi.accel(
                     m, x, algorithm=algorithm, comm=MPI.COMM_SELF, threads_per_rank=threads
                 )
-            assert backends.relative_error(out, numba_parallel.accel(m, x)) <= 1e-13
-    huge = x * 2.0**200  # extent beyond the rescaling: exact path from the start
-    assert backends.relative_error(mpi.accel(m, huge), reference.accel(m, huge)) <= TOL
+            assert backends.relative_error(out, ref) <= 1e-13
+            assert len(summed) == 1, (algorithm, threads)  # one rank: one block of rows
+            np.testing.assert_array_equal(summed[0], x[[8, 1500, 2999]])
+    # one particle 2**190 away: the inputs' rescaling keeps the scale of the others (their
+    # spread), and the half-extent, beyond 2**179, has no scale: every row, exactly
+    far = x.copy()
+    far[0] = [2.0**190, 0.0, 0.0]
+    for algorithm in mpi.EXACT_ALGORITHMS:
+        summed.clear()
+        out = mpi.accel(m, far, algorithm=algorithm, comm=MPI.COMM_SELF)
+        rows = [0, 1, 8, 1500, 2999]
+        assert (
+            backends.relative_error(out[rows], reference.accel_rows(m, far, 1.0, 0.0, rows)) <= TOL
+        )
+        assert sum(t.shape[0] for t in summed) == 3000, algorithm
 
 
 def test_bad_threads_per_rank_is_named(mpi):

@@ -112,6 +112,40 @@ def test_virtual_ranks_walk_cancelling_targets_again(mt, tree):
         assert rms_error(out, ref) <= 0.2 * tree.tolerance(**options), options
 
 
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_only_the_group_of_a_too_close_pair_is_walked_again(mt, tree, ranks, monkeypatch):
+    """A pair too close for the float32 estimate: its group's walk redone exactly, no other.
+
+    (Walking every group again cost three times the call on a cusp with a few such pairs.)
+    """
+    from mpi4py import MPI
+
+    m, x = system("gauss", 3000, seed=3)
+    x[0] = 0.0  # at the origin, where float64 holds the gap
+    x[-1] = 1e-40 * np.array([1.0, -0.5, 0.25])
+    ref = exact(m, x)
+    groups = []
+    again = mt._walk_again
+
+    def spy(*args):
+        groups.append(again(*args))
+        return groups[-1]
+
+    monkeypatch.setattr(mt, "_walk_again", spy)
+    if ranks == 1:
+        out = mt.accel(m, x, comm=MPI.COMM_SELF)
+        assert mt.last_stats["walked_again"] == 1
+    else:
+        out, _ = mt.virtual(m, x, ranks)
+    assert groups == [1]  # on one rank: the pair shares a leaf, hence a group
+    assert np.isfinite(out).all()
+    err = np.linalg.norm(out - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert max(err[0], err[-1]) <= tree.tolerance()
+    assert rms_error(out, ref) <= tree.tolerance()
+    mt.accel(m[1:], x[1:], comm=MPI.COMM_SELF)
+    assert mt.last_stats["walked_again"] == 0
+
+
 @pytest.mark.parametrize("kind", SYSTEMS)
 def test_theta_zero_ships_every_particle_exactly(mt, kind):
     # nothing is accepted: each LET must hold all the sender's particles, no node twice

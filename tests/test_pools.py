@@ -178,8 +178,8 @@ def test_blocked_layout_reads_only_what_the_lanes_write(n, lanes):
     acc = np.full((lanes, 3, plan.width), np.nan)
     for lane in range(lanes):
         _pools.run_lane(plan, stored, acc[lane], lane, (0.01 * s) ** 2)
-    out = _pools.sum_lanes(plan, acc, 0.7, s)
-    assert out is not None and np.isfinite(out).all()
+    out, finite = _pools.sum_lanes(plan, acc, 0.7, s)
+    assert finite and np.isfinite(out).all()
     rows = np.arange(0, n, max(1, n // 40))
     ref = reference.accel_rows(m, x, 0.7, 0.01, rows)
     assert backends.relative_error(out[rows], ref) <= TOL
@@ -274,18 +274,36 @@ def test_results_depend_on_chunks_only_and_match_numba_parallel():
 
 @pytest.mark.parametrize(("name", "opts"), MODES)
 @pytest.mark.parametrize("case", ["close pair", "huge extent"])
-def test_the_exact_path_takes_over(name, opts, case):
-    """A pair too close for the fast path, or an extent too large for the scaling."""
+def test_the_exact_path_takes_over(name, opts, case, monkeypatch):
+    """A pair too close for the fast path, or an extent too large for the scaling.
+
+    The close pair's two rows, and only those, go to the exact path (the lanes' sums of
+    every other row are right: redoing every row cost ten times the call on a cusp); with
+    the extent out of reach every row does. The workers really compute them.
+    """
     mod = _module(name)
-    m, x = random_system(300, seed=12)
+    n = 300
+    m, x = random_system(n, seed=12)
     if case == "close pair":
-        x[0] = 0.0
-        x[1] = [3e-19, 0.0, 0.0]  # separated, but r2 below the fast path's range
-    else:
-        x = x * 2.0**185  # half-extent above 2**179: no power-of-two scaling
+        x[0] = 0.0  # at the origin, where float64 holds the gap
+        x[-1] = [3e-19, 0.0, 0.0]  # separated, but r2 below the fast path's range
+    else:  # one particle 2**190 away: the inputs' rescaling keeps the others' scale (their
+        x[0] = [2.0**190, 0.0, 0.0]  # spread) and the half-extent, above 2**179, has no scale
+    asked = []
+    parts = mod.exact_parts
+
+    def spy(n, chunks, rows=None):
+        asked.append(parts(n, chunks, rows))
+        return asked[-1]
+
+    monkeypatch.setattr(mod, "exact_parts", spy)
     ref = reference.accel(m, x, 1.0, softening=0.0)
-    out = mod.accel(m, x, n_workers=2, **opts)
+    out = mod.accel(m, x, n_workers=2, chunks=3, **opts)
     assert backends.relative_error(out, ref) <= TOL
+    assert len(asked) == 1 and 1 <= len(asked[0]) <= 3
+    summed = np.concatenate([np.arange(n)[part] for part in asked[0]])
+    want = [0, n - 1] if case == "close pair" else np.arange(n)
+    np.testing.assert_array_equal(summed, want)
 
 
 def test_joblib_threads_give_the_same_results_as_processes():
