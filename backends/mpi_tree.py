@@ -522,6 +522,8 @@ def _walk_again(raw, sc, t, groups, combined, theta, eps2, quadrupole) -> int:
     bad = np.flatnonzero(~np.isfinite(raw).all(axis=0))
     starts, ends = t.start[groups], t.end[groups]
     sel = np.flatnonzero(np.searchsorted(bad, ends) > np.searchsorted(bad, starts))
+    if sel.shape[0] == 0:  # every row finite: only the scaling back overflowed (reported)
+        return 0
     cp, cf, cnodes, cgroups = combined
     again, _, sc_again = _walk_groups(cp, cf, cnodes, cgroups[sel], raw.shape[1], theta, eps2,
                                       quadrupole, False, get_num_threads())  # fmt: skip
