@@ -13,11 +13,11 @@ segment. The parent sums the lanes in lane order and multiplies by ``G s**2``. L
 to whichever worker is free (a worker slowed by another program takes fewer), and a call
 costs one round trip per worker, not per lane; yet the sum does not depend on which worker
 ran a lane: the result is the same bit for bit for a given ``chunks`` (default
-``n_workers``). Rows
-whose sum is not finite (a pair closer than about 1e-18 of the system's extent makes its
-two rows so) are summed again on the exact path, and every row is if the extent is
-extreme: pieces of those rows (at most ``chunks``) on the non-symmetric row kernel
-:func:`backends.numba_parallel.accel_block`, each returned as a small array.
+``n_workers``). Rows whose sum is not finite (a pair closer than about 1e-18 of the
+system's extent makes its two rows so) are summed again on the exact path, and every row
+is if the extent is extreme: pieces of those rows (at most ``chunks``) on the
+non-symmetric row kernel :func:`backends.numba_parallel.accel_block`, each returned as a
+small array.
 
 Data path: only the segment name, N, lane numbers and scalars travel through the task
 queue. Memory: one segment of about ``4 N + (4 + 3 chunks) W`` doubles (``[m | x | p |
