@@ -262,7 +262,8 @@ def sum_lanes(plan: LanePlan, acc: np.ndarray, G: float, s: float) -> tuple[np.n
     finite : bool
         False if some rows of ``out`` are not finite: a pair too close for the fast path
         makes its two rows, and only those, non-finite; the caller sums them again on the
-        exact path (:func:`exact_parts` with ``rows=``) and keeps every other row.
+        exact path (:func:`backends._contract.non_finite_rows`, :func:`exact_parts` with
+        ``rows=``) and keeps every other row.
     """
     from backends._pool_kernels import sum_blocks
 
@@ -270,11 +271,6 @@ def sum_lanes(plan: LanePlan, acc: np.ndarray, G: float, s: float) -> tuple[np.n
     with np.errstate(over="ignore"):  # an overflow is the contract's check_result's to report
         ok = sum_blocks(acc, plan.touched, plan.edges, plan.starts, G * s, s, out)
     return out, bool(ok)
-
-
-def non_finite_rows(out: np.ndarray) -> np.ndarray:
-    """Return the indices of the rows of the ``(N, 3)`` array ``out`` holding NaN or inf."""
-    return np.flatnonzero(~np.isfinite(out).all(axis=1))
 
 
 def aligned(count: int) -> int:
@@ -293,7 +289,7 @@ def exact_parts(n: int, chunks: int, rows: np.ndarray | None = None) -> list:
     """Cut the rows the exact path sums into at most ``chunks`` near-equal parts (its tasks).
 
     ``rows=None``: all ``n`` rows, as contiguous ``slice`` objects covering ``0..n`` in
-    order. Else the row indices ``rows`` (those :func:`non_finite_rows` found), as
+    order. Else the row indices ``rows`` (those ``non_finite_rows`` found), as
     consecutive pieces of that array. Each part indexes the positions directly (``x[part]``).
     """
     if rows is None:

@@ -90,7 +90,13 @@ import os
 import numpy as np
 from numba import njit, prange
 
-from backends._contract import check_result, column_range, evaluate, validate
+from backends._contract import (
+    check_result,
+    column_range,
+    evaluate,
+    non_finite_rows,
+    validate,
+)
 from backends._pair_kernel import ALIGN, FM, pair_block
 from backends.numba_parallel import accel_block
 
@@ -445,7 +451,7 @@ def _allgather(m, x, G, softening, comm, threads):
         comm.Allgatherv(local, [out, counts * 3, displs * 3, MPI.DOUBLE])
         _count_collective(size, out.nbytes)
         # the same full array on every rank: the same decision, the same rows
-        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        rows = non_finite_rows(out)
         if rows.shape[0]:  # a pair too close for the fast path: its rows, exactly
             out[rows] = _allgather_rows(m, x, G, softening, comm, rows)
         return out
@@ -561,7 +567,7 @@ def _ring_local(m, x, G, softening, comm, counts, threads):
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked below
             out = (acc.T * (G * s)) * s
         out = np.ascontiguousarray(out)
-        rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        rows = non_finite_rows(out)
         if comm.allreduce(rows.shape[0] > 0, op=MPI.LOR):  # a pair too close somewhere:
             out[rows] = _ring_rows(m, x, G, softening, comm, counts, rows)  # its rows, exactly
         return out

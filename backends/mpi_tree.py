@@ -101,7 +101,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from backends import tree_barnes_hut as _tbh
-from backends._contract import column_range, unscale
+from backends._contract import column_range, non_finite_rows, unscale
 from backends._geometry import SAMPLE as _LINE_SAMPLE
 from backends._geometry import centre_shift, is_linear
 from backends._octree import FM, MAX_SIZE, NF, key_grid, morton_keys, prepare
@@ -519,7 +519,7 @@ def _walk_again(raw, sc, t, groups, combined, theta, eps2, quadrupole) -> int:
     ``combined`` tree ``(p, f, nodes, groups)`` with the exact kernel (``fast=False``), and
     their rows of ``raw`` and ``sc`` replaced in place. Returns the number of groups.
     """
-    bad = np.flatnonzero(~np.isfinite(raw).all(axis=0))
+    bad = non_finite_rows(raw.T)
     starts, ends = t.start[groups], t.end[groups]
     sel = np.flatnonzero(np.searchsorted(bad, ends) > np.searchsorted(bad, starts))
     if sel.shape[0] == 0:  # every row finite: only the scaling back overflowed (reported)

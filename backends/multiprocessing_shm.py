@@ -62,7 +62,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from backends._contract import evaluate, validate
+from backends._contract import evaluate, non_finite_rows, validate
 from backends._pools import (
     WorkerTraceback,
     aligned,
@@ -72,7 +72,6 @@ from backends._pools import (
     lane_count,
     lane_plan,
     maybe_inject_fault,
-    non_finite_rows,
     prepare,
     remove_owned,
     run_lane,

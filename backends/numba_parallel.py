@@ -153,7 +153,7 @@ import numpy as np
 from numba import njit, prange
 
 from backends import _float32_guard
-from backends._contract import check_precision, evaluate, validate
+from backends._contract import check_precision, evaluate, non_finite_rows, validate
 from backends._pair_kernel import (
     ALIGN,
     R2_MIN32,
@@ -608,7 +608,7 @@ def resum_non_finite(out, m, x, G, softening) -> np.ndarray:
     are summed over all particles with ``sqrt`` and division (:func:`_exact`); every other
     row stands. Inputs are trusted, in the frame ``out`` was computed for.
     """
-    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    bad = non_finite_rows(out)
     if bad.shape[0] > 0:
         again = np.empty((bad.shape[0], 3))
         _exact(again, np.ascontiguousarray(x[bad]), m, x, G, softening)
